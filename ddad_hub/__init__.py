@@ -1,0 +1,10 @@
+"""ddad-hub: diffusion-based visual anomaly detection (DDAD) as a diffusers pipeline."""
+
+__version__ = "0.1.0"
+
+from .image_utils import ImageLoadError, open_image
+from .models import FeatureEncoder
+from .pipelines import DDADPipeline, DDADPipelineOutput
+from .schedulers import DDADScheduler
+
+__all__ = ["DDADPipeline", "DDADPipelineOutput", "DDADScheduler", "FeatureEncoder", "ImageLoadError", "open_image"]

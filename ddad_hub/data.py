@@ -1,0 +1,99 @@
+"""MVTec-layout data sets: checked folder listing and in-memory tensors for training and evaluation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image_utils import open_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DatasetLayoutError(ValueError):
+    """The folder does not have the MVTec layout; the message says what is missing."""
+
+
+@dataclass
+class TestItem:
+    image: Path
+    defect_type: str  # "good" for nominal images
+    mask: Path | None  # None for nominal images (all-zero mask)
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.defect_type != "good"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def train_images(root: str | os.PathLike) -> list[Path]:
+    """The nominal training images, ``<root>/train/good/*``."""
+    folder = Path(root) / "train" / "good"
+    if not folder.is_dir():
+        raise DatasetLayoutError(
+            f"{root} is not an MVTec-style category folder: {folder} is missing "
+            "(expected <category>/train/good/*.png, <category>/test/<type>/*.png, "
+            "<category>/ground_truth/<type>/*_mask.png)"
+        )
+    images = _images_in(folder)
+    if not images:
+        raise DatasetLayoutError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def test_items(root: str | os.PathLike) -> list[TestItem]:
+    """The test images with their defect type and mask path, ``<root>/test/<type>/*``."""
+    root = Path(root)
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        raise DatasetLayoutError(f"{test_dir} is missing: an MVTec-style category has test/<defect_type>/ folders")
+    items = []
+    for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        for image in _images_in(type_dir):
+            mask = None
+            if type_dir.name != "good":
+                mask = root / "ground_truth" / type_dir.name / f"{image.stem}_mask.png"
+                if not mask.is_file():
+                    raise DatasetLayoutError(f"mask for {image} is missing: expected {mask}")
+            items.append(TestItem(image, type_dir.name, mask))
+    if not items:
+        raise DatasetLayoutError(f"{test_dir} holds no images")
+    return items
+
+
+def load_images(paths: list[Path], size: int) -> torch.Tensor:
+    """Images as a (N, 3, size, size) float tensor in [-1, 1] (bicubic resize)."""
+    arrays = []
+    for path in paths:
+        image = open_image(path).resize((size, size), Image.BICUBIC)
+        arrays.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().clamp(-1, 1)
+
+
+def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
+    """A boolean (H, W) mask at ``size``; all False for nominal images."""
+    if path is None:
+        return np.zeros(size, dtype=bool)
+    mask = Image.open(path).convert("L")
+    if mask.size != (size[1], size[0]):
+        mask = mask.resize((size[1], size[0]), Image.NEAREST)
+    return np.asarray(mask) > 127
+
+
+def split_nominal(paths: list[Path], holdout: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Split nominal images into (train, held-out) with a fixed seed; the held-out part calibrates settings."""
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    n_hold = int(round(holdout * len(paths)))
+    held = sorted(paths[i] for i in order[:n_hold])
+    train = sorted(paths[i] for i in order[n_hold:])
+    return train, held

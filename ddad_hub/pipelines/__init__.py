@@ -1,0 +1,3 @@
+from .pipeline_ddad import DDADPipeline, DDADPipelineOutput, check_pipeline_folder
+
+__all__ = ["DDADPipeline", "DDADPipelineOutput", "check_pipeline_folder"]

@@ -1,0 +1,337 @@
+"""DDADPipeline: reconstruct an image with a conditioned diffusion model and map where it differs from the input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..anomaly_map import combine_maps, feature_distance, image_scores, pixel_distance, resize_maps
+from ..image_utils import open_image, to_rgb8
+from ..models.feature_encoder import FeatureEncoder
+from ..schedulers.scheduling_ddad import DDADScheduler
+
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+
+
+@dataclass
+class DDADPipelineOutput(BaseOutput):
+    """What :class:`DDADPipeline` returns.
+
+    Args:
+        anomaly_maps: (B, H, W) maps at the pipeline's map resolution; higher means more anomalous.
+        anomaly_maps_input_size: one map per image at that image's own size.
+        image_scores: (B,) image scores, the maximum of each map.
+        reconstructions: the defect-free reconstructions, in ``output_type``.
+        is_anomalous: (B,) booleans, ``image_scores > threshold``; ``None`` when the pipeline has no threshold.
+        masks: (B, H, W) booleans at map resolution, ``anomaly_maps > threshold``; ``None`` without a threshold.
+    """
+
+    anomaly_maps: np.ndarray | torch.Tensor
+    anomaly_maps_input_size: list
+    image_scores: np.ndarray | torch.Tensor
+    reconstructions: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    is_anomalous: np.ndarray | torch.Tensor | None = None
+    masks: np.ndarray | torch.Tensor | None = None
+
+
+class DDADPipeline(DiffusionPipeline):
+    """Anomaly detection by conditioned diffusion reconstruction (DDAD).
+
+    Components:
+        unet: a diffusers ``UNet2DModel`` trained for epsilon prediction on nominal images.
+        scheduler: :class:`DDADScheduler`; its config holds the default ``w``, ``start_step``, ``skip`` and ``eta``.
+        feature_encoder: :class:`FeatureEncoder`, the (domain-adapted) ImageNet CNN for the feature distance.
+
+    Settings saved in ``model_index.json``:
+        v: weight of the pixel distance in the combined map.
+        blur_sigma: Gaussian blur of the combined map, in map pixels.
+        map_size: side of the square map; input and reconstruction are resized to it before comparing them.
+            ``None`` uses the U-Net's resolution.
+        pixel_weight: fixed ``max D_f / max D_p`` ratio calibrated on nominal images; ``None`` takes each image's.
+        threshold: image-score threshold calibrated on nominal images only; ``None`` if not calibrated.
+        seed: seed of the per-image noise when no generator is passed, so a given image always gets the same score.
+    """
+
+    model_cpu_offload_seq = "unet->feature_encoder"
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDADScheduler,
+        feature_encoder: FeatureEncoder,
+        v: float = 1.0,
+        blur_sigma: float = 4.0,
+        map_size: int | None = None,
+        pixel_weight: float | None = None,
+        threshold: float | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        unet.eval()  # inference only: a pipeline never trains its components
+        feature_encoder.eval()
+        self.register_modules(unet=unet, scheduler=scheduler, feature_encoder=feature_encoder)
+        self.register_to_config(
+            v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed
+        )
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def sample_size(self) -> tuple[int, int]:
+        size = self.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def map_hw(self) -> tuple[int, int]:
+        return (self.config.map_size,) * 2 if self.config.map_size else self.sample_size
+
+    # ------------------------------------------------------------------ pre-processing
+    def preprocess(self, images: ImageInput) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images of any size and mode -> a (B, 3, H, W) tensor in [-1, 1] at the U-Net's resolution.
+
+        Returns the tensor and each input's original (height, width).
+        """
+        if not isinstance(images, list):
+            images = [images] if not (isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 4) else images
+        items, sizes = [], []
+        for image in images:
+            if isinstance(image, str | os.PathLike | bytes):
+                image = open_image(image)
+            if isinstance(image, PIL.Image.Image):
+                image = to_rgb8(image)
+                sizes.append((image.height, image.width))
+            else:
+                image = torch.as_tensor(np.asarray(image)) if isinstance(image, np.ndarray) else image
+                if image.ndim == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
+                    image = image.permute(2, 0, 1)  # numpy-style HWC
+                if image.ndim == 3:
+                    image = image.unsqueeze(0)
+                if image.shape[1] == 1:
+                    image = image.expand(-1, 3, -1, -1)
+                if image.dtype == torch.uint8:
+                    image = image.float() / 255
+                sizes.extend([tuple(image.shape[-2:])] * image.shape[0])
+            items.append(image)
+        h, w = self.sample_size
+        tensors = []
+        for item in items:
+            if isinstance(item, PIL.Image.Image):
+                tensors.append(self.image_processor.preprocess(item, height=h, width=w))
+            else:
+                item = item.float()
+                if item.min() >= 0:  # [0, 1] -> [-1, 1]; tensors already in [-1, 1] pass through
+                    item = item * 2 - 1
+                tensors.append(torch.nn.functional.interpolate(item, size=(h, w), mode="bilinear", antialias=True))
+        return torch.cat(tensors).clamp(-1, 1), sizes
+
+    # ------------------------------------------------------------------ the two stages
+    def _autocast(self, dtype: torch.dtype | None):
+        if dtype is None or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _generators(self, generator, batch: int) -> list[torch.Generator] | torch.Generator:
+        if generator is not None:
+            return generator
+        return [torch.Generator(device="cpu").manual_seed(self.config.seed) for _ in range(batch)]
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor | None = None,
+        w: float | None = None,
+        start_step: int | None = None,
+        skip: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        noise_free_start: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        show_progress: bool = True,
+    ) -> torch.Tensor:
+        """Noise ``images`` (in [-1, 1]) to ``start_step`` and denoise them, conditioned on ``target``.
+
+        ``target`` defaults to the images themselves (DDAD); domain adaptation passes other nominal images.
+        ``noise_free_start`` starts from ``sqrt(abar) x`` (D3AD) instead of adding noise.
+        """
+        scheduler = self.scheduler
+        scheduler.set_timesteps(start_step=start_step, skip=skip, device=self.device)
+        w = scheduler.config.w if w is None else w
+        eta = scheduler.config.eta if eta is None else eta
+        x0 = images.to(self.device, torch.float32)
+        target = x0 if target is None else target.to(self.device, torch.float32)
+        generator = self._generators(generator, x0.shape[0])
+        if noise_free_start:
+            sample = scheduler.scale_noise_free(x0, scheduler.start_step)
+        else:
+            noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+            sample = scheduler.add_noise(x0, noise, scheduler.start_step)
+        reconstruction = sample
+        steps = scheduler.timesteps
+        for t in self.progress_bar(steps) if show_progress else steps:
+            with self._autocast(autocast_dtype):
+                eps = self.unet(sample, t.expand(sample.shape[0]).to(self.device)).sample
+            sample, reconstruction = scheduler.step(
+                eps.float(), t, sample, target=target, w=w, eta=eta, generator=generator, return_dict=False
+            )
+        return reconstruction.clamp(-1, 1)
+
+    @torch.no_grad()
+    def compute_anomaly_maps(
+        self, images: torch.Tensor, reconstructions: torch.Tensor, autocast_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Combined anomaly maps (B, H, W) at map resolution for inputs and reconstructions in [-1, 1]."""
+        size = self.map_hw
+        x = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+        r = torch.nn.functional.interpolate(reconstructions.float(), size=size, mode="bilinear", align_corners=False)
+        with self._autocast(autocast_dtype):
+            feats = self.feature_encoder(torch.cat([x, r]).to(self.device))
+        fx = [f[: x.shape[0]] for f in feats]
+        fr = [f[x.shape[0] :] for f in feats]
+        d_f = feature_distance(fx, fr, size)
+        d_p = pixel_distance(x, r).to(d_f.device)
+        return combine_maps(d_f, d_p, self.config.v, self.config.pixel_weight, self.config.blur_sigma)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        w: float | None = None,
+        start_step: int | None = None,
+        skip: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_size: int = 16,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> DDADPipelineOutput | tuple:
+        """Score images for anomalies.
+
+        Args:
+            image: a PIL image, path, array or tensor, or a list of them; any size and mode. Tensors are read as
+                [0, 1] (or [-1, 1] if they hold negative values).
+            w, start_step, skip, eta: reconstruction settings; ``None`` takes the scheduler config's.
+            generator: noise source; one per image keeps scores independent of batching. ``None`` gives each
+                image its own generator seeded with ``config.seed`` (repeatable scores).
+            batch_size: images reconstructed at once.
+            output_type: "pil", "np" or "pt" for the reconstructions; maps and scores are numpy unless "pt".
+            autocast_dtype: e.g. ``torch.bfloat16`` to run the networks under autocast.
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        x, sizes = self.preprocess(image)
+        if isinstance(generator, list) and len(generator) != x.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {x.shape[0]} images")
+        generators = self._generators(generator, x.shape[0])
+
+        maps, recons = [], []
+        for start in range(0, x.shape[0], batch_size):
+            chunk = x[start : start + batch_size]
+            gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
+            r = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
+                                 autocast_dtype=autocast_dtype)
+            maps.append(self.compute_anomaly_maps(chunk, r, autocast_dtype=autocast_dtype))
+            recons.append(r)
+        maps_t = torch.cat(maps).float().cpu()
+        recon_t = torch.cat(recons).cpu()
+        scores = image_scores(maps_t)
+        full = [resize_maps(m[None], size)[0] for m, size in zip(maps_t, sizes)]
+
+        threshold = self.config.threshold
+        flags = scores > threshold if threshold is not None else None
+        masks = maps_t > threshold if threshold is not None else None
+        if output_type == "pt":
+            reconstructions = recon_t
+        else:
+            full = [m.numpy() for m in full]
+            maps_t, scores = maps_t.numpy(), scores.numpy()
+            flags = flags.numpy() if flags is not None else None
+            masks = masks.numpy() if masks is not None else None
+            reconstructions = self.image_processor.postprocess(recon_t, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return maps_t, scores, reconstructions
+        return DDADPipelineOutput(
+            anomaly_maps=maps_t,
+            anomaly_maps_input_size=full,
+            image_scores=scores,
+            reconstructions=reconstructions,
+            is_anomalous=flags,
+            masks=masks,
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DDADPipeline:
+        """Load from a local folder or a Hub repo id (downloaded, or read from the cache when offline).
+
+        The folder is checked first, so a missing or damaged component fails with an error naming the file.
+        Weights are read from safetensors only.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                repo_id=path,
+                revision=kwargs.pop("revision", None),
+                cache_dir=kwargs.pop("cache_dir", None),
+                token=kwargs.pop("token", None),
+                local_files_only=kwargs.pop("local_files_only", False),
+                allow_patterns=["*.json", "*.safetensors", "*.md"],
+            )
+        check_pipeline_folder(path)
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(path, **kwargs)
+
+
+def check_pipeline_folder(path: str | os.PathLike) -> None:
+    """Raise a clear error if a saved pipeline folder lacks a file or holds an unreadable one."""
+    from safetensors import safe_open
+
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"{path} is not a saved pipeline: model_index.json is missing")
+    try:
+        with open(index) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index} is not valid JSON: {err}") from err
+    for name, value in config.items():
+        if not (isinstance(value, list) and len(value) == 2) or value[0] is None:
+            continue
+        folder = os.path.join(path, name)
+        configs = [f for f in ("config.json", "scheduler_config.json") if os.path.isfile(os.path.join(folder, f))]
+        if not configs:
+            raise FileNotFoundError(f"component '{name}': {folder}/config.json (or scheduler_config.json) is missing")
+        for cfg in configs:
+            try:
+                with open(os.path.join(folder, cfg)) as f:
+                    json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"component '{name}': {os.path.join(folder, cfg)} is not valid JSON: {err}") from err
+        if "scheduler_config.json" in configs:
+            continue
+        weights = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
+        if not weights:
+            raise FileNotFoundError(f"component '{name}': no .safetensors weights in {folder}")
+        for weight in weights:
+            file = os.path.join(folder, weight)
+            try:
+                with safe_open(file, framework="pt") as handle:
+                    for key in handle.keys():
+                        handle.get_slice(key)
+            except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
+                raise ValueError(f"component '{name}': {file} is damaged or not a safetensors file ({err})") from err

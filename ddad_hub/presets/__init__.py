@@ -1,0 +1,26 @@
+"""Training presets and the paper's per-category settings, kept as JSON data beside this file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_HERE = Path(__file__).parent
+PRESETS = ("cpu", "paper")
+
+
+def load_preset(name: str, category: str | None = None, **overrides) -> dict:
+    """A preset's settings; the ``paper`` preset takes the category's published ``w`` and epochs.
+
+    ``overrides`` with value ``None`` are ignored, so command-line defaults do not mask the preset.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
+    preset = json.loads((_HERE / f"{name}.json").read_text())
+    preset["name"] = name
+    if name == "paper" and category is not None:
+        table = json.loads((_HERE / "categories.json").read_text())
+        if category in table:
+            preset.update(table[category])
+    preset.update({k: v for k, v in overrides.items() if v is not None})
+    return preset

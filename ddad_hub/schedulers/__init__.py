@@ -1,0 +1,3 @@
+from .scheduling_ddad import DDADScheduler, DDADSchedulerOutput
+
+__all__ = ["DDADScheduler", "DDADSchedulerOutput"]

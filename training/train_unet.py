@@ -1,0 +1,191 @@
+"""Train DDAD's denoising U-Net on one category's nominal images (epsilon prediction).
+
+    accelerate launch training/train_unet.py --data ../shared/data/mvtec_ad_256/transistor --output-dir runs/transistor
+
+Presets (``--preset cpu|paper``) hold every setting; flags override single values. The run is resumable: checkpoints
+are written atomically every ``checkpoint_every`` steps and ``--resume`` continues from the newest one, with the
+same batches it would have drawn. It ends by assembling a ``DDADPipeline`` folder in ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.data import load_images, split_nominal, train_images
+from ddad_hub.models.unet import build_unet
+from ddad_hub.presets import PRESETS, load_preset
+from ddad_hub.recipe import finalize_run
+from ddad_hub.schedulers import DDADScheduler
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="an MVTec-layout category folder (with train/good)")
+    p.add_argument("--output-dir", required=True, help="where checkpoints and the final pipeline go")
+    p.add_argument("--preset", default="cpu", choices=PRESETS)
+    p.add_argument("--category", default=None, help="category name for the paper's settings (default: folder name)")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="stop after this many passes over the data")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--no-finalize", action="store_true", help="skip building the pipeline folder at the end")
+    return p.parse_args(argv)
+
+
+def sample_batch(
+    images: torch.Tensor, step: int, batch_size: int, max_t: int, shift: int, seed: int, rank: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch, timesteps and noise of one step, a pure function of (seed, step, rank) so resuming repeats it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + rank)
+    idx = torch.randint(0, images.shape[0], (batch_size,), generator=g)
+    x0 = images[idx]
+    if shift > 0:  # small random translations: nominal parts never sit at exactly the same pixel
+        dx, dy = torch.randint(-shift, shift + 1, (2,), generator=g).tolist()
+        x0 = torch.roll(x0, shifts=(dy, dx), dims=(2, 3))
+    t = torch.randint(0, max_t, (batch_size,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    return x0, t, noise
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    data = Path(args.data)
+    category = args.category or data.name
+    preset = load_preset(
+        args.preset,
+        category,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        checkpoint_every=args.checkpoint_every,
+        mixed_precision=args.mixed_precision,
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = Accelerator(mixed_precision=preset["mixed_precision"])
+    out = Path(args.output_dir)
+    ckpt_dir = out / "checkpoints"
+
+    train_paths, held_out = split_nominal(train_images(data), preset["holdout"], seed=args.seed)
+    images = load_images(train_paths, preset["resolution"])
+    steps_per_epoch = math.ceil(len(images) / (preset["batch_size"] * accelerator.num_processes))
+    max_steps = args.max_steps
+    if max_steps is None and preset.get("epochs"):
+        max_steps = preset["epochs"] * steps_per_epoch
+    budget_s = preset["max_minutes"] * 60 if preset.get("max_minutes") else None
+    if max_steps is None and budget_s is None:
+        raise SystemExit("set --epochs, --max-steps or --max-minutes: the run needs an end")
+
+    unet = build_unet(preset)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=preset["learning_rate"], weight_decay=preset["weight_decay"])
+    ema = EMAModel(unet.parameters(), decay=preset["ema_decay"]) if preset.get("ema_decay") else None
+    scheduler = DDADScheduler()
+
+    step, elapsed = 0, 0.0
+    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(ckpt, {"unet": unet}, optimizer)
+        step, elapsed = state["step"], state["elapsed_seconds"]
+        if ema is not None:
+            from safetensors.torch import load_file
+
+            shadow = load_file(str(ckpt / "ema.safetensors"))
+            ema.shadow_params = [shadow[name].clone() for name, _ in unet.named_parameters()]
+            ema.optimization_step = state["ema_optimization_step"]
+        accelerator.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
+    elif args.resume:
+        accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
+
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "train_log.jsonl"
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            plain = accelerator.unwrap_model(unet)
+            modules: dict = {"unet": plain}
+            state = {"elapsed_seconds": elapsed, "preset": preset, "category": category, "seed": args.seed}
+            if ema is not None:
+                names = [name for name, _ in plain.named_parameters()]
+                modules["ema"] = dict(zip(names, ema.shadow_params))
+                state["ema_optimization_step"] = ema.optimization_step
+            save_checkpoint(ckpt_dir, step, modules, optimizer.optimizer if hasattr(optimizer, "optimizer")
+                            else optimizer, state)
+        accelerator.wait_for_everyone()
+
+    bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train U-Net")
+    unet.train()
+    running, t_last = None, time.perf_counter()
+    while True:
+        done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
+        done = broadcast_object_list([done])[0]  # every process stops at the same step
+        if done:
+            break
+        x0, t, noise = sample_batch(
+            images, step, preset["batch_size"], preset["max_train_timestep"], preset["shift_pixels"],
+            args.seed, accelerator.process_index,
+        )
+        x0, t, noise = x0.to(accelerator.device), t.to(accelerator.device), noise.to(accelerator.device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        with accelerator.autocast():
+            pred = unet(noisy, t).sample
+        # The reference sums the squared error over pixels and averages over the batch.
+        loss = (pred.float() - noise).pow(2).sum(dim=(1, 2, 3)).mean()
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
+        step += 1
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        value = loss.item() / x0[0].numel()
+        running = value if running is None else 0.98 * running + 0.02 * value
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{running:.4f}", minutes=f"{elapsed / 60:.1f}")
+        if accelerator.is_main_process and step % 50 == 0:
+            with open(log_file, "a") as f:
+                f.write(json.dumps({"step": step, "loss_per_pixel": running, "minutes": elapsed / 60}) + "\n")
+        if step % preset["checkpoint_every"] == 0:
+            checkpoint()
+            t_last = time.perf_counter()  # checkpoint I/O does not count as training time
+    bar.close()
+    checkpoint()
+    accelerator.print(f"trained {step} steps in {elapsed / 60:.1f} min")
+
+    if accelerator.is_main_process and not args.no_finalize:
+        final_unet = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.copy_to(final_unet.parameters())
+        finalize_run(
+            out, final_unet.eval().float(), preset, data, held_out,
+            training={"steps": step, "minutes": round(elapsed / 60, 2), "processes": accelerator.num_processes},
+        )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+if __name__ == "__main__":
+    main()
