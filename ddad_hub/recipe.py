@@ -1,5 +1,166 @@
-"""Turning a trained U-Net into a calibrated DDADPipeline folder (placeholder, filled in below)."""
+"""From a trained U-Net to a calibrated, saved DDADPipeline.
+
+Nothing here looks at test images. Settings (``w``, start step, pixel-weight mode) are chosen on held-out nominal
+training images and synthetic defects pasted into them; the threshold comes from held-out nominal scores only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from tqdm.auto import tqdm
+
+from .data import load_images
+from .metrics import image_auroc, pixel_auroc
+from .model_card import write_model_card
+from .models.feature_encoder import FeatureEncoder
+from .pipelines.pipeline_ddad import DDADPipeline
+from .schedulers.scheduling_ddad import DDADScheduler
 
 
-def finalize_run(*args, **kwargs):
-    raise NotImplementedError
+def assemble_pipeline(unet: UNet2DModel, preset: dict, encoder: FeatureEncoder | None = None) -> DDADPipeline:
+    """A pipeline with the preset's reconstruction settings and an ImageNet encoder (unless one is given)."""
+    if encoder is None:
+        encoder = FeatureEncoder.from_imagenet(preset["feature_backbone"], tuple(preset["feature_strides"]))
+    scheduler = DDADScheduler(
+        start_step=preset["start_step"], skip=preset["skip"], eta=preset["eta"], w=preset.get("w") or 0.0
+    )
+    return DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=preset.get("map_size"))
+
+
+def synthetic_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste defect-like patches into nominal images in [-1, 1]; returns (images, boolean masks (B, H, W)).
+
+    Two kinds, alternating: a rectangle cut from another place of another image with jittered brightness
+    (CutPaste), and a thin bar of random colour (a scratch). They stand in for real defects only to rank
+    settings; no test image is involved.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = images.clone()
+    b, _, h, w = images.shape
+    masks = torch.zeros(b, h, w, dtype=torch.bool)
+
+    def rand(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * torch.rand(1, generator=g).item()
+
+    def corner(ph: int, pw: int) -> tuple[int, int]:
+        return int(torch.randint(h - ph + 1, (1,), generator=g)), int(torch.randint(w - pw + 1, (1,), generator=g))
+
+    for i in range(b):
+        if i % 2 == 0:
+            ph, pw = max(2, int(rand(0.08, 0.25) * h)), max(2, int(rand(0.08, 0.25) * w))
+            src = images[int(torch.randint(b, (1,), generator=g))]
+            sy, sx = corner(ph, pw)
+            patch = src[:, sy : sy + ph, sx : sx + pw] * rand(0.6, 1.4) + rand(-0.3, 0.3)
+        else:
+            horizontal = bool(torch.rand(1, generator=g) < 0.5)
+            long, thin = max(3, int(rand(0.15, 0.4) * h)), max(1, int(rand(0.02, 0.05) * h))
+            ph, pw = (thin, long) if horizontal else (long, thin)
+            colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
+            patch = colour.expand(3, ph, pw)
+        y, x = corner(ph, pw)
+        out[i, :, y : y + ph, x : x + pw] = patch.clamp(-1, 1)
+        masks[i, y : y + ph, x : x + pw] = True
+    return out, masks
+
+
+@torch.no_grad()
+def _distances(pipe: DDADPipeline, images: torch.Tensor, w: float, start_step: int, skip: int, batch_size: int = 16):
+    d_f, d_p = [], []
+    for s in range(0, images.shape[0], batch_size):
+        x = images[s : s + batch_size]
+        r = pipe.reconstruct(x, w=w, start_step=start_step, skip=skip, show_progress=False)
+        f, p = pipe.compute_distances(x, r)
+        d_f.append(f)
+        d_p.append(p)
+    return torch.cat(d_f), torch.cat(d_p)
+
+
+def pixel_weight_from_nominal(d_f: torch.Tensor, d_p: torch.Tensor) -> float:
+    """The ``max D_f / max D_p`` ratio averaged over nominal images, a batch-independent stand-in for the paper's."""
+    return float(d_f.flatten(1).amax(1).mean() / d_p.flatten(1).amax(1).mean().clamp(min=1e-8))
+
+
+def select_settings(pipe: DDADPipeline, nominal: torch.Tensor, grid: dict, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Rank (w, start_step, pixel-weight mode) on held-out nominal images and synthetic defects made from them.
+
+    The objective is the mean of image AUROC and pixel AUROC. Returns the best setting and the whole table.
+    """
+    defective, masks = synthetic_defects(nominal, seed=seed)
+    size = pipe.map_hw
+    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].bool().numpy()
+    all_masks = np.concatenate([np.zeros((nominal.shape[0], *size), dtype=bool), masks])
+    labels = np.r_[np.zeros(nominal.shape[0]), np.ones(defective.shape[0])]
+    table = []
+    combos = [(w, t) for w in grid["w"] for t in grid["start_step"]]
+    for w, t in tqdm(combos, desc="select settings"):
+        f_n, p_n = _distances(pipe, nominal, w, t, max(1, t // 10))
+        f_d, p_d = _distances(pipe, defective, w, t, max(1, t // 10))
+        for mode, pw in (("per_image", None), ("calibrated", pixel_weight_from_nominal(f_n, p_n))):
+            pipe.register_to_config(pixel_weight=pw)
+            maps = torch.cat([pipe.combine(f_n, p_n), pipe.combine(f_d, p_d)]).numpy()
+            scores = maps.reshape(len(maps), -1).max(1)
+            row = {"w": w, "start_step": t, "skip": max(1, t // 10), "pixel_weight_mode": mode, "pixel_weight": pw,
+                   "image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, all_masks)}
+            row["objective"] = (row["image_auroc"] + row["pixel_auroc"]) / 2
+            table.append(row)
+    best = max(table, key=lambda r: r["objective"])
+    return best, table
+
+
+@torch.no_grad()
+def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor) -> tuple[float, list[float]]:
+    """The highest score among held-out nominal images: above it, an image is called defective."""
+    scores = pipe(nominal, output_type="pt", batch_size=16).image_scores
+    return float(scores.max()), [float(s) for s in scores]
+
+
+def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor) -> dict:
+    """Refresh the calibrated pixel weight (if the pipeline uses one) and the threshold, e.g. after adaptation."""
+    if pipe.config.pixel_weight is not None:
+        sched = pipe.scheduler.config
+        f_n, p_n = _distances(pipe, nominal, sched.w, sched.start_step, sched.skip)
+        pipe.register_to_config(pixel_weight=pixel_weight_from_nominal(f_n, p_n))
+    threshold, scores = calibrate_threshold(pipe, nominal)
+    pipe.register_to_config(threshold=threshold)
+    return {"threshold": threshold, "pixel_weight": pipe.config.pixel_weight, "nominal_scores": scores}
+
+
+def finalize_run(
+    out: str | Path,
+    unet: UNet2DModel,
+    preset: dict,
+    data: str | Path,
+    held_out: list[Path],
+    training: dict,
+    encoder: FeatureEncoder | None = None,
+) -> Path:
+    """Assemble, select settings, calibrate and save the pipeline to ``<out>/pipeline`` with its model card."""
+    out = Path(out)
+    pipe = assemble_pipeline(unet, preset, encoder)
+    pipe.set_progress_bar_config(disable=True)
+    nominal = load_images(held_out, preset["resolution"])
+    info: dict = {"preset": preset, "data": str(data), "category": Path(data).name, "training": training,
+                  "held_out_nominal": [p.name for p in held_out],
+                  "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}
+    if preset.get("selection_grid") and preset.get("w") is None:
+        best, table = select_settings(pipe, nominal, preset["selection_grid"])
+        pipe.scheduler.register_to_config(w=best["w"], start_step=best["start_step"], skip=best["skip"])
+        pipe.scheduler.set_timesteps()
+        pipe.register_to_config(pixel_weight=best["pixel_weight"])
+        info["selection"] = {"best": best, "table": table,
+                             "how": "held-out nominal training images + synthetic defects pasted into them"}
+    threshold, nominal_scores = calibrate_threshold(pipe, nominal)
+    pipe.register_to_config(threshold=threshold)
+    info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,
+                           "how": "highest score among held-out nominal training images"}
+    folder = out / "pipeline"
+    pipe.save_pretrained(folder)
+    (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
+    write_model_card(folder)
+    return folder

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from ddad_hub.data import load_images, split_nominal, train_images
+from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="an MVTec-layout category folder (with train/good)")
     p.add_argument("--output-dir", required=True, help="where checkpoints and the final pipeline go")
-    p.add_argument("--preset", default="cpu", choices=PRESETS)
+    p.add_argument("--preset", default="cpu", help=f"{' or '.join(PRESETS)}, or a preset .json file")
     p.add_argument("--category", default=None, help="category name for the paper's settings (default: folder name)")
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = Accelerator(mixed_precision=preset["mixed_precision"])
+    accelerator = make_accelerator(preset["mixed_precision"])
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
 
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> Path:
     if max_steps is None and budget_s is None:
         raise SystemExit("set --epochs, --max-steps or --max-minutes: the run needs an end")
 
+    set_seed(args.seed)  # the same initial weights in every process and on every run
     unet = build_unet(preset)
     optimizer = torch.optim.Adam(unet.parameters(), lr=preset["learning_rate"], weight_decay=preset["weight_decay"])
     ema = EMAModel(unet.parameters(), decay=preset["ema_decay"]) if preset.get("ema_decay") else None
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> Path:
         if accelerator.is_main_process:
             plain = accelerator.unwrap_model(unet)
             modules: dict = {"unet": plain}
-            state = {"elapsed_seconds": elapsed, "preset": preset, "category": category, "seed": args.seed}
+            state = {"elapsed_seconds": elapsed, "preset": preset, "category": category, "seed": args.seed,
+                     "data": str(data), "processes": accelerator.num_processes}
             if ema is not None:
                 names = [name for name, _ in plain.named_parameters()]
                 modules["ema"] = dict(zip(names, ema.shadow_params))

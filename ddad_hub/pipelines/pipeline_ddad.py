@@ -186,21 +186,36 @@ class DDADPipeline(DiffusionPipeline):
             )
         return reconstruction.clamp(-1, 1)
 
+    def resize_to_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Bilinear resize to the map resolution, where inputs and reconstructions are compared."""
+        if tuple(images.shape[-2:]) == tuple(self.map_hw):
+            return images.float()
+        return torch.nn.functional.interpolate(images.float(), size=self.map_hw, mode="bilinear", align_corners=False)
+
     @torch.no_grad()
-    def compute_anomaly_maps(
+    def compute_distances(
         self, images: torch.Tensor, reconstructions: torch.Tensor, autocast_dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
-        """Combined anomaly maps (B, H, W) at map resolution for inputs and reconstructions in [-1, 1]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(D_f, D_p)``, each (B, H, W) at map resolution, for inputs and reconstructions in [-1, 1]."""
         size = self.map_hw
-        x = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
-        r = torch.nn.functional.interpolate(reconstructions.float(), size=size, mode="bilinear", align_corners=False)
+        x, r = self.resize_to_map(images), self.resize_to_map(reconstructions)
         with self._autocast(autocast_dtype):
             feats = self.feature_encoder(torch.cat([x, r]).to(self.device))
         fx = [f[: x.shape[0]] for f in feats]
         fr = [f[x.shape[0] :] for f in feats]
         d_f = feature_distance(fx, fr, size)
-        d_p = pixel_distance(x, r).to(d_f.device)
-        return combine_maps(d_f, d_p, self.config.v, self.config.pixel_weight, self.config.blur_sigma)
+        return d_f, pixel_distance(x, r).to(d_f.device)
+
+    def combine(self, d_feature: torch.Tensor, d_pixel: torch.Tensor) -> torch.Tensor:
+        """The blurred combined map from the two distances, with this pipeline's ``v`` and calibration."""
+        return combine_maps(d_feature, d_pixel, self.config.v, self.config.pixel_weight, self.config.blur_sigma)
+
+    @torch.no_grad()
+    def compute_anomaly_maps(
+        self, images: torch.Tensor, reconstructions: torch.Tensor, autocast_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Combined anomaly maps (B, H, W) at map resolution for inputs and reconstructions in [-1, 1]."""
+        return self.combine(*self.compute_distances(images, reconstructions, autocast_dtype))
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()

@@ -10,14 +10,22 @@ PRESETS = ("cpu", "paper")
 
 
 def load_preset(name: str, category: str | None = None, **overrides) -> dict:
-    """A preset's settings; the ``paper`` preset takes the category's published ``w`` and epochs.
+    """A preset's settings (by name, or a path to a JSON file); ``paper`` takes the category's published settings.
 
     ``overrides`` with value ``None`` are ignored, so command-line defaults do not mask the preset.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
-    preset = json.loads((_HERE / f"{name}.json").read_text())
-    preset["name"] = name
+    if name.endswith(".json"):  # a user's own preset file
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"preset file not found: {path}")
+        preset = json.loads(path.read_text())
+        preset.setdefault("name", path.stem)
+        name = preset["name"]
+    elif name in PRESETS:
+        preset = json.loads((_HERE / f"{name}.json").read_text())
+        preset["name"] = name
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose from {PRESETS} or pass a .json file")
     if name == "paper" and category is not None:
         table = json.loads((_HERE / "categories.json").read_text())
         if category in table:

@@ -1,0 +1,74 @@
+"""Image AUROC, pixel AUROC and AUPRO, through scikit-learn and scikit-image."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.measure import label
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of image scores, defective = positive."""
+    return float(roc_auc_score(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)))
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """AUROC over every pixel of every image."""
+    return float(roc_auc_score(np.asarray(masks).ravel().astype(np.uint8), np.asarray(maps, dtype=np.float32).ravel()))
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, num_thresholds: int = 1000) -> float:
+    """Area under the per-region-overlap curve up to ``fpr_limit``, divided by ``fpr_limit``.
+
+    Regions are the 8-connected components of each ground-truth mask (scikit-image ``label``). For each threshold,
+    PRO is the mean over regions of the fraction of the region above it; FPR is the fraction of nominal pixels
+    above it. Thresholds are quantiles of the nominal pixels' scores, dense where the FPR is below the limit.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    masks = np.asarray(masks).astype(bool)
+    negatives = np.sort(maps[~masks])
+    if negatives.size == 0 or not masks.any():
+        raise ValueError("AUPRO needs both defective and nominal pixels")
+    regions = []
+    for m, mask in zip(maps, masks):
+        labelled = label(mask, connectivity=2)
+        for k in range(1, labelled.max() + 1):
+            regions.append(np.sort(m[labelled == k]))
+    # thresholds from the (1 - fpr) quantiles of nominal scores, covering FPR 0 .. fpr_limit
+    fprs_wanted = np.linspace(0, fpr_limit, num_thresholds)
+    thresholds = np.quantile(negatives, 1 - fprs_wanted)
+    fpr = 1 - np.searchsorted(negatives, thresholds, side="right") / negatives.size
+    pro = np.mean([1 - np.searchsorted(r, thresholds, side="right") / r.size for r in regions], axis=0)
+    order = np.argsort(fpr)
+    fpr, pro = fpr[order], pro[order]
+    keep = fpr <= fpr_limit
+    fpr, pro = np.concatenate([[0.0], fpr[keep], [fpr_limit]]), np.concatenate(
+        [[pro[keep][0] if keep.any() else 0.0], pro[keep], [np.interp(fpr_limit, fpr, pro)]]
+    )
+    return float(np.trapezoid(pro, fpr) / fpr_limit)
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the image-level ROC curve, for plots."""
+    fpr, tpr, _ = roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
+    return fpr, tpr
+
+
+def summarize(
+    image_scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, defect_types: list[str]
+) -> dict[str, dict[str, float]]:
+    """Metrics overall and per defect type (each type scored against all nominal test images)."""
+    types = np.asarray(defect_types)
+    labels = types != "good"
+    out = {"all": _metrics(image_scores, maps, masks, labels)}
+    for kind in sorted(set(defect_types) - {"good"}):
+        sel = (types == "good") | (types == kind)
+        out[kind] = _metrics(image_scores[sel], maps[sel], masks[sel], labels[sel])
+    return out
+
+
+def _metrics(scores, maps, masks, labels) -> dict[str, float]:
+    result = {"image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks)}
+    result["aupro"] = aupro(maps, masks) if masks.any() else float("nan")
+    result["n_images"] = int(len(labels))
+    return result

@@ -1,0 +1,90 @@
+"""Model cards for saved pipelines, rendered from ``model_cards/ddad_template.md`` with Hub metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "ddad_template.md"
+
+DATASETS = {
+    "transistor": ("MVTec AD transistor", "mvtec_ad", "cc-by-nc-sa-4.0",
+                   "MVTec AD, category transistor (Bergmann et al., CVPR 2019 / IJCV 2021; CC BY-NC-SA 4.0)"),
+    "magnetic_tile": ("Magnetic Tile Defect", "magnetic_tile_defect", "other",
+                      "the Magnetic Tile Defect data set (Huang et al., The Visual Computer 2020; free for research "
+                      "use), with this project's own 80/20 split of the defect-free images"),
+}
+METRIC_NAMES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR 0.3)"}
+
+
+def write_model_card(folder: str | Path, repo_id: str | None = None, template: Path = TEMPLATE) -> Path:
+    """Render ``README.md`` in a pipeline folder from its ``training_info.json`` and, if present, ``results.json``."""
+    folder = Path(folder)
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template not found: {template}")
+    info = json.loads((folder / "training_info.json").read_text())
+    results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else None
+    index = json.loads((folder / "model_index.json").read_text())
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    preset = info["preset"]
+    category = info["category"]
+    ds_name, ds_type, license_id, credit = DATASETS.get(category, (category, category, "other", category))
+    model_name = f"ddad-{category}-{preset['name']}"
+
+    eval_results = []
+    if results:
+        for key, label in METRIC_NAMES.items():
+            value = results["ddad"]["all"].get(key)
+            if value is not None and value == value:  # skip NaN
+                eval_results.append(EvalResult(
+                    task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
+                    dataset_name=ds_name, dataset_split="test", metric_type=key, metric_name=label,
+                    metric_value=round(float(value), 4)))
+    card_data = ModelCardData(
+        license=license_id, library_name="ddad-hub", tags=["anomaly-detection", "diffusion", "ddad", "diffusers"],
+        model_name=model_name, eval_results=eval_results or None,
+    )
+    selection = info.get("selection")
+    selection_text = ""
+    if selection:
+        best = selection["best"]
+        selection_text = (
+            f"w, start step and the pixel-weight mode were chosen on {selection['how']} (objective: mean of image "
+            f"and pixel AUROC there, best {best['objective']:.3f} of {len(selection['table'])} settings); no test "
+            "image was used. The threshold is the highest score among held-out nominal training images."
+        )
+    training = info["training"]
+    training_text = (
+        f"{training.get('steps')} optimiser steps of batch {preset['batch_size']} in {training.get('minutes')} "
+        f"minutes ({training.get('processes', 1)} process(es), mixed precision `{preset['mixed_precision']}`), "
+        f"timesteps below {preset['max_train_timestep']}, EMA {preset.get('ema_decay')}."
+    )
+    if results:
+        rows = ["| detector | subset | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
+        for detector, label in (("ddad", "DDAD (this model)"), ("feature_memory", "feature memory (kNN)")):
+            for subset, vals in results.get(detector, {}).items():
+                rows.append(f"| {label} | {subset} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
+                            f"{vals['aupro']:.3f} |")
+        results_text = (f"On the {ds_name} test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows))
+    else:
+        results_text = "Not evaluated yet: run `training/evaluate.py` on this folder."
+    if category in DATASETS:
+        data_text = (f"Trained on the nominal training images of {credit}. The data's terms carry over to this model: "
+                     "it is for non-commercial research use.")
+    else:
+        data_text = f"Trained on the nominal training images in `{info['data']}`; check that data's license."
+    card = ModelCard.from_template(
+        card_data, template_path=str(template), model_name=model_name, category=category,
+        repo_id=repo_id or f"<user>/{model_name}", preset_name=preset["name"], resolution=preset["resolution"],
+        unet_params=info.get("unet_params", "n/a"), backbone=preset["feature_backbone"],
+        strides=", ".join(map(str, preset["feature_strides"])), map_size=index.get("map_size"),
+        w=scheduler["w"], start_step=scheduler["start_step"], skip=scheduler["skip"],
+        pixel_weight=index.get("pixel_weight") or "per image (max D_f / max D_p)",
+        threshold=index.get("threshold"), selection_text=selection_text, training_text=training_text,
+        results_text=results_text, data_text=data_text,
+    )
+    path = folder / "README.md"
+    card.save(path)
+    return path

@@ -1,0 +1,203 @@
+"""Training, adaptation, evaluation and prediction scripts, end to end on a tiny synthetic MVTec-layout folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRESET = {
+    "name": "tiny",
+    "resolution": 32,
+    "unet": {
+        "block_out_channels": [16, 32],
+        "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 8,
+        "attention_head_dim": 8,
+    },
+    "batch_size": 4,
+    "learning_rate": 3e-4,
+    "weight_decay": 0.05,
+    "ema_decay": 0.99,
+    "max_train_timestep": 500,
+    "shift_pixels": 1,
+    "mixed_precision": "no",
+    "max_minutes": None,
+    "epochs": None,
+    "checkpoint_every": 2,
+    "holdout": 0.25,
+    "feature_backbone": "efficientnet_lite0",
+    "feature_strides": [8, 16],
+    "map_size": 64,
+    "start_step": 100,
+    "skip": 50,
+    "eta": 1.0,
+    "w": None,
+    "selection_grid": {"w": [0, 2], "start_step": [100]},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _part(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A 'nominal part': a bright disc on a dark background with a little noise."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 3) ** 2
+    img = np.where(disc[..., None], [200, 180, 60], [30, 30, 40]).astype(np.float64)
+    img += rng.normal(0, 4, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "widget"
+    rng = np.random.default_rng(0)
+    (root / "train" / "good").mkdir(parents=True)
+    (root / "test" / "good").mkdir(parents=True)
+    (root / "test" / "scratch").mkdir(parents=True)
+    (root / "ground_truth" / "scratch").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(_part(rng)).save(root / "train" / "good" / f"{i:03d}.png")
+    for i in range(3):
+        Image.fromarray(_part(rng)).save(root / "test" / "good" / f"{i:03d}.png")
+        img = _part(rng)
+        mask = np.zeros(img.shape[:2], dtype=np.uint8)
+        mask[20:24, 8:40] = 255
+        img[mask > 0] = [255, 255, 255]
+        Image.fromarray(img).save(root / "test" / "scratch" / f"{i:03d}.png")
+        Image.fromarray(mask).save(root / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def preset_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("preset") / "tiny.json"
+    path.write_text(json.dumps(TINY_PRESET))
+    return path
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+    return env
+
+
+def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _train_args(data: Path, out: Path, preset: Path, steps: int) -> list[str]:
+    return ["training/train_unet.py", "--data", str(data), "--output-dir", str(out), "--preset", str(preset),
+            "--max-steps", str(steps), "--threads", "1", "--no-finalize"]
+
+
+def _final_weights(out: Path) -> dict:
+    last = sorted((out / "checkpoints").glob("step_*"))[-1]
+    return {"unet": load_file(str(last / "unet.safetensors")), "ema": load_file(str(last / "ema.safetensors")),
+            "state": json.loads((last / "state.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset, preset_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_a")
+    _run(_train_args(dataset, out, preset_file, 8))
+    return out
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(dataset, preset_file, trained_run, tmp_path):
+    out = tmp_path / "run_b"
+    proc = subprocess.Popen([sys.executable, *_train_args(dataset, out, preset_file, 100_000)], cwd=REPO,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000004").exists():
+        assert proc.poll() is None, "training exited early"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_at_kill = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")]
+    assert max(steps_at_kill) < 8, "the run was not interrupted before the end"
+
+    resumed = _run(_train_args(dataset, out, preset_file, 8) + ["--resume"])
+    assert f"at step {max(steps_at_kill)}" in resumed.stdout + resumed.stderr
+    a, b = _final_weights(trained_run), _final_weights(out)
+    assert b["state"]["step"] == a["state"]["step"] == 8
+    for part in ("unet", "ema"):
+        for key, value in a[part].items():
+            np.testing.assert_allclose(b[part][key].numpy(), value.numpy(), rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_two_processes_with_accelerate(dataset, preset_file, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           *_train_args(dataset, out, preset_file, 4)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = _final_weights(out)["state"]
+    assert state["processes"] == 2 and state["step"] == 4
+
+
+def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
+    _run(["training/finalize.py", "--run-dir", str(trained_run), "--data", str(dataset)])
+    folder = trained_run / "pipeline"
+    info = json.loads((folder / "training_info.json").read_text())
+    assert info["selection"]["best"]["w"] in (0, 2)
+    assert {row["pixel_weight_mode"] for row in info["selection"]["table"]} == {"per_image", "calibrated"}
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["threshold"] == pytest.approx(max(info["calibration"]["nominal_scores"]))
+
+    _run(["training/evaluate.py", "--pipeline", str(folder), "--data", str(dataset), "--threads", "1",
+          "--memory-coreset", "0.5"])
+    results = json.loads((folder / "results.json").read_text())
+    for detector in ("ddad", "feature_memory"):
+        for subset in ("all", "scratch"):
+            for metric in ("image_auroc", "pixel_auroc", "aupro"):
+                assert 0.0 <= results[detector][subset][metric] <= 1.0
+    # The white bar is obvious to ImageNet features: the memory must find it.
+    assert results["feature_memory"]["all"]["image_auroc"] > 0.9
+    assert (folder / "evaluation.png").stat().st_size > 10_000
+    card = (folder / "README.md").read_text()
+    assert "model-index" in card and "image_auroc" in card and "CC BY-NC-SA" not in card  # synthetic data
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for p in sorted((dataset / "test" / "scratch").glob("*.png"))[:2]:
+        (inputs / p.name).write_bytes(p.read_bytes())
+    (inputs / "broken.png").write_bytes(b"not an image at all")
+    preds = tmp_path / "preds"
+    _run(["training/predict.py", "--pipeline", str(folder), "--input-dir", str(inputs), "--output-dir", str(preds)])
+    rows = list(csv.DictReader(open(preds / "scores.csv")))
+    assert len(rows) == 3
+    broken = [r for r in rows if r["file"].endswith("broken.png")][0]
+    assert "not an image" in broken["error"]
+    assert len(list(preds.glob("*_map.png"))) == 2
+
+    adapted = tmp_path / "adapted"
+    _run(["training/adapt_encoder.py", "--pipeline", str(folder), "--data", str(dataset), "--output-dir",
+          str(adapted), "--epochs", "1", "--batch-size", "4", "--threads", "1"])
+    from ddad_hub import DDADPipeline
+
+    before = DDADPipeline.from_pretrained(folder).feature_encoder.state_dict()
+    after = DDADPipeline.from_pretrained(adapted / "pipeline").feature_encoder.state_dict()
+    changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
+    assert changed, "adaptation did not change the encoder"
+    # resuming a finished adaptation does no more epochs and still writes the pipeline
+    again = _run(["training/adapt_encoder.py", "--pipeline", str(folder), "--data", str(dataset), "--output-dir",
+                  str(adapted), "--epochs", "1", "--batch-size", "4", "--threads", "1", "--resume"])
+    assert "resumed from" in again.stdout + again.stderr

@@ -1,0 +1,142 @@
+"""DDAD's domain adaptation of the feature encoder, on a trained pipeline (method.md, section 1).
+
+    accelerate launch training/adapt_encoder.py --pipeline runs/transistor/pipeline \
+        --data ../shared/data/mvtec_ad_256/transistor --output-dir runs/transistor/adapted
+
+Each batch of nominal training images is split into targets ``y`` and inputs ``x'``; the frozen U-Net reconstructs
+``x'`` conditioned on ``y`` (``w_DA = 3``) and the encoder ``phi_hat`` learns
+
+    L = sum_l [1 - cos(phi_hat_l(r), phi_hat_l(y))]
+        + lambda sum_l [1 - cos(phi_hat_l(y), phi_l(y))] + lambda sum_l [1 - cos(phi_hat_l(r), phi_l(r))]
+
+with the frozen pretrained ``phi``. The adapted pipeline is re-calibrated on the held-out nominal images and saved.
+Checkpoints are written atomically each epoch; ``--resume`` continues from the newest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ddad_hub import DDADPipeline
+from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.data import load_images, train_images
+from ddad_hub.distributed import make_accelerator
+from ddad_hub.model_card import write_model_card
+from ddad_hub.recipe import recalibrate
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", required=True, help="a trained DDADPipeline folder")
+    p.add_argument("--data", required=True, help="the category folder it was trained on")
+    p.add_argument("--output-dir", required=True, help="where the adapted pipeline (and checkpoints) go")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8, help="images per step, split into targets and inputs")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--lam", type=float, default=0.1, help="weight of the two terms that keep phi_hat near phi")
+    p.add_argument("--w-da", type=float, default=3.0, help="conditioning weight of the reconstructions")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    return p.parse_args(argv)
+
+
+def cosine_loss(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of ``1 - cos`` between each image's flattened feature maps, averaged over the batch."""
+    return sum((1 - F.cosine_similarity(x.flatten(1).float(), y.flatten(1).float(), dim=1)).mean()
+               for x, y in zip(a, b))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = make_accelerator(args.mixed_precision)
+    pipe = DDADPipeline.from_pretrained(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    info_file = Path(args.pipeline) / "training_info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    held = set(info.get("held_out_nominal", []))
+    all_paths = train_images(args.data)
+    train_paths = [p for p in all_paths if p.name not in held]
+    held_paths = [p for p in all_paths if p.name in held]
+    images = load_images(train_paths, pipe.sample_size[0])
+
+    frozen = pipe.feature_encoder.eval().requires_grad_(False)
+    encoder = copy.deepcopy(frozen).requires_grad_(True)
+    encoder.eval()  # batch-norm statistics stay those of ImageNet; only the weights adapt
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.learning_rate)
+    out = Path(args.output_dir)
+    ckpt_dir = out / "checkpoints"
+    start_epoch, history = 0, []
+    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(ckpt, {"encoder": encoder}, optimizer)
+        start_epoch, history = state["epoch"], state["history"]
+        accelerator.print(f"resumed from {ckpt} after epoch {start_epoch}")
+    encoder, optimizer = accelerator.prepare(encoder, optimizer)
+
+    half = max(1, args.batch_size // 2)
+    steps = math.ceil(images.shape[0] / (2 * half * accelerator.num_processes))
+    for epoch in range(start_epoch, args.epochs):
+        g = torch.Generator().manual_seed(args.seed * 7919 + epoch)
+        order = torch.randperm(images.shape[0], generator=g)
+        shard = order[accelerator.process_index :: accelerator.num_processes]
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"adapt encoder, epoch {epoch + 1}/{args.epochs}",
+                   disable=not accelerator.is_local_main_process)
+        for step in bar:
+            idx = shard[step * 2 * half : (step + 1) * 2 * half]
+            if len(idx) < 2:
+                continue
+            n = len(idx) // 2
+            y, x_in = images[idx[:n]], images[idx[n : 2 * n]]
+            gens = [torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step * 31 + i)
+                    for i in range(n)]
+            r = pipe.reconstruct(x_in, target=y, w=args.w_da, generator=gens, show_progress=False)
+            y_m, r_m = pipe.resize_to_map(y), pipe.resize_to_map(r)
+            with torch.no_grad():
+                ref_y, ref_r = frozen(y_m), frozen(r_m)
+            with accelerator.autocast():  # one forward pass, as distributed data parallel expects
+                feats = encoder(torch.cat([y_m, r_m]))
+            f_y, f_r = [f[:n] for f in feats], [f[n:] for f in feats]
+            loss = cosine_loss(f_r, f_y) + args.lam * (cosine_loss(f_y, ref_y) + cosine_loss(f_r, ref_r))
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        history.append({"epoch": epoch + 1, "mean_loss": total / max(1, steps)})
+        accelerator.print(f"epoch {epoch + 1}: mean loss {history[-1]['mean_loss']:.4f}")
+        if accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, epoch + 1, {"encoder": accelerator.unwrap_model(encoder)},
+                            optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                            {"epoch": epoch + 1, "history": history})
+        accelerator.wait_for_everyone()
+
+    folder = out / "pipeline"
+    if accelerator.is_main_process:
+        pipe.feature_encoder = accelerator.unwrap_model(encoder).eval().requires_grad_(False)
+        calibration = recalibrate(pipe, load_images(held_paths, pipe.sample_size[0])) if held_paths else {}
+        pipe.save_pretrained(folder)
+        info["adaptation"] = {"epochs": args.epochs, "lambda": args.lam, "w_da": args.w_da,
+                              "learning_rate": args.learning_rate, "history": history, "calibration": calibration}
+        if info:
+            (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
+            if "preset" in info:
+                write_model_card(folder)
+        accelerator.print(f"adapted pipeline written to {folder}")
+    accelerator.wait_for_everyone()
+    return folder
+
+
+if __name__ == "__main__":
+    main()

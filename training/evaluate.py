@@ -1,0 +1,162 @@
+"""Evaluate a DDADPipeline folder on an MVTec-layout test set, beside the nearest-neighbour feature memory.
+
+    python training/evaluate.py --pipeline runs/transistor/pipeline --data ../shared/data/mvtec_ad_256/transistor
+
+Writes ``results.json`` (image AUROC, pixel AUROC, AUPRO at FPR 0.3, overall and per defect type) and
+``evaluation.png`` (ROC curves and example maps) to ``--output-dir`` (default: the pipeline folder, whose model
+card is then re-rendered with the results). Maps are compared with the masks on the whole image at the map size
+(no centre crop). Nothing is tuned here: the pipeline's settings were fixed before it saw the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddad_hub import DDADPipeline
+from ddad_hub.data import load_images, load_mask, test_items, train_images
+from ddad_hub.metrics import roc_points, summarize
+from ddad_hub.model_card import write_model_card
+from ddad_hub.models.feature_memory import FeatureMemory
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", required=True, help="a saved DDADPipeline folder or Hub repo id")
+    p.add_argument("--data", required=True, help="an MVTec-layout category folder")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast")
+    p.add_argument("--no-memory", action="store_true", help="skip the feature-memory baseline")
+    p.add_argument("--memory-coreset", type=float, default=0.1)
+    return p.parse_args(argv)
+
+
+def run_ddad(pipe: DDADPipeline, images: torch.Tensor, batch_size: int, autocast_dtype) -> tuple[np.ndarray, ...]:
+    maps, scores, recons = [], [], []
+    for s in tqdm(range(0, images.shape[0], batch_size), desc="DDAD"):
+        out = pipe(images[s : s + batch_size], output_type="pt", batch_size=batch_size, autocast_dtype=autocast_dtype)
+        maps.append(out.anomaly_maps.numpy())
+        scores.append(out.image_scores.numpy())
+        recons.append(out.reconstructions)
+    return np.concatenate(maps), np.concatenate(scores), torch.cat(recons)
+
+
+def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(examples)
+    fig = plt.figure(figsize=(3 * max(4, n), 3 * 5))
+    ax = fig.add_subplot(5, 1, 1)
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {results[name]['all']['image_auroc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title("image-level ROC")
+    ax.legend(loc="lower right")
+    rows = ("input", "reconstruction", "DDAD map", "ground truth")
+    for j, ex in enumerate(examples):
+        for i, key in enumerate(rows):
+            a = fig.add_subplot(5, n, (i + 1) * n + j + 1)
+            a.imshow(ex[key], cmap="jet" if key == "DDAD map" else "gray" if key == "ground truth" else None)
+            a.set_xticks([])
+            a.set_yticks([])
+            if j == 0:
+                a.set_ylabel(key)
+            if i == 0:
+                a.set_title(f"{ex['type']} ({ex['score']:.3f})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = DDADPipeline.from_pretrained(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    folder = Path(args.pipeline)
+    out_dir = Path(args.output_dir) if args.output_dir else folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data)
+    items = test_items(data)
+    size = pipe.map_hw
+    masks = np.stack([load_mask(it.mask, size) for it in items])
+    types = [it.defect_type for it in items]
+    autocast = torch.bfloat16 if args.bf16 else None
+
+    images = load_images([it.image for it in items], pipe.sample_size[0])
+    start = time.perf_counter()
+    maps, scores, recons = run_ddad(pipe, images, args.batch_size, autocast)
+    ddad_seconds = time.perf_counter() - start
+    results = {"ddad": summarize(scores, maps, masks, types)}
+    curves = {"ddad": roc_points(scores, np.array(types) != "good")}
+    timing = {"ddad_seconds_per_image": ddad_seconds / len(items)}
+
+    if not args.no_memory:
+        info_file = folder / "training_info.json"
+        held = set(json.loads(info_file.read_text()).get("held_out_nominal", [])) if info_file.is_file() else set()
+        train_paths = [p for p in train_images(data) if p.name not in held]
+        start = time.perf_counter()
+        memory = FeatureMemory.fit(
+            pipe.feature_encoder, load_images(train_paths, size[0]), coreset_ratio=args.memory_coreset,
+            image_size=size[0],
+        )
+        timing["memory_fit_seconds"] = time.perf_counter() - start
+        full = load_images([it.image for it in items], size[0])
+        start = time.perf_counter()
+        m_maps, m_scores = [], []
+        for s in tqdm(range(0, len(items), args.batch_size), desc="feature memory"):
+            mm, ms = memory.anomaly_maps(pipe.feature_encoder, full[s : s + args.batch_size], size)
+            m_maps.append(mm.numpy())
+            m_scores.append(ms.numpy())
+        timing["memory_seconds_per_image"] = (time.perf_counter() - start) / len(items)
+        m_maps, m_scores = np.concatenate(m_maps), np.concatenate(m_scores)
+        results["feature_memory"] = summarize(m_scores, m_maps, masks, types)
+        curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
+
+    results["protocol"] = (f"{len(items)} test images, maps and masks at {size[0]} px, whole image, "
+                           "AUPRO up to FPR 0.3")
+    results["timing"] = timing
+    results["threshold"] = pipe.config.threshold
+    if pipe.config.threshold is not None:
+        labels = np.array(types) != "good"
+        flagged = scores > pipe.config.threshold
+        results["at_threshold"] = {"true_positive_rate": float(flagged[labels].mean()),
+                                   "false_positive_rate": float(flagged[~labels].mean())}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+    examples = []
+    for kind in sorted(set(types)):
+        i = types.index(kind)
+        examples.append({
+            "type": kind, "score": float(scores[i]),
+            "input": ((images[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1),
+            "reconstruction": ((recons[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1),
+            "DDAD map": maps[i], "ground truth": masks[i],
+        })
+    plot(out_dir / "evaluation.png", results, curves, examples)
+    if out_dir == folder and (folder / "training_info.json").is_file():
+        write_model_card(folder)
+    for name in ("ddad", "feature_memory"):
+        if name in results:
+            r = results[name]["all"]
+            print(f"{name}: image AUROC {r['image_auroc']:.3f}  pixel AUROC {r['pixel_auroc']:.3f}  "
+                  f"AUPRO {r['aupro']:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
