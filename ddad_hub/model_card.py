@@ -63,7 +63,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     )
     if results:
         rows = ["| detector | subset | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
-        for detector, label in (("ddad", "DDAD (this model)"), ("feature_memory", "feature memory (kNN)")):
+        detectors = (("ddad", "DDAD mode"), ("d3ad", "D3AD mode"), ("feature_memory", "feature memory (kNN)"))
+        for detector, label in detectors:
             for subset, vals in results.get(detector, {}).items():
                 rows.append(f"| {label} | {subset} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
                             f"{vals['aupro']:.3f} |")

@@ -16,9 +16,11 @@ from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
 from .data import load_images
+from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc
 from .model_card import write_model_card
 from .models.feature_encoder import FeatureEncoder
+from .models.feature_memory import FeatureMemory
 from .pipelines.pipeline_ddad import DDADPipeline
 from .schedulers.scheduling_ddad import DDADScheduler
 
@@ -120,6 +122,43 @@ def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor) -> tuple[floa
     return float(scores.max()), [float(s) for s in scores]
 
 
+def _synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0, **call) -> dict:
+    """Image and pixel AUROC of the pipeline as it stands on held-out nominal images and synthetic defects."""
+    defective, masks = synthetic_defects(nominal, seed=seed)
+    size = pipe.map_hw
+    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].bool().numpy()
+    all_masks = np.concatenate([np.zeros((nominal.shape[0], *size), dtype=bool), masks])
+    out = pipe(torch.cat([nominal, defective]), output_type="pt", **call)
+    labels = np.r_[np.zeros(nominal.shape[0]), np.ones(defective.shape[0])]
+    maps = out.anomaly_maps.numpy()
+    row = {"image_auroc": image_auroc(out.image_scores.numpy(), labels), "pixel_auroc": pixel_auroc(maps, all_masks)}
+    row["objective"] = (row["image_auroc"] + row["pixel_auroc"]) / 2
+    return row
+
+
+def fit_d3ad(
+    pipe: DDADPipeline, train: torch.Tensor, nominal: torch.Tensor, coreset_ratio: float, t_max_grid: list[int]
+) -> dict:
+    """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
+
+    The feature memory is fitted on the training split, its histogram bins on the held-out nominal images'
+    scores, and ``t_max`` by the synthetic-defect objective.
+    """
+    memory = FeatureMemory.fit(pipe.feature_encoder, pipe.resize_to_map(train), coreset_ratio=coreset_ratio,
+                               image_size=pipe.map_hw[0], blur_sigma=pipe.config.blur_sigma)
+    pipe.register_modules(feature_memory=memory)
+    bins = score_bin_edges(pipe.first_estimate(nominal))
+    memory.register_to_config(score_bins=bins)
+    table = []
+    for t_max in t_max_grid:
+        pipe.register_to_config(d3ad_t_max=int(t_max))
+        table.append({"t_max": int(t_max), **_synthetic_objective(pipe, nominal, mode="d3ad")})
+    best = max(table, key=lambda r: r["objective"])
+    pipe.register_to_config(d3ad_t_max=best["t_max"])
+    return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio,
+            "how": "memory on the training split, bins on held-out nominal scores, t_max on synthetic defects"}
+
+
 def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor) -> dict:
     """Refresh the calibrated pixel weight (if the pipeline uses one) and the threshold, e.g. after adaptation."""
     if pipe.config.pixel_weight is not None:
@@ -139,6 +178,7 @@ def finalize_run(
     held_out: list[Path],
     training: dict,
     encoder: FeatureEncoder | None = None,
+    train_paths: list[Path] | None = None,
 ) -> Path:
     """Assemble, select settings, calibrate and save the pipeline to ``<out>/pipeline`` with its model card."""
     out = Path(out)
@@ -155,6 +195,10 @@ def finalize_run(
         pipe.register_to_config(pixel_weight=best["pixel_weight"])
         info["selection"] = {"best": best, "table": table,
                              "how": "held-out nominal training images + synthetic defects pasted into them"}
+    if preset.get("d3ad") and train_paths:
+        d3ad = preset["d3ad"]
+        train = load_images(train_paths, preset["resolution"])
+        info["d3ad"] = fit_d3ad(pipe, train, nominal, d3ad["coreset_ratio"], d3ad["t_max"])
     threshold, nominal_scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,

@@ -47,6 +47,7 @@ TINY_PRESET = {
     "eta": 1.0,
     "w": None,
     "selection_grid": {"w": [0, 2], "start_step": [100]},
+    "d3ad": {"coreset_ratio": 0.2, "t_max": [40, 80]},
 }
 
 pytestmark = pytest.mark.slow
@@ -165,7 +166,8 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     _run(["training/evaluate.py", "--pipeline", str(folder), "--data", str(dataset), "--threads", "1",
           "--memory-coreset", "0.5"])
     results = json.loads((folder / "results.json").read_text())
-    for detector in ("ddad", "feature_memory"):
+    assert info["d3ad"]["best"]["t_max"] in (40, 80) and len(info["d3ad"]["score_bins"]) == 11
+    for detector in ("ddad", "d3ad", "feature_memory"):
         for subset in ("all", "scratch"):
             for metric in ("image_auroc", "pixel_auroc", "aupro"):
                 assert 0.0 <= results[detector][subset][metric] <= 1.0
@@ -173,7 +175,9 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     assert results["feature_memory"]["all"]["image_auroc"] > 0.9
     assert (folder / "evaluation.png").stat().st_size > 10_000
     card = (folder / "README.md").read_text()
-    assert "model-index" in card and "image_auroc" in card and "CC BY-NC-SA" not in card  # synthetic data
+    assert "model-index" in card and "image_auroc" in card and "D3AD mode" in card
+    assert "non-commercial" not in card  # synthetic data: no data set licence to pass on
+    assert 20 <= results["d3ad"]["all"]["mean_start_step"] <= info["d3ad"]["best"]["t_max"]
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()

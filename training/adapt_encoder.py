@@ -30,7 +30,7 @@ from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_chec
 from ddad_hub.data import load_images, train_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_model_card
-from ddad_hub.recipe import recalibrate
+from ddad_hub.recipe import fit_d3ad, recalibrate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> Path:
     folder = out / "pipeline"
     if accelerator.is_main_process:
         pipe.feature_encoder = accelerator.unwrap_model(encoder).eval().requires_grad_(False)
-        calibration = recalibrate(pipe, load_images(held_paths, pipe.sample_size[0])) if held_paths else {}
+        held_images = load_images(held_paths, pipe.sample_size[0]) if held_paths else None
+        if pipe.feature_memory is not None and held_images is not None:  # its bank holds the old features
+            ratio = info.get("d3ad", {}).get("coreset_ratio", 0.02)
+            info["d3ad"] = fit_d3ad(pipe, images, held_images, ratio, [pipe.config.d3ad_t_max])
+        calibration = recalibrate(pipe, held_images) if held_images is not None else {}
         pipe.save_pretrained(folder)
         info["adaptation"] = {"epochs": args.epochs, "lambda": args.lam, "w_da": args.w_da,
                               "learning_rate": args.learning_rate, "history": history, "calibration": calibration}

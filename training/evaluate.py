@@ -35,18 +35,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast")
     p.add_argument("--no-memory", action="store_true", help="skip the feature-memory baseline")
+    p.add_argument("--modes", nargs="+", default=None, choices=["ddad", "d3ad"],
+                   help="pipeline modes to evaluate (default: ddad, and d3ad if the pipeline has a feature memory)")
     p.add_argument("--memory-coreset", type=float, default=0.1)
     return p.parse_args(argv)
 
 
-def run_ddad(pipe: DDADPipeline, images: torch.Tensor, batch_size: int, autocast_dtype) -> tuple[np.ndarray, ...]:
-    maps, scores, recons = [], [], []
-    for s in tqdm(range(0, images.shape[0], batch_size), desc="DDAD"):
-        out = pipe(images[s : s + batch_size], output_type="pt", batch_size=batch_size, autocast_dtype=autocast_dtype)
+def run_pipeline(
+    pipe: DDADPipeline, images: torch.Tensor, batch_size: int, autocast_dtype, mode: str
+) -> tuple[np.ndarray, ...]:
+    maps, scores, recons, starts = [], [], [], []
+    for s in tqdm(range(0, images.shape[0], batch_size), desc=mode.upper()):
+        out = pipe(images[s : s + batch_size], output_type="pt", batch_size=batch_size,
+                   autocast_dtype=autocast_dtype, mode=mode)
         maps.append(out.anomaly_maps.numpy())
         scores.append(out.image_scores.numpy())
         recons.append(out.reconstructions)
-    return np.concatenate(maps), np.concatenate(scores), torch.cat(recons)
+        starts.append(out.start_steps.numpy())
+    return np.concatenate(maps), np.concatenate(scores), torch.cat(recons), np.concatenate(starts)
 
 
 def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
@@ -98,12 +104,19 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = torch.bfloat16 if args.bf16 else None
 
     images = load_images([it.image for it in items], pipe.sample_size[0])
-    start = time.perf_counter()
-    maps, scores, recons = run_ddad(pipe, images, args.batch_size, autocast)
-    ddad_seconds = time.perf_counter() - start
-    results = {"ddad": summarize(scores, maps, masks, types)}
-    curves = {"ddad": roc_points(scores, np.array(types) != "good")}
-    timing = {"ddad_seconds_per_image": ddad_seconds / len(items)}
+    modes = args.modes or (["ddad", "d3ad"] if pipe.feature_memory is not None else ["ddad"])
+    results, curves, timing, outputs = {}, {}, {}, {}
+    for mode in modes:
+        start = time.perf_counter()
+        outputs[mode] = run_pipeline(pipe, images, args.batch_size, autocast, mode)
+        timing[f"{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
+        maps_m, scores_m, _, starts = outputs[mode]
+        results[mode] = summarize(scores_m, maps_m, masks, types)
+        for kind in results[mode]:
+            sel = np.ones(len(types), bool) if kind == "all" else np.array(types) == kind
+            results[mode][kind]["mean_start_step"] = float(starts[sel].mean())
+        curves[mode] = roc_points(scores_m, np.array(types) != "good")
+    maps, scores, recons, _ = outputs[modes[0]]
 
     if not args.no_memory:
         info_file = folder / "training_info.json"
@@ -133,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["threshold"] = pipe.config.threshold
     if pipe.config.threshold is not None:
         labels = np.array(types) != "good"
-        flagged = scores > pipe.config.threshold
+        flagged = scores > pipe.config.threshold  # the first mode's scores; the threshold was set for it
         results["at_threshold"] = {"true_positive_rate": float(flagged[labels].mean()),
                                    "false_positive_rate": float(flagged[~labels].mean())}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -145,12 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
             "type": kind, "score": float(scores[i]),
             "input": ((images[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1),
             "reconstruction": ((recons[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1),
-            "DDAD map": maps[i], "ground truth": masks[i],
+            "DDAD map": maps[i], "ground truth": masks[i],  # first mode's
         })
     plot(out_dir / "evaluation.png", results, curves, examples)
     if out_dir == folder and (folder / "training_info.json").is_file():
         write_model_card(folder)
-    for name in ("ddad", "feature_memory"):
+    for name in ("ddad", "d3ad", "feature_memory"):
         if name in results:
             r = results[name]["all"]
             print(f"{name}: image AUROC {r['image_auroc']:.3f}  pixel AUROC {r['pixel_auroc']:.3f}  "

@@ -36,10 +36,11 @@ def main(argv: list[str] | None = None) -> Path:
     unet = build_unet(preset)
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").exists() else "unet.safetensors")
     unet.load_state_dict(load_file(str(weights)))
-    _, held_out = split_nominal(train_images(data), preset["holdout"], seed=state.get("seed", 0))
+    train_paths, held_out = split_nominal(train_images(data), preset["holdout"], seed=state.get("seed", 0))
     training = {"steps": state["step"], "minutes": round(state["elapsed_seconds"] / 60, 2),
                 "processes": state.get("processes", 1), "checkpoint": ckpt.name}
-    folder = finalize_run(args.output_dir or args.run_dir, unet.eval(), preset, data, held_out, training)
+    folder = finalize_run(args.output_dir or args.run_dir, unet.eval(), preset, data, held_out, training,
+                          train_paths=train_paths)
     print(f"pipeline written to {folder}")
     return folder
 

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> Path:
         finalize_run(
             out, final_unet.eval().float(), preset, data, held_out,
             training={"steps": step, "minutes": round(elapsed / 60, 2), "processes": accelerator.num_processes},
+            train_paths=train_paths,
         )
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -16,8 +16,10 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..anomaly_map import combine_maps, feature_distance, image_scores, pixel_distance, resize_maps
+from ..dynamic_noise import dynamic_start_steps
 from ..image_utils import open_image, to_rgb8
 from ..models.feature_encoder import FeatureEncoder
+from ..models.feature_memory import FeatureMemory
 from ..schedulers.scheduling_ddad import DDADScheduler
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
@@ -34,6 +36,7 @@ class DDADPipelineOutput(BaseOutput):
         reconstructions: the defect-free reconstructions, in ``output_type``.
         is_anomalous: (B,) booleans, ``image_scores > threshold``; ``None`` when the pipeline has no threshold.
         masks: (B, H, W) booleans at map resolution, ``anomaly_maps > threshold``; ``None`` without a threshold.
+        start_steps: (B,) the noise level each image started from (differs per image in D3AD mode).
     """
 
     anomaly_maps: np.ndarray | torch.Tensor
@@ -42,6 +45,7 @@ class DDADPipelineOutput(BaseOutput):
     reconstructions: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     is_anomalous: np.ndarray | torch.Tensor | None = None
     masks: np.ndarray | torch.Tensor | None = None
+    start_steps: np.ndarray | torch.Tensor | None = None
 
 
 class DDADPipeline(DiffusionPipeline):
@@ -60,9 +64,16 @@ class DDADPipeline(DiffusionPipeline):
         pixel_weight: fixed ``max D_f / max D_p`` ratio calibrated on nominal images; ``None`` takes each image's.
         threshold: image-score threshold calibrated on nominal images only; ``None`` if not calibrated.
         seed: seed of the per-image noise when no generator is passed, so a given image always gets the same score.
+        mode: "ddad" (fixed start step, noised start) or "d3ad" (per-image start step from the feature memory's
+            first estimate, noise-free scaled start; needs ``feature_memory``).
+        d3ad_t_max / d3ad_w / d3ad_eta: D3AD's largest start step, conditioning weight and stochasticity.
+
+    Optional component:
+        feature_memory: :class:`FeatureMemory` with ``score_bins``, D3AD's first estimate.
     """
 
     model_cpu_offload_seq = "unet->feature_encoder"
+    _optional_components = ["feature_memory"]
 
     def __init__(
         self,
@@ -75,13 +86,21 @@ class DDADPipeline(DiffusionPipeline):
         pixel_weight: float | None = None,
         threshold: float | None = None,
         seed: int = 0,
+        feature_memory: FeatureMemory | None = None,
+        mode: str = "ddad",
+        d3ad_t_max: int = 80,
+        d3ad_w: float = 4.0,
+        d3ad_eta: float = 0.0,
     ):
         super().__init__()
         unet.eval()  # inference only: a pipeline never trains its components
         feature_encoder.eval()
-        self.register_modules(unet=unet, scheduler=scheduler, feature_encoder=feature_encoder)
+        self.register_modules(
+            unet=unet, scheduler=scheduler, feature_encoder=feature_encoder, feature_memory=feature_memory
+        )
         self.register_to_config(
-            v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed
+            v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed,
+            mode=mode, d3ad_t_max=d3ad_t_max, d3ad_w=d3ad_w, d3ad_eta=d3ad_eta,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
 
@@ -186,6 +205,34 @@ class DDADPipeline(DiffusionPipeline):
             )
         return reconstruction.clamp(-1, 1)
 
+    @torch.no_grad()
+    def first_estimate(self, images: torch.Tensor) -> torch.Tensor:
+        """D3AD's cheap anomaly estimate: the feature memory's image score of each image (in [-1, 1])."""
+        return self.feature_memory.anomaly_maps(self.feature_encoder, self.resize_to_map(images))[1]
+
+    @torch.no_grad()
+    def reconstruct_dynamic(
+        self, images: torch.Tensor, generator=None, autocast_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D3AD: each image starts, without noise, from the step its first estimate's histogram bin picks.
+
+        Returns the reconstructions and the start steps. Images sharing a start step are denoised together.
+        """
+        t_hat, skips = dynamic_start_steps(
+            self.first_estimate(images), self.feature_memory.config.score_bins, self.config.d3ad_t_max
+        )
+        generators = self._generators(generator, images.shape[0])
+        out = torch.empty_like(images, dtype=torch.float32)
+        for t in torch.unique(t_hat).tolist():
+            idx = (t_hat == t).nonzero().flatten()
+            gen = [generators[i] for i in idx.tolist()] if isinstance(generators, list) else generators
+            out[idx] = self.reconstruct(
+                images[idx], w=self.config.d3ad_w, start_step=int(t), skip=int(skips[idx[0]]),
+                eta=self.config.d3ad_eta, generator=gen, noise_free_start=True, autocast_dtype=autocast_dtype,
+                show_progress=False,
+            )
+        return out, t_hat
+
     def resize_to_map(self, images: torch.Tensor) -> torch.Tensor:
         """Bilinear resize to the map resolution, where inputs and reconstructions are compared."""
         if tuple(images.shape[-2:]) == tuple(self.map_hw):
@@ -231,6 +278,7 @@ class DDADPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         autocast_dtype: torch.dtype | None = None,
+        mode: str | None = None,
     ) -> DDADPipelineOutput | tuple:
         """Score images for anomalies.
 
@@ -243,7 +291,14 @@ class DDADPipeline(DiffusionPipeline):
             batch_size: images reconstructed at once.
             output_type: "pil", "np" or "pt" for the reconstructions; maps and scores are numpy unless "pt".
             autocast_dtype: e.g. ``torch.bfloat16`` to run the networks under autocast.
+            mode: "ddad" or "d3ad"; ``None`` takes ``config.mode``. In D3AD mode ``w``, ``start_step``, ``skip``
+                and ``eta`` are ignored: each image's start step comes from the feature memory.
         """
+        mode = mode or self.config.mode
+        if mode not in ("ddad", "d3ad"):
+            raise ValueError(f"mode must be 'ddad' or 'd3ad', got {mode!r}")
+        if mode == "d3ad" and (self.feature_memory is None or not self.feature_memory.config.score_bins):
+            raise ValueError("D3AD mode needs a fitted feature_memory with score_bins; see ddad_hub.recipe.fit_d3ad")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         x, sizes = self.preprocess(image)
@@ -251,14 +306,20 @@ class DDADPipeline(DiffusionPipeline):
             raise ValueError(f"got {len(generator)} generators for {x.shape[0]} images")
         generators = self._generators(generator, x.shape[0])
 
-        maps, recons = [], []
+        maps, recons, starts = [], [], []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start : start + batch_size]
             gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
-            r = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
-                                 autocast_dtype=autocast_dtype)
+            if mode == "d3ad":
+                r, t_hat = self.reconstruct_dynamic(chunk, gen, autocast_dtype)
+            else:
+                r = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
+                                     autocast_dtype=autocast_dtype)
+                t_hat = torch.full((chunk.shape[0],), self.scheduler.start_step)
             maps.append(self.compute_anomaly_maps(chunk, r, autocast_dtype=autocast_dtype))
             recons.append(r)
+            starts.append(t_hat)
+        start_steps = torch.cat(starts)
         maps_t = torch.cat(maps).float().cpu()
         recon_t = torch.cat(recons).cpu()
         scores = image_scores(maps_t)
@@ -274,6 +335,7 @@ class DDADPipeline(DiffusionPipeline):
             maps_t, scores = maps_t.numpy(), scores.numpy()
             flags = flags.numpy() if flags is not None else None
             masks = masks.numpy() if masks is not None else None
+            start_steps = start_steps.numpy()
             reconstructions = self.image_processor.postprocess(recon_t, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -285,6 +347,7 @@ class DDADPipeline(DiffusionPipeline):
             reconstructions=reconstructions,
             is_anomalous=flags,
             masks=masks,
+            start_steps=start_steps,
         )
 
     # ------------------------------------------------------------------ loading
