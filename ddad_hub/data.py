@@ -34,7 +34,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def train_images(root: str | os.PathLike) -> list[Path]:
+def list_train_images(root: str | os.PathLike) -> list[Path]:
     """The nominal training images, ``<root>/train/good/*``."""
     folder = Path(root) / "train" / "good"
     if not folder.is_dir():
@@ -49,7 +49,7 @@ def train_images(root: str | os.PathLike) -> list[Path]:
     return images
 
 
-def test_items(root: str | os.PathLike) -> list[TestItem]:
+def list_test_items(root: str | os.PathLike) -> list[TestItem]:
     """The test images with their defect type and mask path, ``<root>/test/<type>/*``."""
     root = Path(root)
     test_dir = root / "test"

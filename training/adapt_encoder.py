@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from ddad_hub.data import load_images, train_images
+from ddad_hub.data import list_train_images, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_model_card
 from ddad_hub.recipe import fit_d3ad, recalibrate
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     info_file = Path(args.pipeline) / "training_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     held = set(info.get("held_out_nominal", []))
-    all_paths = train_images(args.data)
+    all_paths = list_train_images(args.data)
     train_paths = [p for p in all_paths if p.name not in held]
     held_paths = [p for p in all_paths if p.name in held]
     images = load_images(train_paths, pipe.sample_size[0])

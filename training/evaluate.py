@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
-from ddad_hub.data import load_images, load_mask, test_items, train_images
+from ddad_hub.data import list_test_items, list_train_images, load_images, load_mask
 from ddad_hub.metrics import roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.output_dir) if args.output_dir else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
-    items = test_items(data)
+    items = list_test_items(data)
     size = pipe.map_hw
     masks = np.stack([load_mask(it.mask, size) for it in items])
     types = [it.defect_type for it in items]
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_memory:
         info_file = folder / "training_info.json"
         held = set(json.loads(info_file.read_text()).get("held_out_nominal", [])) if info_file.is_file() else set()
-        train_paths = [p for p in train_images(data) if p.name not in held]
+        train_paths = [p for p in list_train_images(data) if p.name not in held]
         start = time.perf_counter()
         memory = FeatureMemory.fit(
             pipe.feature_encoder, load_images(train_paths, size[0]), coreset_ratio=args.memory_coreset,

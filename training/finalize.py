@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from ddad_hub.checkpointing import latest_checkpoint
-from ddad_hub.data import split_nominal, train_images
+from ddad_hub.data import list_train_images, split_nominal
 from ddad_hub.models.unet import build_unet
 from ddad_hub.recipe import finalize_run
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> Path:
     unet = build_unet(preset)
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").exists() else "unet.safetensors")
     unet.load_state_dict(load_file(str(weights)))
-    train_paths, held_out = split_nominal(train_images(data), preset["holdout"], seed=state.get("seed", 0))
+    train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=state.get("seed", 0))
     training = {"steps": state["step"], "minutes": round(state["elapsed_seconds"] / 60, 2),
                 "processes": state.get("processes", 1), "checkpoint": ckpt.name}
     folder = finalize_run(args.output_dir or args.run_dir, unet.eval(), preset, data, held_out, training,

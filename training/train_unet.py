@@ -21,7 +21,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from ddad_hub.data import load_images, split_nominal, train_images
+from ddad_hub.data import list_train_images, load_images, split_nominal
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
 
-    train_paths, held_out = split_nominal(train_images(data), preset["holdout"], seed=args.seed)
+    train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=args.seed)
     images = load_images(train_paths, preset["resolution"])
     steps_per_epoch = math.ceil(len(images) / (preset["batch_size"] * accelerator.num_processes))
     max_steps = args.max_steps

@@ -1,0 +1,78 @@
+"""Checks on the real data sets beside the repository (skipped where ../shared/data is missing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddad_hub.data import DatasetLayoutError, list_test_items, list_train_images, load_mask
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TRANSISTOR = DATA / "mvtec_ad_256" / "transistor"
+TILE = DATA / "mtd" / "magnetic_tile"
+EMBEDDED = Path(__file__).resolve().parents[1] / "models" / "ddad-transistor-cpu"
+
+needs_data = pytest.mark.skipif(not TRANSISTOR.is_dir(), reason=f"real data not found at {DATA}")
+
+
+@needs_data
+@pytest.mark.data
+def test_transistor_layout_is_read_completely():
+    assert len(list_train_images(TRANSISTOR)) == 213
+    items = list_test_items(TRANSISTOR)
+    kinds = [it.defect_type for it in items]
+    assert kinds.count("good") == 60 and len(items) == 100
+    assert {k for k in kinds if k != "good"} == {"bent_lead", "cut_lead", "damaged_case", "misplaced"}
+    defective = [it for it in items if it.is_anomalous]
+    assert all(load_mask(it.mask, (256, 256)).any() for it in defective)
+
+
+@pytest.mark.skipif(not TILE.is_dir(), reason=f"real data not found at {TILE}")
+@pytest.mark.data
+def test_magnetic_tile_layout_is_read_completely():
+    assert len(list_train_images(TILE)) == 762
+    items = list_test_items(TILE)
+    assert len(items) == 190 + 115 + 85 + 57 + 32 + 103
+    from PIL import Image
+
+    empty = [it for it in items if it.is_anomalous and not load_mask(it.mask, Image.open(it.mask).size[::-1]).any()]
+    assert len(empty) <= 4  # the source has four empty "uneven" masks
+
+
+def test_wrong_layout_is_explained(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetLayoutError, match="train/good"):
+        list_train_images(tmp_path)
+    with pytest.raises(DatasetLayoutError, match="test"):
+        list_test_items(tmp_path)
+    (tmp_path / "test" / "crack").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "test" / "crack" / "000.png")
+    with pytest.raises(DatasetLayoutError, match="000_mask.png"):
+        list_test_items(tmp_path)
+
+
+@needs_data
+@pytest.mark.data
+@pytest.mark.slow
+@pytest.mark.skipif(not EMBEDDED.is_dir(), reason="the embedded model is not in this checkout")
+def test_embedded_model_separates_real_defects():
+    """A regression guard on real images: 8 good and 8 defective transistor test images."""
+    from sklearn.metrics import roc_auc_score
+
+    from ddad_hub import DDADPipeline
+
+    pipe = DDADPipeline.from_pretrained(EMBEDDED)
+    pipe.set_progress_bar_config(disable=True)
+    items = list_test_items(TRANSISTOR)
+    good = [it for it in items if not it.is_anomalous][:8]
+    bad = [it for kind in ("bent_lead", "cut_lead", "damaged_case", "misplaced")
+           for it in [i for i in items if i.defect_type == kind][:2]]
+    out = pipe([str(it.image) for it in good + bad], output_type="np")
+    labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+    assert roc_auc_score(labels, out.image_scores) > 0.85
+    # nothing good is called defective by more than the calibrated threshold's own error on held-out images
+    assert out.is_anomalous[: len(good)].mean() <= 0.25
