@@ -147,11 +147,13 @@ def test_two_processes_with_accelerate(dataset, preset_file, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           *_train_args(dataset, out, preset_file, 4)]
+           *_train_args(dataset, out, preset_file, 4), "--snapshot-minutes", "0.001"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = _final_weights(out)["state"]
     assert state["processes"] == 2 and state["step"] == 4
+    # snapshots are decided on the main process and taken by both together (no deadlock), and all kept
+    assert len(list((out / "snapshots").glob("step_*"))) >= 2
 
 
 def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):

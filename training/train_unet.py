@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--snapshot-minutes", type=float, default=None,
+                   help="also keep a checkpoint in <output-dir>/snapshots every this many training minutes")
     p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"])
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / "train_log.jsonl"
 
-    def checkpoint() -> None:
+    def checkpoint(directory: Path = ckpt_dir, keep: int = 2) -> None:
         if accelerator.is_main_process:
             plain = accelerator.unwrap_model(unet)
             modules: dict = {"unet": plain}
@@ -130,16 +132,23 @@ def main(argv: list[str] | None = None) -> Path:
                 names = [name for name, _ in plain.named_parameters()]
                 modules["ema"] = dict(zip(names, ema.shadow_params))
                 state["ema_optimization_step"] = ema.optimization_step
-            save_checkpoint(ckpt_dir, step, modules, optimizer.optimizer if hasattr(optimizer, "optimizer")
-                            else optimizer, state)
+            save_checkpoint(directory, step, modules, optimizer.optimizer if hasattr(optimizer, "optimizer")
+                            else optimizer, state, keep=keep)
         accelerator.wait_for_everyone()
 
     bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train U-Net")
     unet.train()
     running, t_last = None, time.perf_counter()
+    snapshot_s = args.snapshot_minutes * 60 if args.snapshot_minutes else None
+    next_snapshot = (math.floor(elapsed / snapshot_s) + 1) * snapshot_s if snapshot_s else None
     while True:
         done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
-        done = broadcast_object_list([done])[0]  # every process stops at the same step
+        snap = next_snapshot is not None and elapsed >= next_snapshot
+        done, snap = broadcast_object_list([done, snap])  # every process acts at the same step
+        if snap:
+            checkpoint(out / "snapshots", keep=0)
+            next_snapshot += snapshot_s
+            t_last = time.perf_counter()
         if done:
             break
         x0, t, noise = sample_batch(
