@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random components, one torch thread (the suite runs beside other work)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+def make_tiny_pipeline(size: int = 32, map_size: int = 64, w: float = 2.0, threshold: float | None = None):
+    """A DDADPipeline with a small random U-Net and a random EfficientNet-Lite0 encoder (no weights needed)."""
+    from diffusers import UNet2DModel
+
+    from ddad_hub import DDADPipeline, DDADScheduler, FeatureEncoder
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=size, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    )
+    encoder = FeatureEncoder(backbone="efficientnet_lite0")
+    scheduler = DDADScheduler(start_step=100, skip=50, w=w)
+    pipe = DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=map_size,
+                        threshold=threshold)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    make_tiny_pipeline(threshold=0.5).save_pretrained(folder)
+    return folder
