@@ -1,0 +1,159 @@
+"""DDADPipeline: save/load round trips, Hub-cache loading offline, damaged folders, batching, inputs, outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+from PIL import Image
+
+from ddad_hub import DDADPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_tiny_pipeline(threshold=0.5)
+
+
+def _images(n: int = 3, size: int = 40) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((size, size + 7, 3)) * 255).astype(np.uint8)) for _ in range(n)]
+
+
+def _gens(n: int, seed: int = 7) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_round_trip_is_bit_identical(pipe, tmp_path):
+    images = _images()
+    before = pipe(images, generator=_gens(3), output_type="np")
+    pipe.save_pretrained(tmp_path)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["feature_encoder/config.json", "feature_encoder/diffusion_pytorch_model.safetensors",
+                     "model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                     "unet/diffusion_pytorch_model.safetensors"]
+    loaded = DDADPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    after = loaded(images, generator=_gens(3), output_type="np")
+    assert np.array_equal(before.anomaly_maps, after.anomaly_maps)
+    assert np.array_equal(before.image_scores, after.image_scores)
+    assert loaded.config.threshold == 0.5 and loaded.config.map_size == 64
+
+
+def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    saved = tmp_path / "saved"
+    pipe.save_pretrained(saved)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--ddad-tiny"
+    shutil.copytree(saved, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    loaded = DDADPipeline.from_pretrained("acme/ddad-tiny")
+    loaded.set_progress_bar_config(disable=True)
+    images = _images(1)
+    a = pipe(images, generator=_gens(1), output_type="np").image_scores
+    b = loaded(images, generator=_gens(1), output_type="np").image_scores
+    assert np.array_equal(a, b)
+    with pytest.raises(Exception, match="(?i)offline|cache|local"):
+        DDADPipeline.from_pretrained("acme/not-cached")
+
+
+def test_missing_or_damaged_components_name_the_file(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "ok")
+
+    missing = shutil.copytree(tmp_path / "ok", tmp_path / "missing")
+    (missing / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="unet"):
+        DDADPipeline.from_pretrained(missing)
+
+    truncated = shutil.copytree(tmp_path / "ok", tmp_path / "truncated")
+    weights = truncated / "feature_encoder" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors"):
+        DDADPipeline.from_pretrained(truncated)
+
+    garbage = shutil.copytree(tmp_path / "ok", tmp_path / "garbage")
+    (garbage / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="unet"):
+        DDADPipeline.from_pretrained(garbage)
+
+    bad_json = shutil.copytree(tmp_path / "ok", tmp_path / "bad_json")
+    (bad_json / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="scheduler_config.json"):
+        DDADPipeline.from_pretrained(bad_json)
+
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        DDADPipeline.from_pretrained(tmp_path / "missing" / "unet")
+
+
+def test_score_does_not_depend_on_the_batch(pipe):
+    images = _images(4)
+    alone = [float(pipe(img, output_type="np").image_scores[0]) for img in images]
+    together = pipe(images, output_type="np", batch_size=4).image_scores
+    chunked = pipe(images, output_type="np", batch_size=3).image_scores
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+    np.testing.assert_allclose(chunked, alone, rtol=1e-5)
+    # changing one image changes only its own score (maps are normalised per image)
+    brighter = images.copy()
+    brighter[0] = Image.fromarray(np.clip(np.asarray(images[0]) * 1.5, 0, 255).astype(np.uint8))
+    changed = pipe(brighter, output_type="np", batch_size=4).image_scores
+    np.testing.assert_allclose(changed[1:], together[1:], rtol=1e-5)
+    assert not np.isclose(changed[0], together[0])
+
+
+def test_inputs_of_any_kind_and_outputs(pipe):
+    rng = np.random.default_rng(3)
+    inputs = [
+        Image.fromarray((rng.random((30, 50)) * 255).astype(np.uint8), mode="L"),
+        Image.fromarray((rng.random((33, 33, 4)) * 255).astype(np.uint8), mode="RGBA"),
+        Image.fromarray((rng.random((20, 24)) * 65535).astype(np.uint16)),
+        (rng.random((45, 21, 3)) * 255).astype(np.uint8),  # HWC uint8 array
+        torch.rand(3, 28, 28),  # CHW float in [0, 1]
+    ]
+    out = pipe(inputs, output_type="pil")
+    assert [m.shape for m in out.anomaly_maps_input_size] == [(30, 50), (33, 33), (20, 24), (45, 21), (28, 28)]
+    assert out.anomaly_maps.shape == (5, 64, 64) and out.image_scores.shape == (5,)
+    assert all(isinstance(r, Image.Image) and r.size == (32, 32) for r in out.reconstructions)
+    np.testing.assert_allclose(out.image_scores, out.anomaly_maps.reshape(5, -1).max(1))
+    assert out.is_anomalous.tolist() == (out.image_scores > 0.5).tolist()
+    assert out.masks.shape == (5, 64, 64) and out.start_steps.tolist() == [100] * 5
+
+    pt = pipe(torch.rand(2, 3, 32, 32), output_type="pt")
+    assert isinstance(pt.anomaly_maps, torch.Tensor) and pt.reconstructions.shape == (2, 3, 32, 32)
+    assert pt.reconstructions.min() >= -1 and pt.reconstructions.max() <= 1
+    arr = pipe(torch.rand(1, 3, 32, 32), output_type="np").reconstructions
+    assert arr.shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(inputs[0], output_type="latent")
+    with pytest.raises(ValueError, match="generators"):
+        pipe(_images(2), generator=_gens(3))
+    with pytest.raises(ValueError, match="D3AD mode needs"):
+        pipe(inputs[0], mode="d3ad")
+
+
+def test_call_settings_override_the_scheduler_config(pipe):
+    img = _images(1)
+    base = pipe(img, output_type="np").image_scores
+    other = pipe(img, w=0.0, start_step=300, skip=30, eta=0.0, output_type="np")
+    assert other.start_steps.tolist() == [300] and not np.isclose(base, other.image_scores).all()
+    again = pipe(img, output_type="np").image_scores
+    np.testing.assert_array_equal(base, again)  # the call did not change the stored defaults
+
+
+def test_model_index_records_components(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "DDADPipeline"
+    assert index["feature_encoder"] == ["ddad_hub.models.feature_encoder", "FeatureEncoder"]
+    assert index["feature_memory"] == [None, None]
