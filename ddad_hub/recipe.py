@@ -137,7 +137,12 @@ def _synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 
 
 
 def fit_d3ad(
-    pipe: DDADPipeline, train: torch.Tensor, nominal: torch.Tensor, coreset_ratio: float, t_max_grid: list[int]
+    pipe: DDADPipeline,
+    train: torch.Tensor,
+    nominal: torch.Tensor,
+    coreset_ratio: float,
+    t_max_grid: list[int],
+    max_patches: int | None = 4000,
 ) -> dict:
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
@@ -145,7 +150,7 @@ def fit_d3ad(
     scores, and ``t_max`` by the synthetic-defect objective.
     """
     memory = FeatureMemory.fit(pipe.feature_encoder, pipe.resize_to_map(train), coreset_ratio=coreset_ratio,
-                               image_size=pipe.map_hw[0], blur_sigma=pipe.config.blur_sigma)
+                               image_size=pipe.map_hw[0], blur_sigma=pipe.config.blur_sigma, max_patches=max_patches)
     pipe.register_modules(feature_memory=memory)
     bins = score_bin_edges(pipe.first_estimate(nominal))
     memory.register_to_config(score_bins=bins)
@@ -156,6 +161,7 @@ def fit_d3ad(
     best = max(table, key=lambda r: r["objective"])
     pipe.register_to_config(d3ad_t_max=best["t_max"])
     return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio,
+            "bank_size": int(memory.bank.shape[0]),
             "how": "memory on the training split, bins on held-out nominal scores, t_max on synthetic defects"}
 
 
@@ -198,7 +204,8 @@ def finalize_run(
     if preset.get("d3ad") and train_paths:
         d3ad = preset["d3ad"]
         train = load_images(train_paths, preset["resolution"])
-        info["d3ad"] = fit_d3ad(pipe, train, nominal, d3ad["coreset_ratio"], d3ad["t_max"])
+        info["d3ad"] = fit_d3ad(pipe, train, nominal, d3ad["coreset_ratio"], d3ad["t_max"],
+                                d3ad.get("max_patches", 4000))
     threshold, nominal_scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,

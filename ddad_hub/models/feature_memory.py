@@ -90,15 +90,20 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         blur_sigma: float = 4.0,
         batch_size: int = 16,
         seed: int = 0,
+        max_patches: int | None = None,
     ) -> FeatureMemory:
-        """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``."""
+        """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
+
+        ``max_patches`` caps the bank (and the coreset's cost, linear in its size) for large training sets.
+        """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
             x = _resize(images[start : start + batch_size], image_size)
             f = patch_features(encoder, x)
             chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         features = torch.cat(chunks)
-        keep = greedy_coreset(features, max(1, int(coreset_ratio * features.shape[0])), seed=seed)
+        n_keep = max(1, int(coreset_ratio * features.shape[0]))
+        keep = greedy_coreset(features, min(n_keep, max_patches) if max_patches else n_keep, seed=seed)
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
                      blur_sigma=blur_sigma)
         memory.bank.copy_(features[keep])
