@@ -67,6 +67,8 @@ class DDADPipeline(DiffusionPipeline):
         mode: "ddad" (fixed start step, noised start) or "d3ad" (per-image start step from the feature memory's
             first estimate, noise-free scaled start; needs ``feature_memory``).
         d3ad_t_max / d3ad_w / d3ad_eta: D3AD's largest start step, conditioning weight and stochasticity.
+        compute_dtype: "auto" (bf16 autocast where the hardware is fast at it, else fp32), "float32" or
+            "bfloat16". The scheduler's arithmetic and the maps are always fp32.
 
     Optional component:
         feature_memory: :class:`FeatureMemory` with ``score_bins``, D3AD's first estimate.
@@ -91,6 +93,7 @@ class DDADPipeline(DiffusionPipeline):
         d3ad_t_max: int = 80,
         d3ad_w: float = 4.0,
         d3ad_eta: float = 0.0,
+        compute_dtype: str = "auto",
     ):
         super().__init__()
         unet.eval()  # inference only: a pipeline never trains its components
@@ -100,7 +103,7 @@ class DDADPipeline(DiffusionPipeline):
         )
         self.register_to_config(
             v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed,
-            mode=mode, d3ad_t_max=d3ad_t_max, d3ad_w=d3ad_w, d3ad_eta=d3ad_eta,
+            mode=mode, d3ad_t_max=d3ad_t_max, d3ad_w=d3ad_w, d3ad_eta=d3ad_eta, compute_dtype=compute_dtype,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
 
@@ -154,8 +157,27 @@ class DDADPipeline(DiffusionPipeline):
         return torch.cat(tensors).clamp(-1, 1), sizes
 
     # ------------------------------------------------------------------ the two stages
+    def default_autocast_dtype(self) -> torch.dtype | None:
+        """The networks' compute type when a call names none: ``config.compute_dtype``, where "auto" means bf16
+        on hardware with fast bf16 (CPUs with AVX512-BF16 or AMX, CUDA GPUs that support it), else fp32."""
+        policy = self.config.compute_dtype
+        if policy == "float32":
+            return None
+        if policy == "bfloat16":
+            return torch.bfloat16
+        if policy != "auto":
+            raise ValueError(f"compute_dtype must be 'auto', 'float32' or 'bfloat16', got {policy!r}")
+        if self.device.type == "cpu":
+            fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        elif self.device.type == "cuda":
+            fast = torch.cuda.is_bf16_supported()
+        else:
+            fast = False
+        return torch.bfloat16 if fast else None
+
     def _autocast(self, dtype: torch.dtype | None):
-        if dtype is None or dtype == torch.float32:
+        dtype = self.default_autocast_dtype() if dtype is None else dtype
+        if dtype == torch.float32 or dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
@@ -199,7 +221,9 @@ class DDADPipeline(DiffusionPipeline):
         steps = scheduler.timesteps
         for t in self.progress_bar(steps) if show_progress else steps:
             with self._autocast(autocast_dtype):
-                eps = self.unet(sample, t.expand(sample.shape[0]).to(self.device)).sample
+                # channels-last inputs take oneDNN's faster convolution paths (weights stay contiguous for saving)
+                unet_in = sample.contiguous(memory_format=torch.channels_last)
+                eps = self.unet(unet_in, t.expand(sample.shape[0]).to(self.device)).sample
             sample, reconstruction = scheduler.step(
                 eps.float(), t, sample, target=target, w=w, eta=eta, generator=generator, return_dict=False
             )
@@ -247,7 +271,8 @@ class DDADPipeline(DiffusionPipeline):
         size = self.map_hw
         x, r = self.resize_to_map(images), self.resize_to_map(reconstructions)
         with self._autocast(autocast_dtype):
-            feats = self.feature_encoder(torch.cat([x, r]).to(self.device))
+            both = torch.cat([x, r]).to(self.device).contiguous(memory_format=torch.channels_last)
+            feats = self.feature_encoder(both)
         fx = [f[: x.shape[0]] for f in feats]
         fr = [f[x.shape[0] :] for f in feats]
         d_f = feature_distance(fx, fr, size)
@@ -290,7 +315,8 @@ class DDADPipeline(DiffusionPipeline):
                 image its own generator seeded with ``config.seed`` (repeatable scores).
             batch_size: images reconstructed at once.
             output_type: "pil", "np" or "pt" for the reconstructions; maps and scores are numpy unless "pt".
-            autocast_dtype: e.g. ``torch.bfloat16`` to run the networks under autocast.
+            autocast_dtype: the networks' compute type for this call (``torch.float32`` forces full precision);
+                ``None`` follows ``config.compute_dtype``.
             mode: "ddad" or "d3ad"; ``None`` takes ``config.mode``. In D3AD mode ``w``, ``start_step``, ``skip``
                 and ``eta`` are ignored: each image's start step comes from the feature memory.
         """
