@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ddad_hub.checkpointing import latest_checkpoint
 from ddad_hub.data import list_train_images, split_nominal
 from ddad_hub.models.unet import build_unet
+from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
 
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints")
     state = json.loads((ckpt / "state.json").read_text())
     preset = state["preset"]
+    if preset.get("name") in PRESETS:  # settings added to the preset since the run started fill the gaps
+        preset = {**load_preset(preset["name"]), **preset}
     data = Path(args.data or state.get("data") or "")
     unet = build_unet(preset)
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").exists() else "unet.safetensors")

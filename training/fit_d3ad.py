@@ -1,0 +1,50 @@
+"""Give a trained DDAD pipeline its D3AD mode: fit the feature memory and the per-image noise-level rule.
+
+    python training/fit_d3ad.py --pipeline runs/transistor/pipeline --data ../shared/data/mvtec_ad_256/transistor
+
+The memory is fitted on the training split, its histogram bins on the held-out good images' scores and the
+largest start step on held-out images with synthetic defects (the same recipe ``train_unet.py`` runs when its
+preset has a ``d3ad`` entry). The folder is updated in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ddad_hub import DDADPipeline
+from ddad_hub.data import list_train_images, load_images
+from ddad_hub.model_card import write_model_card
+from ddad_hub.recipe import fit_d3ad
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--t-max", type=int, nargs="+", default=[80, 200, 400], help="candidates for the largest step")
+    p.add_argument("--coreset-ratio", type=float, default=0.02)
+    p.add_argument("--max-patches", type=int, default=4000)
+    args = p.parse_args(argv)
+    folder = Path(args.pipeline)
+    info = json.loads((folder / "training_info.json").read_text())
+    held = set(info["held_out_nominal"])
+    paths = list_train_images(args.data)
+    pipe = DDADPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.sample_size[0]
+    train = load_images([q for q in paths if q.name not in held], size)
+    nominal = load_images([q for q in paths if q.name in held], size)
+    info["d3ad"] = fit_d3ad(pipe, train, nominal, args.coreset_ratio, args.t_max, args.max_patches)
+    pipe.save_pretrained(folder)
+    (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
+    write_model_card(folder)
+    best = info["d3ad"]["best"]
+    print(f"D3AD: t_max {best['t_max']}, synthetic image AUROC {best['image_auroc']:.3f}, "
+          f"pixel AUROC {best['pixel_auroc']:.3f}, bank {info['d3ad']['bank_size']} patches")
+    return info["d3ad"]
+
+
+if __name__ == "__main__":
+    main()
