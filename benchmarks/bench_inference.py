@@ -227,12 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--paper-batch", type=int, default=2, help="batch of the (much slower) paper preset")
+    p.add_argument("--paper-repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="few repeats, small batch: checks the script runs")
     p.add_argument("--output", default=None, help="path stem for .json and .md results")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats = 2
+        args.repeats = args.paper_repeats = 2
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -240,8 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     results = []
     for preset in args.presets:
-        cmd = [sys.executable, __file__, "--worker", preset, "--threads", str(args.threads), "--repeats",
-               str(args.repeats), "--batch", str(args.batch)] + (["--quick"] if args.quick else [])
+        paper = preset == "paper"
+        cmd = [sys.executable, __file__, "--worker", preset, "--threads", str(args.threads),
+               "--repeats", str(args.paper_repeats if paper else args.repeats),
+               "--batch", str(args.paper_batch if paper else args.batch)] + (["--quick"] if args.quick else [])
         if args.model:
             cmd += ["--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

@@ -27,6 +27,7 @@ from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
 from ddad_hub.schedulers import DDADScheduler
+from ddad_hub.training import epsilon_loss, sample_batch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,21 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     p.add_argument("--no-finalize", action="store_true", help="skip building the pipeline folder at the end")
     return p.parse_args(argv)
-
-
-def sample_batch(
-    images: torch.Tensor, step: int, batch_size: int, max_t: int, shift: int, seed: int, rank: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The batch, timesteps and noise of one step, a pure function of (seed, step, rank) so resuming repeats it."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + rank)
-    idx = torch.randint(0, images.shape[0], (batch_size,), generator=g)
-    x0 = images[idx]
-    if shift > 0:  # small random translations: nominal parts never sit at exactly the same pixel
-        dx, dy = torch.randint(-shift, shift + 1, (2,), generator=g).tolist()
-        x0 = torch.roll(x0, shifts=(dy, dx), dims=(2, 3))
-    t = torch.randint(0, max_t, (batch_size,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    return x0, t, noise
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -156,11 +142,8 @@ def main(argv: list[str] | None = None) -> Path:
             args.seed, accelerator.process_index,
         )
         x0, t, noise = x0.to(accelerator.device), t.to(accelerator.device), noise.to(accelerator.device)
-        noisy = scheduler.add_noise(x0, noise, t)
         with accelerator.autocast():
-            pred = unet(noisy, t).sample
-        # The reference sums the squared error over pixels and averages over the batch.
-        loss = (pred.float() - noise).pow(2).sum(dim=(1, 2, 3)).mean()
+            loss = epsilon_loss(unet, scheduler, x0, t, noise)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
