@@ -1,0 +1,52 @@
+"""Seconds per answer of the demo's analysis (what one upload costs), on one image.
+
+    python benchmarks/bench_app.py --model models/ddad-transistor-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import app  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(app.DEFAULT_MODEL))
+    p.add_argument("--image", default=str(REPO / "examples" / "misplaced.png"))
+    p.add_argument("--threads", type=int, default=1, help="the app's own default is 1")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    inspector = app.Inspector(app.load_pipeline(args.model))
+    sched = inspector.pipe.scheduler.config
+    repeats = 2 if args.quick else args.repeats
+    rows = []
+    for mode in ("ddad", "d3ad") if inspector.has_memory else ("ddad",):
+        def call(m: str = mode):
+            return inspector.analyze(args.image, sched.w, sched.start_step, sched.skip, m)
+
+        call()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        rows.append((mode, statistics.median(times), min(times), max(times)))
+    print(f"| mode | seconds per answer (median, {args.threads} thread(s)) | min-max |\n|---|---|---|")
+    for mode, med, lo, hi in rows:
+        print(f"| {mode} | {med:.3f} | {lo:.3f}-{hi:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
