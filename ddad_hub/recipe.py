@@ -122,7 +122,7 @@ def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor) -> tuple[floa
     return float(scores.max()), [float(s) for s in scores]
 
 
-def _synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0, **call) -> dict:
+def synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0, **call) -> dict:
     """Image and pixel AUROC of the pipeline as it stands on held-out nominal images and synthetic defects."""
     defective, masks = synthetic_defects(nominal, seed=seed)
     size = pipe.map_hw
@@ -157,7 +157,7 @@ def fit_d3ad(
     table = []
     for t_max in t_max_grid:
         pipe.register_to_config(d3ad_t_max=int(t_max))
-        table.append({"t_max": int(t_max), **_synthetic_objective(pipe, nominal, mode="d3ad")})
+        table.append({"t_max": int(t_max), **synthetic_objective(pipe, nominal, mode="d3ad")})
     best = max(table, key=lambda r: r["objective"])
     pipe.register_to_config(d3ad_t_max=best["t_max"])
     return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio,
