@@ -4,7 +4,16 @@ __version__ = "0.1.0"
 
 from .image_utils import ImageLoadError, open_image
 from .models import FeatureEncoder
+from .models.feature_memory import FeatureMemory
 from .pipelines import DDADPipeline, DDADPipelineOutput
 from .schedulers import DDADScheduler
 
-__all__ = ["DDADPipeline", "DDADPipelineOutput", "DDADScheduler", "FeatureEncoder", "ImageLoadError", "open_image"]
+__all__ = [
+    "DDADPipeline",
+    "DDADPipelineOutput",
+    "DDADScheduler",
+    "FeatureEncoder",
+    "FeatureMemory",
+    "ImageLoadError",
+    "open_image",
+]
