@@ -187,6 +187,13 @@ def worker(args) -> dict:
     result["bf16_max_abs_map_diff_rel"] = float((bf.anomaly_maps - ref_maps).abs().max() / ref_maps.abs().max())
     result["bf16_max_score_diff_rel"] = float(((bf.image_scores - ref_scores).abs() / ref_scores.abs()).max())
     result["peak_rss_mb"] = peak_rss_mb()
+
+    # where the U-Net phase's time goes (bf16, channels-last inputs, the batch): the ops that dominate
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        pipe.reconstruct(images, show_progress=False, autocast_dtype=torch.bfloat16)
+    result["unet_profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
     return result
 
 
@@ -217,6 +224,9 @@ def report(peaks: dict, results: list[dict], threads: int) -> str:
             f"{r['encoder_gflop']:.1f} | {r['peak_rss_mb']:.0f} | {r['reference_seconds_per_image']:.3f} | "
             f"{r['fp32_max_abs_map_diff_rel']:.1e} / {r['bf16_max_abs_map_diff_rel']:.1e} | "
             f"{r['fp32_max_score_diff_rel']:.1e} / {r['bf16_max_score_diff_rel']:.1e} |")
+    for r in results:
+        lines += ["", f"Profile of the {r['preset']} U-Net phase (bf16, batch), top operators by own CPU time:", "",
+                  "```", r["unet_profile"].strip(), "```"]
     return "\n".join(lines)
 
 
