@@ -204,7 +204,7 @@ def report(peaks: dict, results: list[dict], threads: int) -> str:
         f"({r['default_dtype']})" for r in results) + ".", ""]
     lines += [f"Machine peak ({threads} thread(s), 2048x2048 matrix product): fp32 {peaks['fp32']:.1f} GFLOP/s, "
              f"bf16 {peaks['bf16']:.1f} GFLOP/s.", ""]
-    lines += ["| preset | dtype | channels-last | latency, 1 image (s) | per image in a batch (s) | images/s | "
+    lines += ["| preset | dtype | channels-last weights | latency, 1 image (s) | per image in a batch (s) | images/s | "
               "U-Net GFLOP/s | % of peak | vs reference |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for row in r["rows"]:
