@@ -78,6 +78,11 @@ def load_images(paths: list[Path], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().clamp(-1, 1)
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], the range the pipeline reads tensors in (no guessing for bright images)."""
+    return ((images + 1) / 2).clamp(0, 1)
+
+
 def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
     """A boolean (H, W) mask at ``size``; all False for nominal images."""
     if path is None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from .data import load_images
+from .data import load_images, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc
 from .model_card import write_model_card
@@ -118,7 +118,7 @@ def select_settings(pipe: DDADPipeline, nominal: torch.Tensor, grid: dict, seed:
 @torch.no_grad()
 def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor) -> tuple[float, list[float]]:
     """The highest score among held-out nominal images: above it, an image is called defective."""
-    scores = pipe(nominal, output_type="pt", batch_size=16).image_scores
+    scores = pipe(to_unit_range(nominal), output_type="pt", batch_size=16).image_scores
     return float(scores.max()), [float(s) for s in scores]
 
 
@@ -128,7 +128,7 @@ def synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0
     size = pipe.map_hw
     masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].bool().numpy()
     all_masks = np.concatenate([np.zeros((nominal.shape[0], *size), dtype=bool), masks])
-    out = pipe(torch.cat([nominal, defective]), output_type="pt", **call)
+    out = pipe(to_unit_range(torch.cat([nominal, defective])), output_type="pt", **call)
     labels = np.r_[np.zeros(nominal.shape[0]), np.ones(defective.shape[0])]
     maps = out.anomaly_maps.numpy()
     row = {"image_auroc": image_auroc(out.image_scores.numpy(), labels), "pixel_auroc": pixel_auroc(maps, all_masks)}

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
-from ddad_hub.data import list_test_items, list_train_images, load_images, load_mask
+from ddad_hub.data import list_test_items, list_train_images, load_images, load_mask, to_unit_range
 from ddad_hub.metrics import roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
@@ -46,7 +46,7 @@ def run_pipeline(
 ) -> tuple[np.ndarray, ...]:
     maps, scores, recons, starts = [], [], [], []
     for s in tqdm(range(0, images.shape[0], batch_size), desc=mode.upper()):
-        out = pipe(images[s : s + batch_size], output_type="pt", batch_size=batch_size,
+        out = pipe(to_unit_range(images[s : s + batch_size]), output_type="pt", batch_size=batch_size,
                    autocast_dtype=autocast_dtype, mode=mode)
         maps.append(out.anomaly_maps.numpy())
         scores.append(out.image_scores.numpy())
