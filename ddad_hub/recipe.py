@@ -83,6 +83,16 @@ def _distances(pipe: DDADPipeline, images: torch.Tensor, w: float, start_step: i
     return torch.cat(d_f), torch.cat(d_p)
 
 
+def _synthetic_set(pipe: DDADPipeline, nominal: torch.Tensor, seed: int):
+    """Synthetic defects made from ``nominal``; masks at map size for [nominal, defective]; image labels."""
+    defective, masks = synthetic_defects(nominal, seed=seed)
+    size = pipe.map_hw
+    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].bool().numpy()
+    all_masks = np.concatenate([np.zeros((nominal.shape[0], *size), dtype=bool), masks])
+    labels = np.r_[np.zeros(nominal.shape[0]), np.ones(defective.shape[0])]
+    return defective, all_masks, labels
+
+
 def pixel_weight_from_nominal(d_f: torch.Tensor, d_p: torch.Tensor) -> float:
     """The ``max D_f / max D_p`` ratio averaged over nominal images, a batch-independent stand-in for the paper's."""
     return float(d_f.flatten(1).amax(1).mean() / d_p.flatten(1).amax(1).mean().clamp(min=1e-8))
@@ -93,11 +103,7 @@ def select_settings(pipe: DDADPipeline, nominal: torch.Tensor, grid: dict, seed:
 
     The objective is the mean of image AUROC and pixel AUROC. Returns the best setting and the whole table.
     """
-    defective, masks = synthetic_defects(nominal, seed=seed)
-    size = pipe.map_hw
-    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].bool().numpy()
-    all_masks = np.concatenate([np.zeros((nominal.shape[0], *size), dtype=bool), masks])
-    labels = np.r_[np.zeros(nominal.shape[0]), np.ones(defective.shape[0])]
+    defective, all_masks, labels = _synthetic_set(pipe, nominal, seed)
     table = []
     combos = [(w, t) for w in grid["w"] for t in grid["start_step"]]
     for w, t in tqdm(combos, desc="select settings"):
@@ -124,12 +130,8 @@ def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor) -> tuple[floa
 
 def synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0, **call) -> dict:
     """Image and pixel AUROC of the pipeline as it stands on held-out nominal images and synthetic defects."""
-    defective, masks = synthetic_defects(nominal, seed=seed)
-    size = pipe.map_hw
-    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].bool().numpy()
-    all_masks = np.concatenate([np.zeros((nominal.shape[0], *size), dtype=bool), masks])
+    defective, all_masks, labels = _synthetic_set(pipe, nominal, seed)
     out = pipe(to_unit_range(torch.cat([nominal, defective])), output_type="pt", **call)
-    labels = np.r_[np.zeros(nominal.shape[0]), np.ones(defective.shape[0])]
     maps = out.anomaly_maps.numpy()
     row = {"image_auroc": image_auroc(out.image_scores.numpy(), labels), "pixel_auroc": pixel_auroc(maps, all_masks)}
     row["objective"] = (row["image_auroc"] + row["pixel_auroc"]) / 2
