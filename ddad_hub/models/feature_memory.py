@@ -63,8 +63,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         num_patches / feature_dim: shape of the bank (set by :meth:`fit`).
         image_size: side the images are resized to before feature extraction.
         blur_sigma: Gaussian blur of the map, in image pixels.
-        score_quantiles: 10 equal-count bins edges of the training images' scores (D3AD's histogram), filled by
-            :meth:`fit`; empty when not fitted.
+        score_bins: the 11 edges of D3AD's 10-bin histogram of held-out good images' scores, set by
+            ``ddad_hub.recipe.fit_d3ad``; empty when D3AD mode is not fitted.
     """
 
     @register_to_config
