@@ -207,3 +207,16 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     again = _run(["training/adapt_encoder.py", "--pipeline", str(folder), "--data", str(dataset), "--output-dir",
                   str(adapted), "--epochs", "1", "--batch-size", "4", "--threads", "1", "--resume"])
     assert "resumed from" in again.stdout + again.stderr
+
+
+def test_a_run_ends_in_a_loadable_pipeline_with_a_card(dataset, preset_file, tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in _train_args(dataset, out, preset_file, 2) if a != "--no-finalize"]
+    _run(args)
+    from ddad_hub import DDADPipeline
+
+    pipe = DDADPipeline.from_pretrained(out / "pipeline")
+    assert pipe.feature_memory is not None and pipe.config.threshold is not None
+    info = json.loads((out / "pipeline" / "training_info.json").read_text())
+    assert info["training"]["steps"] == 2 and "selection" in info and "d3ad" in info
+    assert "Not evaluated yet" in (out / "pipeline" / "README.md").read_text()
