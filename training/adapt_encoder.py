@@ -133,10 +133,9 @@ def main(argv: list[str] | None = None) -> Path:
         pipe.save_pretrained(folder)
         info["adaptation"] = {"epochs": args.epochs, "lambda": args.lam, "w_da": args.w_da,
                               "learning_rate": args.learning_rate, "history": history, "calibration": calibration}
-        if info:
-            (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
-            if "preset" in info:
-                write_model_card(folder)
+        (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
+        if "preset" in info:
+            write_model_card(folder)
         accelerator.print(f"adapted pipeline written to {folder}")
     accelerator.wait_for_everyone()
     return folder

@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast")
+    p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="the networks' compute type (default: the pipeline's compute_dtype, bf16 where fast)")
     p.add_argument("--no-memory", action="store_true", help="skip the feature-memory baseline")
     p.add_argument("--modes", nargs="+", default=None, choices=["ddad", "d3ad"],
                    help="pipeline modes to evaluate (default: ddad, and d3ad if the pipeline has a feature memory)")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = pipe.map_hw
     masks = np.stack([load_mask(it.mask, size) for it in items])
     types = [it.defect_type for it in items]
-    autocast = torch.bfloat16 if args.bf16 else None
+    autocast = getattr(torch, args.compute_dtype) if args.compute_dtype else None
 
     images = load_images([it.image for it in items], pipe.sample_size[0])
     modes = args.modes or (["ddad", "d3ad"] if pipe.feature_memory is not None else ["ddad"])
