@@ -29,6 +29,11 @@ def pixel_distance(images: torch.Tensor, reconstructions: torch.Tensor) -> torch
     return (images - reconstructions).abs().mean(dim=1)
 
 
+def latent_distance(latents: torch.Tensor, recon_latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """D3AD's latent distance: mean over channels of ``|z - z_r|``, upsampled bilinearly to ``size``."""
+    return resize_maps(pixel_distance(latents.float(), recon_latents.float()), size)
+
+
 def feature_distance(
     image_features: list[torch.Tensor], recon_features: list[torch.Tensor], size: tuple[int, int]
 ) -> torch.Tensor:

@@ -76,9 +76,15 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                      "it is for non-commercial research use.")
     else:
         data_text = f"Trained on the nominal training images in `{info['data']}`; check that data's license."
+    resolution = f"{preset['resolution']} px"
+    if index.get("vae", [None])[0] is not None:
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        side = preset.get("latent_resolution") or preset["resolution"] // 2 ** (len(vae["block_out_channels"]) - 1)
+        resolution += (f" images, diffused as {side}x{side}x{vae['latent_channels']} latents of an AutoencoderKL "
+                       f"(D3AD's latent space; the pixel distance is the latent distance)")
     card = ModelCard.from_template(
         card_data, template_path=str(template), model_name=model_name, category=category,
-        repo_id=repo_id or f"<user>/{model_name}", preset_name=preset["name"], resolution=preset["resolution"],
+        repo_id=repo_id or f"<user>/{model_name}", preset_name=preset["name"], resolution=resolution,
         unet_params=info.get("unet_params", "n/a"), backbone=preset["feature_backbone"],
         strides=", ".join(map(str, preset["feature_strides"])), map_size=index.get("map_size"),
         w=scheduler["w"], start_step=scheduler["start_step"], skip=scheduler["skip"],

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 from tqdm.auto import tqdm
 
 from .data import load_images, to_unit_range
@@ -25,22 +25,29 @@ from .pipelines.pipeline_ddad import DDADPipeline
 from .schedulers.scheduling_ddad import DDADScheduler
 
 
-def assemble_pipeline(unet: UNet2DModel, preset: dict, encoder: FeatureEncoder | None = None) -> DDADPipeline:
-    """A pipeline with the preset's reconstruction settings and an ImageNet encoder (unless one is given)."""
+def assemble_pipeline(
+    unet: UNet2DModel, preset: dict, encoder: FeatureEncoder | None = None, vae: AutoencoderKL | None = None
+) -> DDADPipeline:
+    """A pipeline with the preset's reconstruction settings and an ImageNet encoder (unless one is given).
+
+    With a ``vae`` the U-Net denoises its latents (D3AD's latent space).
+    """
     if encoder is None:
         encoder = FeatureEncoder.from_imagenet(preset["feature_backbone"], tuple(preset["feature_strides"]))
     scheduler = DDADScheduler(
         start_step=preset["start_step"], skip=preset["skip"], eta=preset["eta"], w=preset.get("w") or 0.0
     )
-    return DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=preset.get("map_size"))
+    return DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=preset.get("map_size"),
+                        v=preset.get("v", 1.0), vae=vae)
 
 
 def synthetic_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste defect-like patches into nominal images in [-1, 1]; returns (images, boolean masks (B, H, W)).
+    """Paste defect-like changes into nominal images in [-1, 1]; returns (images, boolean masks (B, H, W)).
 
-    Two kinds, alternating: a rectangle cut from another place of another image with jittered brightness
-    (CutPaste), and a thin bar of random colour (a scratch). They stand in for real defects only to rank
-    settings; no test image is involved.
+    Three kinds, in turn: a rectangle cut from another place of another image with jittered brightness (CutPaste),
+    a thin bar of random colour (a scratch), and a large rectangle erased to the image's background colour, the
+    median of its border, with a little noise (a missing part, the defect a fixed small noise level cannot repaint).
+    They stand in for real defects only to rank settings; no test image is involved.
     """
     g = torch.Generator().manual_seed(seed)
     out = images.clone()
@@ -54,17 +61,23 @@ def synthetic_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor
         return int(torch.randint(h - ph + 1, (1,), generator=g)), int(torch.randint(w - pw + 1, (1,), generator=g))
 
     for i in range(b):
-        if i % 2 == 0:
+        if i % 3 == 0:
             ph, pw = max(2, int(rand(0.08, 0.25) * h)), max(2, int(rand(0.08, 0.25) * w))
             src = images[int(torch.randint(b, (1,), generator=g))]
             sy, sx = corner(ph, pw)
             patch = src[:, sy : sy + ph, sx : sx + pw] * rand(0.6, 1.4) + rand(-0.3, 0.3)
-        else:
+        elif i % 3 == 1:
             horizontal = bool(torch.rand(1, generator=g) < 0.5)
             long, thin = max(3, int(rand(0.15, 0.4) * h)), max(1, int(rand(0.02, 0.05) * h))
             ph, pw = (thin, long) if horizontal else (long, thin)
             colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
             patch = colour.expand(3, ph, pw)
+        else:
+            ph, pw = max(2, int(rand(0.2, 0.4) * h)), max(2, int(rand(0.2, 0.4) * w))
+            border = torch.cat([images[i, :, :2].flatten(1), images[i, :, -2:].flatten(1),
+                                images[i, :, :, :2].flatten(1), images[i, :, :, -2:].flatten(1)], dim=1)
+            background = border.median(dim=1).values.view(3, 1, 1)
+            patch = background + 0.02 * torch.randn(3, ph, pw, generator=g)
         y, x = corner(ph, pw)
         out[i, :, y : y + ph, x : x + pw] = patch.clamp(-1, 1)
         masks[i, y : y + ph, x : x + pw] = True
@@ -76,8 +89,9 @@ def _distances(pipe: DDADPipeline, images: torch.Tensor, w: float, start_step: i
     d_f, d_p = [], []
     for s in range(0, images.shape[0], batch_size):
         x = images[s : s + batch_size]
-        r = pipe.reconstruct(x, w=w, start_step=start_step, skip=skip, show_progress=False)
-        f, p = pipe.compute_distances(x, r)
+        r, latents = pipe.reconstruct(x, w=w, start_step=start_step, skip=skip, show_progress=False,
+                                      return_latents=True)
+        f, p = pipe.compute_distances(x, r, latents=latents)
         d_f.append(f)
         d_p.append(p)
     return torch.cat(d_f), torch.cat(d_p)
@@ -187,10 +201,11 @@ def finalize_run(
     training: dict,
     encoder: FeatureEncoder | None = None,
     train_paths: list[Path] | None = None,
+    vae: AutoencoderKL | None = None,
 ) -> Path:
     """Assemble, select settings, calibrate and save the pipeline to ``<out>/pipeline`` with its model card."""
     out = Path(out)
-    pipe = assemble_pipeline(unet, preset, encoder)
+    pipe = assemble_pipeline(unet, preset, encoder, vae)
     pipe.set_progress_bar_config(disable=True)
     nominal = load_images(held_out, preset["resolution"])
     info: dict = {"preset": preset, "data": str(data), "category": Path(data).name, "training": training,

@@ -31,3 +31,29 @@ def epsilon_loss(
     noisy = scheduler.add_noise(x0, noise, t)
     pred = unet(noisy.contiguous(memory_format=torch.channels_last), t).sample
     return (pred.float() - noise).pow(2).sum(dim=(1, 2, 3)).mean()
+
+
+def sample_crops(
+    images: torch.Tensor, step: int, batch_size: int, crop: int, seed: int, rank: int
+) -> tuple[torch.Tensor, torch.Generator]:
+    """A batch of random square crops, a pure function of (seed, step, rank) like :func:`sample_batch`, and the
+    generator it came from, to draw the step's remaining randomness (the posterior sample) from."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 97 + rank)
+    n, _, h, w = images.shape
+    crop = min(crop, h, w)
+    idx = torch.randint(0, n, (batch_size,), generator=g).tolist()
+    ys = torch.randint(0, h - crop + 1, (batch_size,), generator=g).tolist()
+    xs = torch.randint(0, w - crop + 1, (batch_size,), generator=g).tolist()
+    return torch.stack([images[i, :, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)]), g
+
+
+def autoencoder_loss(
+    vae, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, L1 reconstruction error): mean absolute error of a sampled reconstruction plus a small KL term
+    (per image pixel, so ``kl_weight`` does not depend on the crop size). Call it under your autocast context."""
+    posterior = vae.encode(x.contiguous(memory_format=torch.channels_last)).latent_dist
+    reconstruction = vae.decode(posterior.sample(generator=generator)).sample.float()
+    l1 = (reconstruction - x).abs().mean()
+    kl = posterior.kl().float().mean() / x[0].numel()
+    return l1 + kl_weight * kl, l1

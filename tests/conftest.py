@@ -11,21 +11,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
 
-def make_tiny_pipeline(size: int = 32, map_size: int = 64, w: float = 2.0, threshold: float | None = None):
-    """A DDADPipeline with a small random U-Net and a random EfficientNet-Lite0 encoder (no weights needed)."""
+TINY_VAE = {"resolution": 32, "vae": {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4,
+                                      "norm_num_groups": 8}}
+
+
+def make_tiny_pipeline(
+    size: int = 32, map_size: int = 64, w: float = 2.0, threshold: float | None = None, latent: bool = False
+):
+    """A DDADPipeline with a small random U-Net and a random EfficientNet-Lite0 encoder (no weights needed).
+
+    ``latent=True`` adds a tiny random 2x autoencoder: the U-Net then works on (4, size / 2, size / 2) latents.
+    """
     from diffusers import UNet2DModel
 
     from ddad_hub import DDADPipeline, DDADScheduler, FeatureEncoder
+    from ddad_hub.models.autoencoder import build_vae
 
     torch.manual_seed(0)
+    vae = build_vae({**TINY_VAE, "resolution": size}) if latent else None
+    channels, unet_size = (4, size // 2) if latent else (3, size)
     unet = UNet2DModel(
-        sample_size=size, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+        sample_size=unet_size, in_channels=channels, out_channels=channels, block_out_channels=(16, 32),
+        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
     )
     encoder = FeatureEncoder(backbone="efficientnet_lite0")
     scheduler = DDADScheduler(start_step=100, skip=50, w=w)
     pipe = DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=map_size,
-                        threshold=threshold)
+                        threshold=threshold, vae=vae)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -220,3 +220,61 @@ def test_a_run_ends_in_a_loadable_pipeline_with_a_card(dataset, preset_file, tmp
     info = json.loads((out / "pipeline" / "training_info.json").read_text())
     assert info["training"]["steps"] == 2 and "selection" in info and "d3ad" in info
     assert "Not evaluated yet" in (out / "pipeline" / "README.md").read_text()
+
+
+TINY_VAE_SPEC = {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+                 "crop": 32, "batch_size": 8, "learning_rate": 2e-3, "kl_weight": 1e-6, "max_minutes": None,
+                 "checkpoint_every": 2}
+
+
+def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
+    """train_vae.py learns to round-trip the part, resumes to the same weights, and train_unet.py --vae ends in a
+    latent pipeline that loads and scores."""
+    import torch
+
+    from ddad_hub import DDADPipeline
+    from ddad_hub.data import list_train_images, load_images
+    from ddad_hub.models.autoencoder import build_vae, encode_images, load_vae
+
+    preset = tmp_path / "tiny_latent.json"
+    preset.write_text(json.dumps({**TINY_PRESET, "name": "tiny_latent", "vae": TINY_VAE_SPEC, "shift_pixels": 0}))
+
+    def vae_args(out: Path, steps: int) -> list[str]:
+        return ["training/train_vae.py", "--data", str(dataset), "--output-dir", str(out), "--preset", str(preset),
+                "--max-steps", str(steps), "--threads", "1"]
+
+    full, half = tmp_path / "vae_full", tmp_path / "vae_half"
+    _run(vae_args(full, 200))
+    _run(vae_args(half, 100))
+    resumed = _run(vae_args(half, 200) + ["--resume"])
+    assert "at step 100" in resumed.stdout + resumed.stderr
+    a = load_file(str(full / "vae" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(half / "vae" / "diffusion_pytorch_model.safetensors"))
+    for key, value in a.items():
+        np.testing.assert_allclose(b[key].numpy(), value.numpy(), rtol=0, atol=1e-6, err_msg=key)
+
+    # the latent round trip: the trained autoencoder reproduces whole nominal images it never saw as a whole
+    images = load_images(list_train_images(dataset), 32)
+    vae = load_vae(str(full / "vae"))
+    torch.manual_seed(0)
+    untrained = build_vae({"resolution": 32, "vae": TINY_VAE_SPEC}).eval()
+    with torch.no_grad():
+        error = (vae.decode(encode_images(vae, images, scaled=False)).sample - images).abs().mean().item()
+        error_before = (untrained.decode(encode_images(untrained, images, scaled=False)).sample
+                        - images).abs().mean().item()
+    assert error < 0.1 < error_before, (error, error_before)
+    scaled = encode_images(vae, images)
+    assert 0.8 < scaled.std().item() < 1.25  # the fitted scaling factor gives unit-variance latents
+
+    out = tmp_path / "latent_run"
+    args = [a for a in _train_args(dataset, out, preset, 2) if a != "--no-finalize"] + ["--vae", str(full / "vae")]
+    _run(args)
+    pipe = DDADPipeline.from_pretrained(out / "pipeline")
+    assert pipe.vae is not None and pipe.unet.config.in_channels == 4 and pipe.unet.config.sample_size == 16
+    assert pipe.config.threshold is not None and pipe.feature_memory is not None
+    info = json.loads((out / "pipeline" / "training_info.json").read_text())
+    assert "selection" in info and "d3ad" in info
+
+    refused = subprocess.run([sys.executable, *_train_args(dataset, tmp_path / "x", preset, 2)], cwd=REPO,
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "train_vae.py" in refused.stderr

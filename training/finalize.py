@@ -1,49 +1,81 @@
-"""Build the calibrated pipeline folder of a training run from its newest checkpoint (EMA weights if present).
+"""Build the calibrated pipeline folder of a training run: settings selection, D3AD fit, threshold, model card.
 
     python training/finalize.py --run-dir runs/transistor
+    python training/finalize.py --pipeline models/ddad-transistor-cpu --output-dir runs/refinalized
 
-``train_unet.py`` does this itself at the end; run it by hand after ``--no-finalize`` or to redo calibration.
+``train_unet.py`` does this itself at the end; run it by hand after ``--no-finalize``, or to redo the recipe
+(for example after it changed) on a run's newest checkpoint (EMA weights if present) or on a saved pipeline's
+networks. The result goes to ``<output-dir>/pipeline``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
 from ddad_hub.data import list_train_images, split_nominal
+from ddad_hub.models.autoencoder import load_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
 
 
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--checkpoint", default=None, help="a step_* folder (default: the newest)")
-    p.add_argument("--data", default=None, help="the category folder (default: the one the run trained on)")
-    p.add_argument("--output-dir", default=None, help="where to write pipeline/ (default: --run-dir)")
-    args = p.parse_args(argv)
-    import json
+def _fill_preset(preset: dict) -> dict:
+    """Settings added to a named preset since the run started fill the gaps."""
+    return {**load_preset(preset["name"]), **preset} if preset.get("name") in PRESETS else preset
 
+
+def from_checkpoint(args: argparse.Namespace) -> Path:
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.run_dir) / "checkpoints")
     if ckpt is None:
         raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints")
     state = json.loads((ckpt / "state.json").read_text())
-    preset = state["preset"]
-    if preset.get("name") in PRESETS:  # settings added to the preset since the run started fill the gaps
-        preset = {**load_preset(preset["name"]), **preset}
+    preset = _fill_preset(state["preset"])
     data = Path(args.data or state.get("data") or "")
-    unet = build_unet(preset)
+    vae_path = args.vae or state.get("vae")
+    vae = load_vae(vae_path) if vae_path else None
+    unet = build_unet(preset, in_channels=vae.config.latent_channels if vae is not None else 3)
     weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").exists() else "unet.safetensors")
     unet.load_state_dict(load_file(str(weights)))
     train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=state.get("seed", 0))
     training = {"steps": state["step"], "minutes": round(state["elapsed_seconds"] / 60, 2),
                 "processes": state.get("processes", 1), "checkpoint": ckpt.name}
-    folder = finalize_run(args.output_dir or args.run_dir, unet.eval(), preset, data, held_out, training,
-                          train_paths=train_paths)
+    return finalize_run(args.output_dir or args.run_dir, unet.eval(), preset, data, held_out, training,
+                        train_paths=train_paths, vae=vae)
+
+
+def from_pipeline(args: argparse.Namespace) -> Path:
+    if not args.output_dir:
+        raise SystemExit("--pipeline needs --output-dir (the saved pipeline is not overwritten)")
+    folder = Path(args.pipeline)
+    info = json.loads((folder / "training_info.json").read_text())
+    pipe = DDADPipeline.from_pretrained(folder)
+    data = Path(args.data or info["data"])
+    held = set(info["held_out_nominal"])
+    paths = list_train_images(data)
+    train_paths = [p for p in paths if p.name not in held]
+    held_out = [p for p in paths if p.name in held]
+    training = {**info["training"], "refinalized_from": str(folder)}
+    return finalize_run(args.output_dir, pipe.unet, _fill_preset(info["preset"]), data, held_out, training,
+                        encoder=pipe.feature_encoder, train_paths=train_paths, vae=pipe.vae)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="a train_unet.py output folder (its checkpoints/)")
+    source.add_argument("--pipeline", help="a saved pipeline folder with training_info.json")
+    p.add_argument("--checkpoint", default=None, help="with --run-dir: a step_* folder (default: the newest)")
+    p.add_argument("--data", default=None, help="the category folder (default: the one the run trained on)")
+    p.add_argument("--output-dir", default=None, help="where to write pipeline/ (default: --run-dir)")
+    p.add_argument("--vae", default=None, help="with --run-dir: the run's autoencoder (default: the one it used)")
+    args = p.parse_args(argv)
+    folder = from_pipeline(args) if args.pipeline else from_checkpoint(args)
     print(f"pipeline written to {folder}")
     return folder
 

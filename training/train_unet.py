@@ -2,9 +2,13 @@
 
     accelerate launch training/train_unet.py --data ../shared/data/mvtec_ad_256/transistor --output-dir runs/transistor
 
-Presets (``--preset cpu|paper``) hold every setting; flags override single values. The run is resumable: checkpoints
-are written atomically every ``checkpoint_every`` steps and ``--resume`` continues from the newest one, with the
-same batches it would have drawn. It ends by assembling a ``DDADPipeline`` folder in ``--output-dir``.
+Presets (``--preset cpu|cpu_latent|paper``) hold every setting; flags override single values. With ``--vae`` (an
+``AutoencoderKL`` folder from ``train_vae.py``, or a Hub id such as ``stabilityai/sd-vae-ft-mse``) the U-Net learns
+the autoencoder's scaled latents instead of pixels, for D3AD's latent space (the ``cpu_latent`` preset).
+
+The run is resumable: checkpoints are written atomically every ``checkpoint_every`` steps and ``--resume``
+continues from the newest one, with the same batches it would have drawn. It ends by assembling a ``DDADPipeline``
+folder in ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tqdm.auto import tqdm
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from ddad_hub.data import list_train_images, load_images, split_nominal
 from ddad_hub.distributed import make_accelerator
+from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
@@ -46,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshot-minutes", type=float, default=None,
                    help="also keep a checkpoint in <output-dir>/snapshots every this many training minutes")
     p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"])
+    p.add_argument("--vae", default=None,
+                   help="an AutoencoderKL folder or Hub id: train on its latents (needed by presets with a 'vae')")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
@@ -74,8 +81,15 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
 
+    if "vae" in preset and not args.vae:
+        raise SystemExit(f"preset {preset['name']!r} trains on autoencoder latents: train one first with "
+                         f"training/train_vae.py and pass its folder with --vae")
+    vae = load_vae(args.vae) if args.vae else None
     train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=args.seed)
     images = load_images(train_paths, preset["resolution"])
+    if vae is not None:  # the U-Net learns the latents; they are computed once
+        preset["latent_resolution"] = preset["resolution"] // latent_factor(vae)
+        images = encode_images(vae, images)
     steps_per_epoch = math.ceil(len(images) / (preset["batch_size"] * accelerator.num_processes))
     max_steps = args.max_steps
     if max_steps is None and preset.get("epochs"):
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("set --epochs, --max-steps or --max-minutes: the run needs an end")
 
     set_seed(args.seed)  # the same initial weights in every process and on every run
-    unet = build_unet(preset)
+    unet = build_unet(preset, in_channels=images.shape[1])
     optimizer = torch.optim.Adam(unet.parameters(), lr=preset["learning_rate"], weight_decay=preset["weight_decay"])
     ema = EMAModel(unet.parameters(), decay=preset["ema_decay"]) if preset.get("ema_decay") else None
     scheduler = DDADScheduler()
@@ -113,7 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
             plain = accelerator.unwrap_model(unet)
             modules: dict = {"unet": plain}
             state = {"elapsed_seconds": elapsed, "preset": preset, "category": category, "seed": args.seed,
-                     "data": str(data), "processes": accelerator.num_processes}
+                     "data": str(data), "processes": accelerator.num_processes, "vae": args.vae}
             if ema is not None:
                 names = [name for name, _ in plain.named_parameters()]
                 modules["ema"] = dict(zip(names, ema.shadow_params))
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> Path:
         finalize_run(
             out, final_unet.eval().float(), preset, data, held_out,
             training={"steps": step, "minutes": round(elapsed / 60, 2), "processes": accelerator.num_processes},
-            train_paths=train_paths,
+            train_paths=train_paths, vae=vae,
         )
     accelerator.wait_for_everyone()
     accelerator.end_training()

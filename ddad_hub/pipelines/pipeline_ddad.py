@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, UNet2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..anomaly_map import combine_maps, feature_distance, image_scores, pixel_distance, resize_maps
+from ..anomaly_map import combine_maps, feature_distance, image_scores, latent_distance, pixel_distance, resize_maps
 from ..dynamic_noise import dynamic_start_steps
 from ..image_utils import open_image, to_rgb8
 from ..models.feature_encoder import FeatureEncoder
@@ -52,12 +52,12 @@ class DDADPipeline(DiffusionPipeline):
     """Anomaly detection by conditioned diffusion reconstruction (DDAD).
 
     Components:
-        unet: a diffusers ``UNet2DModel`` trained for epsilon prediction on nominal images.
+        unet: a diffusers ``UNet2DModel`` trained for epsilon prediction on nominal images (or their latents).
         scheduler: :class:`DDADScheduler`; its config holds the default ``w``, ``start_step``, ``skip`` and ``eta``.
         feature_encoder: :class:`FeatureEncoder`, the (domain-adapted) ImageNet CNN for the feature distance.
 
     Settings saved in ``model_index.json``:
-        v: weight of the pixel distance in the combined map.
+        v: weight of the pixel distance (the latent distance, with a ``vae``) in the combined map.
         blur_sigma: Gaussian blur of the combined map, in map pixels.
         map_size: side of the square map; input and reconstruction are resized to it before comparing them.
             ``None`` uses the U-Net's resolution.
@@ -70,12 +70,17 @@ class DDADPipeline(DiffusionPipeline):
         compute_dtype: "auto" (bf16 autocast where the hardware is fast at it, else fp32), "float32" or
             "bfloat16". The scheduler's arithmetic and the maps are always fp32.
 
-    Optional component:
+    Optional components:
         feature_memory: :class:`FeatureMemory` with ``score_bins``, D3AD's first estimate.
+        vae: a diffusers ``AutoencoderKL``. With it the diffusion runs on its scaled latents (D3AD's latent space):
+            the input is encoded (the posterior mean times ``scaling_factor``), the latents are noised and denoised
+            conditioned on themselves and decoded; the pixel distance ``D_p`` is replaced by the latent distance
+            (mean over channels of ``|z - z_r|``, upsampled), and ``D_f`` compares the input with the decoded
+            reconstruction.
     """
 
-    model_cpu_offload_seq = "unet->feature_encoder"
-    _optional_components = ["feature_memory"]
+    model_cpu_offload_seq = "vae->unet->feature_encoder"
+    _optional_components = ["feature_memory", "vae"]
 
     def __init__(
         self,
@@ -94,12 +99,18 @@ class DDADPipeline(DiffusionPipeline):
         d3ad_w: float = 4.0,
         d3ad_eta: float = 0.0,
         compute_dtype: str = "auto",
+        vae: AutoencoderKL | None = None,
     ):
         super().__init__()
         unet.eval()  # inference only: a pipeline never trains its components
         feature_encoder.eval()
+        if vae is not None:
+            vae.eval()
+            if vae.config.latent_channels != unet.config.in_channels:
+                raise ValueError(f"the vae's {vae.config.latent_channels} latent channels do not match the unet's "
+                                 f"{unet.config.in_channels} input channels")
         self.register_modules(
-            unet=unet, scheduler=scheduler, feature_encoder=feature_encoder, feature_memory=feature_memory
+            unet=unet, scheduler=scheduler, feature_encoder=feature_encoder, feature_memory=feature_memory, vae=vae
         )
         self.register_to_config(
             v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed,
@@ -110,7 +121,8 @@ class DDADPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ sizes
     @property
     def sample_size(self) -> tuple[int, int]:
-        size = self.unet.config.sample_size
+        """(height, width) of the images the pipeline works on: the U-Net's, or the autoencoder's with a vae."""
+        size = self.vae.config.sample_size if self.vae is not None else self.unet.config.sample_size
         return (size, size) if isinstance(size, int) else tuple(size)
 
     @property
@@ -187,6 +199,25 @@ class DDADPipeline(DiffusionPipeline):
         return [torch.Generator(device="cpu").manual_seed(self.config.seed) for _ in range(batch)]
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> the space the U-Net denoises: the images themselves, or the scaled latents."""
+        images = images.to(self.device, torch.float32)
+        if self.vae is None:
+            return images
+        with self._autocast(autocast_dtype):
+            latents = self.vae.encode(images.contiguous(memory_format=torch.channels_last)).latent_dist.mean
+        return latents.float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The inverse of :meth:`encode`: images in [-1, 1]."""
+        if self.vae is None:
+            return latents.clamp(-1, 1)
+        with self._autocast(autocast_dtype):
+            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return images.float().clamp(-1, 1)
+
+    @torch.no_grad()
     def reconstruct(
         self,
         images: torch.Tensor,
@@ -199,18 +230,21 @@ class DDADPipeline(DiffusionPipeline):
         noise_free_start: bool = False,
         autocast_dtype: torch.dtype | None = None,
         show_progress: bool = True,
-    ) -> torch.Tensor:
+        return_latents: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Noise ``images`` (in [-1, 1]) to ``start_step`` and denoise them, conditioned on ``target``.
 
         ``target`` defaults to the images themselves (DDAD); domain adaptation passes other nominal images.
-        ``noise_free_start`` starts from ``sqrt(abar) x`` (D3AD) instead of adding noise.
+        ``noise_free_start`` starts from ``sqrt(abar) x`` (D3AD) instead of adding noise. With a ``vae`` all of it
+        happens on latents and the result is decoded. ``return_latents`` also returns ``(z, z_r)``, the input's
+        and the reconstruction's latents (the images themselves without a vae).
         """
         scheduler = self.scheduler
         scheduler.set_timesteps(start_step=start_step, skip=skip, device=self.device)
         w = scheduler.config.w if w is None else w
         eta = scheduler.config.eta if eta is None else eta
-        x0 = images.to(self.device, torch.float32)
-        target = x0 if target is None else target.to(self.device, torch.float32)
+        x0 = self.encode(images, autocast_dtype)
+        target = x0 if target is None else self.encode(target, autocast_dtype)
         generator = self._generators(generator, x0.shape[0])
         if noise_free_start:
             sample = scheduler.scale_noise_free(x0, scheduler.start_step)
@@ -227,7 +261,10 @@ class DDADPipeline(DiffusionPipeline):
             sample, reconstruction = scheduler.step(
                 eps.float(), t, sample, target=target, w=w, eta=eta, generator=generator, return_dict=False
             )
-        return reconstruction.clamp(-1, 1)
+        images_out = self.decode(reconstruction, autocast_dtype)
+        if return_latents:
+            return images_out, (x0, reconstruction if self.vae is not None else images_out)
+        return images_out
 
     @torch.no_grad()
     def first_estimate(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,25 +274,31 @@ class DDADPipeline(DiffusionPipeline):
     @torch.no_grad()
     def reconstruct_dynamic(
         self, images: torch.Tensor, generator=None, autocast_dtype: torch.dtype | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """D3AD: each image starts, without noise, from the step its first estimate's histogram bin picks.
 
-        Returns the reconstructions and the start steps. Images sharing a start step are denoised together.
+        Returns the reconstructions, the start steps and ``(z, z_r)`` as :meth:`reconstruct` does. Images sharing
+        a start step are denoised together.
         """
         t_hat, skips = dynamic_start_steps(
             self.first_estimate(images), self.feature_memory.config.score_bins, self.config.d3ad_t_max
         )
         generators = self._generators(generator, images.shape[0])
         out = torch.empty_like(images, dtype=torch.float32)
+        latents, recon_latents = None, None
         for t in torch.unique(t_hat).tolist():
             idx = (t_hat == t).nonzero().flatten()
             gen = [generators[i] for i in idx.tolist()] if isinstance(generators, list) else generators
-            out[idx] = self.reconstruct(
+            r, (z, z_r) = self.reconstruct(
                 images[idx], w=self.config.d3ad_w, start_step=int(t), skip=int(skips[idx[0]]),
                 eta=self.config.d3ad_eta, generator=gen, noise_free_start=True, autocast_dtype=autocast_dtype,
-                show_progress=False,
+                show_progress=False, return_latents=True,
             )
-        return out, t_hat
+            if latents is None:
+                latents = z.new_empty((images.shape[0], *z.shape[1:]))
+                recon_latents = torch.empty_like(latents)
+            out[idx], latents[idx], recon_latents[idx] = r, z, z_r
+        return out, t_hat, (latents, recon_latents)
 
     def resize_to_map(self, images: torch.Tensor) -> torch.Tensor:
         """Bilinear resize to the map resolution, where inputs and reconstructions are compared."""
@@ -265,9 +308,17 @@ class DDADPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def compute_distances(
-        self, images: torch.Tensor, reconstructions: torch.Tensor, autocast_dtype: torch.dtype | None = None
+        self,
+        images: torch.Tensor,
+        reconstructions: torch.Tensor,
+        autocast_dtype: torch.dtype | None = None,
+        latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(D_f, D_p)``, each (B, H, W) at map resolution, for inputs and reconstructions in [-1, 1]."""
+        """``(D_f, D_p)``, each (B, H, W) at map resolution, for inputs and reconstructions in [-1, 1].
+
+        With a ``vae``, ``D_p`` is the latent distance between ``latents = (z, z_r)`` (as :meth:`reconstruct`
+        returns them; encoded from the images when not given).
+        """
         size = self.map_hw
         x, r = self.resize_to_map(images), self.resize_to_map(reconstructions)
         with self._autocast(autocast_dtype):
@@ -276,7 +327,11 @@ class DDADPipeline(DiffusionPipeline):
         fx = [f[: x.shape[0]] for f in feats]
         fr = [f[x.shape[0] :] for f in feats]
         d_f = feature_distance(fx, fr, size)
-        return d_f, pixel_distance(x, r).to(d_f.device)
+        if self.vae is None:
+            return d_f, pixel_distance(x, r).to(d_f.device)
+        if latents is None:
+            latents = (self.encode(images, autocast_dtype), self.encode(reconstructions, autocast_dtype))
+        return d_f, latent_distance(*latents, size).to(d_f.device)
 
     def combine(self, d_feature: torch.Tensor, d_pixel: torch.Tensor) -> torch.Tensor:
         """The blurred combined map from the two distances, with this pipeline's ``v`` and calibration."""
@@ -337,12 +392,12 @@ class DDADPipeline(DiffusionPipeline):
             chunk = x[start : start + batch_size]
             gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
             if mode == "d3ad":
-                r, t_hat = self.reconstruct_dynamic(chunk, gen, autocast_dtype)
+                r, t_hat, latents = self.reconstruct_dynamic(chunk, gen, autocast_dtype)
             else:
-                r = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
-                                     autocast_dtype=autocast_dtype)
+                r, latents = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
+                                              autocast_dtype=autocast_dtype, return_latents=True)
                 t_hat = torch.full((chunk.shape[0],), self.scheduler.start_step)
-            maps.append(self.compute_anomaly_maps(chunk, r, autocast_dtype=autocast_dtype))
+            maps.append(self.combine(*self.compute_distances(chunk, r, autocast_dtype, latents)))
             recons.append(r)
             starts.append(t_hat)
         start_steps = torch.cat(starts)

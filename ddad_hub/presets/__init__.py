@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-PRESETS = ("cpu", "paper")
+PRESETS = ("cpu", "cpu_latent", "paper")
 
 
 def load_preset(name: str, category: str | None = None, **overrides) -> dict:

@@ -1,0 +1,55 @@
+"""The latent space of D3AD mode: a diffusers ``AutoencoderKL`` sized by a preset, and its latent scale."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+
+
+def build_vae(preset: dict) -> AutoencoderKL:
+    """An untrained KL autoencoder at the preset's image resolution.
+
+    Each block after the first halves the resolution, so ``len(block_out_channels) = 3`` gives 4x smaller latents
+    (128 px -> 32 x 32 x 4). The mid-block has no attention, so the model is nearly local and can train on crops
+    (only its group norms see the whole input).
+    """
+    spec = preset["vae"]
+    depth = len(spec["block_out_channels"])
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * depth,
+        up_block_types=("UpDecoderBlock2D",) * depth,
+        block_out_channels=tuple(spec["block_out_channels"]),
+        layers_per_block=spec["layers_per_block"],
+        latent_channels=spec["latent_channels"],
+        norm_num_groups=spec["norm_num_groups"],
+        sample_size=preset["resolution"],
+        mid_block_add_attention=False,
+    )
+
+
+def latent_factor(vae: AutoencoderKL) -> int:
+    """How many image pixels one latent pixel spans per side."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def load_vae(name_or_path: str) -> AutoencoderKL:
+    """An ``AutoencoderKL`` from a folder (safetensors only) or a Hub repo id, ready for inference."""
+    return AutoencoderKL.from_pretrained(name_or_path, use_safetensors=True).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 16, scaled: bool = True) -> torch.Tensor:
+    """Posterior means of images in [-1, 1], times the model's ``scaling_factor`` unless ``scaled=False``."""
+    latents = torch.cat([vae.encode(images[s : s + batch_size]).latent_dist.mean.float()
+                         for s in range(0, len(images), batch_size)])
+    return latents * vae.config.scaling_factor if scaled else latents
+
+
+def fit_scaling_factor(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """``1 / std`` of the latents of nominal images, so the diffusion model sees unit-variance latents.
+
+    Stable Diffusion's 0.18215 was found the same way for its own autoencoder.
+    """
+    return float(1.0 / encode_images(vae, images, scaled=False).std().clamp(min=1e-6))

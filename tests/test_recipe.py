@@ -1,0 +1,33 @@
+"""The synthetic defects that rank settings without test images."""
+
+from __future__ import annotations
+
+import torch
+
+from ddad_hub.recipe import synthetic_defects
+
+
+def _nominal(n: int = 6, size: int = 64) -> torch.Tensor:
+    """A bright square part on a dark, slightly noisy background, in [-1, 1]."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.full((n, 3, size, size), -0.8) + 0.01 * torch.randn(n, 3, size, size, generator=g)
+    images[:, :, 16:48, 16:48] = 0.7
+    return images
+
+
+def test_masks_cover_exactly_what_changed_and_all_three_kinds_appear():
+    nominal = _nominal()
+    defective, masks = synthetic_defects(nominal, seed=3)
+    changed = (defective - nominal).abs().amax(dim=1) > 1e-6
+    assert not changed[~masks].any()  # nothing outside a mask was touched
+    assert (changed & masks).sum() > 0.5 * masks.sum()  # and most of each mask really differs
+    areas = masks.flatten(1).float().mean(1)
+    # the third kind (every third image) erases a large region to the background colour: a missing part
+    for i in range(2, len(nominal), 3):
+        assert areas[i] >= 0.2**2 * 0.9
+        region = defective[i][:, masks[i]]
+        assert (region.mean(dim=1) - (-0.8)).abs().max() < 0.05 and region.std() < 0.05
+    # the same seed gives the same defects; another seed, others
+    again, _ = synthetic_defects(nominal, seed=3)
+    other, _ = synthetic_defects(nominal, seed=4)
+    assert torch.equal(again, defective) and not torch.equal(other, defective)
