@@ -32,7 +32,6 @@ class Inspector:
     def __init__(self, pipe: DDADPipeline):
         self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
-        self.threshold = pipe.config.threshold
         self.has_memory = pipe.feature_memory is not None
 
     def analyze(self, file, w: float, start_step: float, skip: float, mode: str = "ddad"):
@@ -52,26 +51,27 @@ class Inspector:
         began = time.perf_counter()
         out = self.pipe(image, w=float(w), start_step=start_step, skip=skip, mode=mode, output_type="pil")
         seconds = time.perf_counter() - began
+        threshold = out.threshold  # the one calibrated for this mode
 
         score = float(out.image_scores[0])
         amap = out.anomaly_maps[0]
         view = image.resize(amap.shape[::-1])
-        scale = {"vmin": 0.0, "vmax": 2 * self.threshold} if self.threshold else {}
+        scale = {"vmin": 0.0, "vmax": 2 * threshold} if threshold else {}
         heat = overlay(view, amap, alpha=0.5, **scale)
-        if self.threshold is None:
+        if threshold is None:
             verdict, mask_view = "not calibrated (this model has no threshold)", view
         else:
-            defective = score > self.threshold
+            defective = score > threshold
             verdict = "DEFECTIVE" if defective else "good"
-            mask_view = outline(view, amap > self.threshold, colour=(255, 0, 0))
+            mask_view = outline(view, amap > threshold, colour=(255, 0, 0))
         start_used = int(out.start_steps[0])
-        shown_threshold = "none" if self.threshold is None else f"{self.threshold:.4f}"
+        shown_threshold = "none" if threshold is None else f"{threshold:.4f}"
         summary = (
             f"### {verdict}\n"
             f"anomaly score **{score:.4f}** (threshold {shown_threshold})"
             f"  \nmode {mode.upper()}, start step {start_used}, analysed in {seconds:.2f} s"
         )
-        details = {"score": score, "threshold": self.threshold, "verdict": verdict, "seconds": round(seconds, 3),
+        details = {"score": score, "threshold": threshold, "verdict": verdict, "seconds": round(seconds, 3),
                    "mode": mode, "start_step": start_used, "image_size": list(image.size)}
         return image, out.reconstructions[0].resize(view.size), heat, mask_view, summary, details
 
@@ -88,7 +88,7 @@ def build_demo(inspector: Inspector) -> gr.Blocks:
             with gr.Column(scale=1):
                 upload = gr.File(label="Image", file_types=["image"], type="filepath")
                 with gr.Accordion("Advanced settings", open=False):
-                    mode = gr.Radio(["ddad", "d3ad"], value="ddad", label="mode",
+                    mode = gr.Radio(["ddad", "d3ad"], value=inspector.pipe.config.mode, label="mode",
                                     info="D3AD picks the noise level per image" if inspector.has_memory
                                     else "D3AD needs a model with a feature memory")
                     w = gr.Slider(0, 12, value=float(sched.w), step=0.5, label="conditioning weight w")

@@ -34,9 +34,10 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     model_name = f"ddad-{category}-{preset['name']}"
 
     eval_results = []
-    if results:
+    mode = index.get("mode", "ddad")  # the Hub metadata reports what a default call does
+    if results and mode in results:
         for key, label in METRIC_NAMES.items():
-            value = results["ddad"]["all"].get(key)
+            value = results[mode]["all"].get(key)
             if value is not None and value == value:  # skip NaN
                 eval_results.append(EvalResult(
                     task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
@@ -53,8 +54,11 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         selection_text = (
             f"w, start step and the pixel-weight mode were chosen on {selection['how']} (objective: mean of image "
             f"and pixel AUROC there, best {best['objective']:.3f} of {len(selection['table'])} settings); no test "
-            "image was used. The threshold is the highest score among held-out nominal training images."
+            "image was used. Each mode's threshold is the highest score among held-out nominal training images."
         )
+    if info.get("mode"):
+        objectives = ", ".join(f"{m.upper()} {v:.4f}" for m, v in info["mode"]["objectives"].items())
+        selection_text += f" The default mode, {info['mode']['chosen'].upper()}, scored best there ({objectives})."
     training = info["training"]
     training_text = (
         f"{training.get('steps')} optimiser steps of batch {preset['batch_size']} in {training.get('minutes')} "
@@ -88,8 +92,11 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         unet_params=info.get("unet_params", "n/a"), backbone=preset["feature_backbone"],
         strides=", ".join(map(str, preset["feature_strides"])), map_size=index.get("map_size"),
         w=scheduler["w"], start_step=scheduler["start_step"], skip=scheduler["skip"],
-        pixel_weight=index.get("pixel_weight") or "per image (max D_f / max D_p)",
-        threshold=index.get("threshold"), selection_text=selection_text, training_text=training_text,
+        pixel_weight=(f"{index['pixel_weight']:.4f}" if index.get("pixel_weight") is not None
+                      else "per image (max D_f / max D_p)"),
+        threshold=index.get("threshold"), mode=mode,
+        d3ad_t_max=index.get("d3ad_t_max") if index.get("feature_memory", [None])[0] else "n/a (no feature memory)",
+        d3ad_threshold=index.get("d3ad_threshold"), selection_text=selection_text, training_text=training_text,
         results_text=results_text, data_text=data_text,
     )
     path = folder / "README.md"

@@ -136,9 +136,9 @@ def select_settings(pipe: DDADPipeline, nominal: torch.Tensor, grid: dict, seed:
 
 
 @torch.no_grad()
-def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor) -> tuple[float, list[float]]:
-    """The highest score among held-out nominal images: above it, an image is called defective."""
-    scores = pipe(to_unit_range(nominal), output_type="pt", batch_size=16).image_scores
+def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor, mode: str = "ddad") -> tuple[float, list[float]]:
+    """The highest score of ``mode`` among held-out nominal images: above it, an image is called defective."""
+    scores = pipe(to_unit_range(nominal), output_type="pt", batch_size=16, mode=mode).image_scores
     return float(scores.max()), [float(s) for s in scores]
 
 
@@ -176,20 +176,35 @@ def fit_d3ad(
         table.append({"t_max": int(t_max), **synthetic_objective(pipe, nominal, mode="d3ad")})
     best = max(table, key=lambda r: r["objective"])
     pipe.register_to_config(d3ad_t_max=best["t_max"])
-    return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio,
+    threshold, _ = calibrate_threshold(pipe, nominal, mode="d3ad")
+    pipe.register_to_config(d3ad_threshold=threshold)
+    return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio, "threshold": threshold,
             "bank_size": int(memory.bank.shape[0]),
             "how": "memory on the training split, bins on held-out nominal scores, t_max on synthetic defects"}
 
 
+def choose_mode(pipe: DDADPipeline, nominal: torch.Tensor, d3ad_objective: float) -> dict:
+    """Make the mode with the better synthetic-defect objective the pipeline's default (``config.mode``)."""
+    objectives = {"ddad": synthetic_objective(pipe, nominal, mode="ddad")["objective"], "d3ad": d3ad_objective}
+    chosen = max(objectives, key=objectives.get)
+    pipe.register_to_config(mode=chosen)
+    return {"chosen": chosen, "objectives": objectives,
+            "how": "mean of image and pixel AUROC on held-out nominal images and synthetic defects"}
+
+
 def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor) -> dict:
-    """Refresh the calibrated pixel weight (if the pipeline uses one) and the threshold, e.g. after adaptation."""
+    """Refresh the calibrated pixel weight (if the pipeline uses one) and the thresholds, e.g. after adaptation."""
     if pipe.config.pixel_weight is not None:
         sched = pipe.scheduler.config
         f_n, p_n = _distances(pipe, nominal, sched.w, sched.start_step, sched.skip)
         pipe.register_to_config(pixel_weight=pixel_weight_from_nominal(f_n, p_n))
     threshold, scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
-    return {"threshold": threshold, "pixel_weight": pipe.config.pixel_weight, "nominal_scores": scores}
+    result = {"threshold": threshold, "pixel_weight": pipe.config.pixel_weight, "nominal_scores": scores}
+    if pipe.feature_memory is not None and pipe.feature_memory.config.score_bins:
+        result["d3ad_threshold"], result["d3ad_nominal_scores"] = calibrate_threshold(pipe, nominal, mode="d3ad")
+        pipe.register_to_config(d3ad_threshold=result["d3ad_threshold"])
+    return result
 
 
 def finalize_run(
@@ -223,6 +238,7 @@ def finalize_run(
         train = load_images(train_paths, preset["resolution"])
         info["d3ad"] = fit_d3ad(pipe, train, nominal, d3ad["coreset_ratio"], d3ad["t_max"],
                                 d3ad.get("max_patches", 4000))
+        info["mode"] = choose_mode(pipe, nominal, info["d3ad"]["best"]["objective"])
     threshold, nominal_scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,

@@ -1,9 +1,14 @@
-"""The U-Net's training step, shared by the training script and the throughput benchmark."""
+"""Training steps of the U-Net and the autoencoder, and the progress bookkeeping their scripts share."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 import torch
 from diffusers import UNet2DModel
+from tqdm.auto import tqdm
 
 from .schedulers.scheduling_ddad import DDADScheduler
 
@@ -57,3 +62,42 @@ def autoencoder_loss(
     l1 = (reconstruction - x).abs().mean()
     kl = posterior.kl().float().mean() / x[0].numel()
     return l1 + kl_weight * kl, l1
+
+
+class TrainingProgress:
+    """Counts steps and training time, shows a smoothed loss on a progress bar and appends it to a JSONL log.
+
+    Time spent outside steps (checkpoint I/O) is not training time: call :meth:`restart_clock` after it.
+    """
+
+    def __init__(self, step: int, elapsed: float, total: int | None, log_file: Path, metric: str, desc: str,
+                 is_main: bool = True, log_every: int = 50):
+        self.step, self.elapsed, self.metric = step, elapsed, metric
+        self.log_file, self.is_main, self.log_every = log_file, is_main, log_every
+        self.running: float | None = None
+        self.bar = tqdm(total=total, initial=step, disable=not is_main, desc=desc)
+        self.restart_clock()
+
+    @property
+    def minutes(self) -> float:
+        return self.elapsed / 60
+
+    def restart_clock(self) -> None:
+        self._last = time.perf_counter()
+
+    def update(self, value: float) -> None:
+        """Record one finished step whose loss (or other metric) was ``value``."""
+        self.step += 1
+        now = time.perf_counter()
+        self.elapsed += now - self._last
+        self._last = now
+        self.running = value if self.running is None else 0.98 * self.running + 0.02 * value
+        self.bar.update(1)
+        if self.step % 10 == 0:
+            self.bar.set_postfix({self.metric: f"{self.running:.4f}", "minutes": f"{self.minutes:.1f}"})
+        if self.is_main and self.step % self.log_every == 0:
+            with open(self.log_file, "a") as f:
+                f.write(json.dumps({"step": self.step, self.metric: self.running, "minutes": self.minutes}) + "\n")
+
+    def close(self) -> None:
+        self.bar.close()

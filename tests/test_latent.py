@@ -17,13 +17,19 @@ from ddad_hub.dynamic_noise import score_bin_edges
 from ddad_hub.models.feature_memory import FeatureMemory
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return make_tiny_pipeline(latent=True, threshold=0.5)
-
-
 def _images(n: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny latent pipeline with a feature memory, so both modes run."""
+    pipe = make_tiny_pipeline(latent=True, threshold=0.5)
+    memory = FeatureMemory.fit(pipe.feature_encoder, pipe.resize_to_map(_images(4, seed=1) * 2 - 1),
+                               coreset_ratio=0.5, image_size=64, max_patches=500)
+    pipe.register_modules(feature_memory=memory)
+    memory.register_to_config(score_bins=score_bin_edges(pipe.first_estimate(_images(4, seed=2) * 2 - 1)))
+    return pipe
 
 
 def _gens(n: int) -> list[torch.Generator]:
@@ -79,10 +85,6 @@ def test_latent_distance_is_the_channel_mean_upsampled():
 
 
 def test_round_trip_with_vae_and_memory_is_bit_identical(pipe, tmp_path):
-    memory = FeatureMemory.fit(pipe.feature_encoder, pipe.resize_to_map(_images(4, seed=1) * 2 - 1),
-                               coreset_ratio=0.5, image_size=64, max_patches=500)
-    pipe.register_modules(feature_memory=memory)
-    memory.register_to_config(score_bins=score_bin_edges(pipe.first_estimate(_images(4, seed=2) * 2 - 1)))
     images = _images(3, seed=3)
     before = {m: pipe(images, generator=_gens(3), output_type="np", mode=m) for m in ("ddad", "d3ad")}
     pipe.save_pretrained(tmp_path)
@@ -98,6 +100,22 @@ def test_round_trip_with_vae_and_memory_is_bit_identical(pipe, tmp_path):
         assert np.array_equal(out.anomaly_maps, again.anomaly_maps), mode
         assert np.array_equal(out.image_scores, again.image_scores), mode
     assert set(before["d3ad"].start_steps.tolist()) <= set(range(10, 81, 10))
+
+
+def test_each_mode_judges_with_its_own_threshold(pipe):
+    images = _images(2, seed=5)
+    ddad = pipe(images, output_type="np", mode="ddad")
+    assert ddad.threshold == 0.5 and ddad.is_anomalous.tolist() == (ddad.image_scores > 0.5).tolist()
+    assert pipe.config.d3ad_threshold is None
+    d3ad = pipe(images, output_type="np", mode="d3ad")
+    assert d3ad.threshold is None and d3ad.is_anomalous is None  # never judged by DDAD's threshold
+    cut = float(np.sort(d3ad.image_scores)[0])  # between the two scores: one image above, one not
+    pipe.register_to_config(d3ad_threshold=cut)
+    try:
+        again = pipe(images, output_type="np", mode="d3ad")
+        assert again.threshold == cut and again.is_anomalous.sum() == 1
+    finally:
+        pipe.register_to_config(d3ad_threshold=None)
 
 
 def test_mismatched_vae_and_unet_are_refused(pipe):

@@ -164,6 +164,9 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     assert {row["pixel_weight_mode"] for row in info["selection"]["table"]} == {"per_image", "calibrated"}
     index = json.loads((folder / "model_index.json").read_text())
     assert index["threshold"] == pytest.approx(max(info["calibration"]["nominal_scores"]))
+    assert index["d3ad_threshold"] == pytest.approx(info["d3ad"]["threshold"])
+    objectives = info["mode"]["objectives"]
+    assert index["mode"] == info["mode"]["chosen"] == max(objectives, key=objectives.get)
 
     _run(["training/evaluate.py", "--pipeline", str(folder), "--data", str(dataset), "--threads", "1",
           "--memory-coreset", "0.5"])
@@ -180,6 +183,8 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     assert "model-index" in card and "image_auroc" in card and "D3AD mode" in card
     assert "non-commercial" not in card  # synthetic data: no data set licence to pass on
     assert 20 <= results["d3ad"]["all"]["mean_start_step"] <= info["d3ad"]["best"]["t_max"]
+    assert set(results["at_threshold"]) == {"ddad", "d3ad"}
+    assert results["at_threshold"]["d3ad"]["threshold"] == pytest.approx(index["d3ad_threshold"])
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()

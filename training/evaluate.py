@@ -144,12 +144,15 @@ def main(argv: list[str] | None = None) -> dict:
     results["protocol"] = (f"{len(items)} test images, maps and masks at {size[0]} px, whole image, "
                            "AUPRO up to FPR 0.3")
     results["timing"] = timing
-    results["threshold"] = pipe.config.threshold
-    if pipe.config.threshold is not None:
-        labels = np.array(types) != "good"
-        flagged = scores > pipe.config.threshold  # the first mode's scores; the threshold was set for it
-        results["at_threshold"] = {"true_positive_rate": float(flagged[labels].mean()),
-                                   "false_positive_rate": float(flagged[~labels].mean())}
+    labels = np.array(types) != "good"
+    results["at_threshold"] = {}
+    for mode in modes:  # each mode's verdicts at the threshold calibrated for it on held-out good images
+        threshold = pipe.threshold_for(mode)
+        if threshold is not None:
+            flagged = outputs[mode][1] > threshold
+            results["at_threshold"][mode] = {"threshold": threshold,
+                                             "true_positive_rate": float(flagged[labels].mean()),
+                                             "false_positive_rate": float(flagged[~labels].mean())}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
 
     examples = []

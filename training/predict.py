@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    threshold = pipe.config.threshold
+    threshold = pipe.threshold_for()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -14,15 +14,12 @@ folder in ``--output-dir``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from ddad_hub.data import list_train_images, load_images, split_nominal
@@ -32,7 +29,7 @@ from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import epsilon_loss, sample_batch
+from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,35 +117,35 @@ def main(argv: list[str] | None = None) -> Path:
 
     unet, optimizer = accelerator.prepare(unet, optimizer)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "train_log.jsonl"
+    progress = TrainingProgress(step, elapsed, max_steps, out / "train_log.jsonl", "loss_per_pixel", "train U-Net",
+                                is_main=accelerator.is_main_process)
 
     def checkpoint(directory: Path = ckpt_dir, keep: int = 2) -> None:
         if accelerator.is_main_process:
             plain = accelerator.unwrap_model(unet)
             modules: dict = {"unet": plain}
-            state = {"elapsed_seconds": elapsed, "preset": preset, "category": category, "seed": args.seed,
+            state = {"elapsed_seconds": progress.elapsed, "preset": preset, "category": category, "seed": args.seed,
                      "data": str(data), "processes": accelerator.num_processes, "vae": args.vae}
             if ema is not None:
                 names = [name for name, _ in plain.named_parameters()]
                 modules["ema"] = dict(zip(names, ema.shadow_params))
                 state["ema_optimization_step"] = ema.optimization_step
-            save_checkpoint(directory, step, modules, optimizer.optimizer if hasattr(optimizer, "optimizer")
+            save_checkpoint(directory, progress.step, modules, optimizer.optimizer if hasattr(optimizer, "optimizer")
                             else optimizer, state, keep=keep)
         accelerator.wait_for_everyone()
 
-    bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train U-Net")
     unet.train()
-    running, t_last = None, time.perf_counter()
     snapshot_s = args.snapshot_minutes * 60 if args.snapshot_minutes else None
     next_snapshot = (math.floor(elapsed / snapshot_s) + 1) * snapshot_s if snapshot_s else None
     while True:
+        step, elapsed = progress.step, progress.elapsed
         done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
         snap = next_snapshot is not None and elapsed >= next_snapshot
         done, snap = broadcast_object_list([done, snap])  # every process acts at the same step
         if snap:
             checkpoint(out / "snapshots", keep=0)
             next_snapshot += snapshot_s
-            t_last = time.perf_counter()
+            progress.restart_clock()
         if done:
             break
         x0, t, noise = sample_batch(
@@ -163,23 +160,13 @@ def main(argv: list[str] | None = None) -> Path:
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())
-        step += 1
-        now = time.perf_counter()
-        elapsed += now - t_last
-        t_last = now
-        value = loss.item() / x0[0].numel()
-        running = value if running is None else 0.98 * running + 0.02 * value
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{running:.4f}", minutes=f"{elapsed / 60:.1f}")
-        if accelerator.is_main_process and step % 50 == 0:
-            with open(log_file, "a") as f:
-                f.write(json.dumps({"step": step, "loss_per_pixel": running, "minutes": elapsed / 60}) + "\n")
-        if step % preset["checkpoint_every"] == 0:
+        progress.update(loss.item() / x0[0].numel())
+        if progress.step % preset["checkpoint_every"] == 0:
             checkpoint()
-            t_last = time.perf_counter()  # checkpoint I/O does not count as training time
-    bar.close()
+            progress.restart_clock()  # checkpoint I/O does not count as training time
+    progress.close()
     checkpoint()
+    step, elapsed = progress.step, progress.elapsed
     accelerator.print(f"trained {step} steps in {elapsed / 60:.1f} min")
 
     if accelerator.is_main_process and not args.no_finalize:

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
-from tqdm.auto import tqdm
 
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from ddad_hub.data import list_train_images, load_images, split_nominal
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset
-from ddad_hub.training import autoencoder_loss, sample_crops
+from ddad_hub.training import TrainingProgress, autoencoder_loss, sample_crops
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,44 +79,36 @@ def main(argv: list[str] | None = None) -> Path:
         accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
     vae, optimizer = accelerator.prepare(vae, optimizer)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "vae_log.jsonl"
+    progress = TrainingProgress(step, elapsed, max_steps, out / "vae_log.jsonl", "l1", "train VAE",
+                                is_main=accelerator.is_main_process)
 
     def checkpoint() -> None:
         if accelerator.is_main_process:
-            state = {"elapsed_seconds": elapsed, "preset": preset, "seed": args.seed, "data": str(data)}
+            state = {"elapsed_seconds": progress.elapsed, "preset": preset, "seed": args.seed, "data": str(data)}
             plain_opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-            save_checkpoint(ckpt_dir, step, {"vae": accelerator.unwrap_model(vae)}, plain_opt, state)
+            save_checkpoint(ckpt_dir, progress.step, {"vae": accelerator.unwrap_model(vae)}, plain_opt, state)
         accelerator.wait_for_everyone()
 
-    bar = tqdm(total=max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train VAE")
     vae.train()
-    running, t_last = None, time.perf_counter()
     while True:
-        done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
+        done = (max_steps is not None and progress.step >= max_steps) or (
+            budget_s is not None and progress.elapsed >= budget_s)
         if broadcast_object_list([done])[0]:
             break
-        x, g = sample_crops(images, step, spec["batch_size"], spec["crop"], args.seed, accelerator.process_index)
+        x, g = sample_crops(images, progress.step, spec["batch_size"], spec["crop"], args.seed,
+                            accelerator.process_index)
         with accelerator.autocast():
             loss, l1 = autoencoder_loss(vae, x.to(accelerator.device), spec["kl_weight"], generator=g)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
-        now = time.perf_counter()
-        elapsed += now - t_last
-        t_last = now
-        running = l1.item() if running is None else 0.98 * running + 0.02 * l1.item()
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(l1=f"{running:.4f}", minutes=f"{elapsed / 60:.1f}")
-        if accelerator.is_main_process and step % 50 == 0:
-            with open(log_file, "a") as f:
-                f.write(json.dumps({"step": step, "l1": running, "minutes": elapsed / 60}) + "\n")
-        if step % spec["checkpoint_every"] == 0:
+        progress.update(l1.item())
+        if progress.step % spec["checkpoint_every"] == 0:
             checkpoint()
-            t_last = time.perf_counter()
-    bar.close()
+            progress.restart_clock()
+    progress.close()
     checkpoint()
+    step, elapsed = progress.step, progress.elapsed
     accelerator.print(f"trained {step} steps in {elapsed / 60:.1f} min")
 
     if accelerator.is_main_process:

@@ -37,6 +37,7 @@ class DDADPipelineOutput(BaseOutput):
         is_anomalous: (B,) booleans, ``image_scores > threshold``; ``None`` when the pipeline has no threshold.
         masks: (B, H, W) booleans at map resolution, ``anomaly_maps > threshold``; ``None`` without a threshold.
         start_steps: (B,) the noise level each image started from (differs per image in D3AD mode).
+        threshold: the threshold the call's mode was calibrated with (``None`` if it was not).
     """
 
     anomaly_maps: np.ndarray | torch.Tensor
@@ -46,6 +47,7 @@ class DDADPipelineOutput(BaseOutput):
     is_anomalous: np.ndarray | torch.Tensor | None = None
     masks: np.ndarray | torch.Tensor | None = None
     start_steps: np.ndarray | torch.Tensor | None = None
+    threshold: float | None = None
 
 
 class DDADPipeline(DiffusionPipeline):
@@ -62,7 +64,8 @@ class DDADPipeline(DiffusionPipeline):
         map_size: side of the square map; input and reconstruction are resized to it before comparing them.
             ``None`` uses the U-Net's resolution.
         pixel_weight: fixed ``max D_f / max D_p`` ratio calibrated on nominal images; ``None`` takes each image's.
-        threshold: image-score threshold calibrated on nominal images only; ``None`` if not calibrated.
+        threshold: image-score threshold of DDAD mode, calibrated on nominal images only; ``None`` if not calibrated.
+        d3ad_threshold: the same for D3AD mode, whose maps differ (other start steps, no noise).
         seed: seed of the per-image noise when no generator is passed, so a given image always gets the same score.
         mode: "ddad" (fixed start step, noised start) or "d3ad" (per-image start step from the feature memory's
             first estimate, noise-free scaled start; needs ``feature_memory``).
@@ -100,6 +103,7 @@ class DDADPipeline(DiffusionPipeline):
         d3ad_eta: float = 0.0,
         compute_dtype: str = "auto",
         vae: AutoencoderKL | None = None,
+        d3ad_threshold: float | None = None,
     ):
         super().__init__()
         unet.eval()  # inference only: a pipeline never trains its components
@@ -115,8 +119,14 @@ class DDADPipeline(DiffusionPipeline):
         self.register_to_config(
             v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed,
             mode=mode, d3ad_t_max=d3ad_t_max, d3ad_w=d3ad_w, d3ad_eta=d3ad_eta, compute_dtype=compute_dtype,
+            d3ad_threshold=d3ad_threshold,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
+
+    def threshold_for(self, mode: str | None = None) -> float | None:
+        """The calibrated image-score threshold of ``mode`` (default ``config.mode``); ``None`` if uncalibrated."""
+        mode = mode or self.config.mode
+        return self.config.d3ad_threshold if mode == "d3ad" else self.config.threshold
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -406,7 +416,7 @@ class DDADPipeline(DiffusionPipeline):
         scores = image_scores(maps_t)
         full = [resize_maps(m[None], size)[0] for m, size in zip(maps_t, sizes)]
 
-        threshold = self.config.threshold
+        threshold = self.threshold_for(mode)
         flags = scores > threshold if threshold is not None else None
         masks = maps_t > threshold if threshold is not None else None
         if output_type == "pt":
@@ -429,6 +439,7 @@ class DDADPipeline(DiffusionPipeline):
             is_anomalous=flags,
             masks=masks,
             start_steps=start_steps,
+            threshold=threshold,
         )
 
     # ------------------------------------------------------------------ loading
