@@ -1,6 +1,6 @@
 """ddad-hub demo: upload a picture of a part and see where the defect is.
 
-    python app.py                              # the embedded transistor model, http://127.0.0.1:7860
+    python app.py                              # the embedded latent transistor model, http://127.0.0.1:7860
     python app.py --model path/or/hub-repo-id  # another DDADPipeline (also: DDAD_MODEL=...)
 
 Runs as a Hugging Face Space too (see the README's front matter). Bad uploads get a message; the app keeps serving.
@@ -21,7 +21,7 @@ from ddad_hub import DDADPipeline, ImageLoadError, open_image
 from ddad_hub.visualize import outline, overlay
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODEL = HERE / "models" / "ddad-transistor-cpu"
+DEFAULT_MODEL = HERE / "models" / "ddad-transistor-cpu-latent"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
 MAX_UPLOAD = "25mb"
 
@@ -127,7 +127,8 @@ def load_pipeline(model: str | os.PathLike) -> DDADPipeline:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("DDAD_MODEL", str(DEFAULT_MODEL)),
-                   help="a DDADPipeline folder or Hub repo id (default: the embedded transistor model)")
+                   help="a DDADPipeline folder or Hub repo id (default: the embedded latent transistor model; "
+                   "models/ddad-transistor-cpu is the smaller pixel-space one)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--threads", type=int, default=int(os.environ.get("DDAD_THREADS", "1")),

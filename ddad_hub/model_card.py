@@ -31,7 +31,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     preset = info["preset"]
     category = info["category"]
     ds_name, ds_type, license_id, credit = DATASETS.get(category, (category, category, "other", category))
-    model_name = f"ddad-{category}-{preset['name']}"
+    model_name = f"ddad-{category}-{preset['name']}".replace("_", "-")
 
     eval_results = []
     mode = index.get("mode", "ddad")  # the Hub metadata reports what a default call does
@@ -65,6 +65,13 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         f"minutes ({training.get('processes', 1)} process(es), mixed precision `{preset['mixed_precision']}`), "
         f"timesteps below {preset['max_train_timestep']}, EMA {preset.get('ema_decay')}."
     )
+    vae_training = info.get("autoencoder", {}).get("training")
+    if vae_training:
+        training_text += (
+            f" Before it, the {info['autoencoder']['params']} autoencoder trained {vae_training['steps']} steps in "
+            f"{vae_training['minutes']} minutes (L1 error {vae_training['l1_train_images']:.4f} on whole training "
+            "images in [-1, 1])."
+        )
     if results:
         rows = ["| detector | subset | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
         detectors = (("ddad", "DDAD mode"), ("d3ad", "D3AD mode"), ("feature_memory", "feature memory (kNN)"))

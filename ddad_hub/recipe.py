@@ -207,6 +207,16 @@ def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor) -> dict:
     return result
 
 
+def autoencoder_info(vae: AutoencoderKL) -> dict:
+    """Size and latent scale of the autoencoder, and how it was trained when ``train_vae.py`` made it."""
+    info = {"params": f"{sum(p.numel() for p in vae.parameters()) / 1e6:.1f}M", "source": vae.config._name_or_path,
+            "scaling_factor": vae.config.scaling_factor}
+    trained = Path(vae.config._name_or_path) / "training_info.json"
+    if trained.is_file():
+        info["training"] = json.loads(trained.read_text())
+    return info
+
+
 def finalize_run(
     out: str | Path,
     unet: UNet2DModel,
@@ -226,6 +236,8 @@ def finalize_run(
     info: dict = {"preset": preset, "data": str(data), "category": Path(data).name, "training": training,
                   "held_out_nominal": [p.name for p in held_out],
                   "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}
+    if vae is not None:
+        info["autoencoder"] = autoencoder_info(vae)
     if preset.get("selection_grid") and preset.get("w") is None:
         best, table = select_settings(pipe, nominal, preset["selection_grid"])
         pipe.scheduler.register_to_config(w=best["w"], start_step=best["start_step"], skip=best["skip"])

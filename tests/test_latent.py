@@ -146,3 +146,27 @@ def test_a_hub_autoencoder_loads_from_the_offline_cache(tmp_path, monkeypatch):
     assert not any(p.requires_grad for p in vae.parameters())
     z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
     assert z.shape == (1, 4, 8, 8)
+
+
+def test_shift_factor_of_hub_autoencoders_is_applied_both_ways():
+    """Some Hub autoencoders also shift their latents; training latents and the pipeline use one definition."""
+    from ddad_hub.models.autoencoder import encode_images
+
+    pipe = make_tiny_pipeline(latent=True)
+    x = _images(2) * 2 - 1
+    plain_z, plain_r = pipe.encode(x, torch.float32), pipe.decode(pipe.encode(x, torch.float32), torch.float32)
+    pipe.vae.register_to_config(shift_factor=0.5)
+    z = pipe.encode(x, torch.float32)
+    torch.testing.assert_close(z, plain_z - 0.5 * pipe.vae.config.scaling_factor)
+    torch.testing.assert_close(pipe.decode(z, torch.float32), plain_r)
+    torch.testing.assert_close(encode_images(pipe.vae, x), z)
+
+
+def test_a_missing_autoencoder_folder_is_named(tmp_path):
+    from ddad_hub.models.autoencoder import load_vae
+
+    with pytest.raises(FileNotFoundError, match="train_vae.py"):
+        load_vae(tmp_path / "runs" / "vae")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_vae(str(tmp_path / "empty"))

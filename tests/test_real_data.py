@@ -12,7 +12,8 @@ from ddad_hub.data import DatasetLayoutError, list_test_items, list_train_images
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRANSISTOR = DATA / "mvtec_ad_256" / "transistor"
 TILE = DATA / "mtd" / "magnetic_tile"
-EMBEDDED = Path(__file__).resolve().parents[1] / "models" / "ddad-transistor-cpu"
+MODELS = Path(__file__).resolve().parents[1] / "models"
+EMBEDDED = [MODELS / "ddad-transistor-cpu", MODELS / "ddad-transistor-cpu-latent"]
 
 needs_data = pytest.mark.skipif(not TRANSISTOR.is_dir(), reason=f"real data not found at {DATA}")
 
@@ -58,14 +59,16 @@ def test_wrong_layout_is_explained(tmp_path):
 @needs_data
 @pytest.mark.data
 @pytest.mark.slow
-@pytest.mark.skipif(not EMBEDDED.is_dir(), reason="the embedded model is not in this checkout")
-def test_embedded_model_separates_real_defects():
-    """A regression guard on real images: 8 good and 8 defective transistor test images."""
+@pytest.mark.parametrize("model", EMBEDDED, ids=lambda p: p.name)
+def test_embedded_model_separates_real_defects(model):
+    """A regression guard on real images: 8 good and 8 defective transistor test images, in the default mode."""
     from sklearn.metrics import roc_auc_score
 
     from ddad_hub import DDADPipeline
 
-    pipe = DDADPipeline.from_pretrained(EMBEDDED)
+    if not model.is_dir():
+        pytest.skip(f"{model.name} is not in this checkout")
+    pipe = DDADPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     items = list_test_items(TRANSISTOR)
     good = [it for it in items if not it.is_anomalous][:8]

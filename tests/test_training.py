@@ -279,6 +279,8 @@ def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
     assert pipe.config.threshold is not None and pipe.feature_memory is not None
     info = json.loads((out / "pipeline" / "training_info.json").read_text())
     assert "selection" in info and "d3ad" in info
+    assert info["autoencoder"]["training"]["steps"] == 200  # the card says how the latent space was made
+    assert "autoencoder trained 200 steps" in (out / "pipeline" / "README.md").read_text()
 
     refused = subprocess.run([sys.executable, *_train_args(dataset, tmp_path / "x", preset, 2)], cwd=REPO,
                              env=_env(), capture_output=True, text=True, timeout=300)

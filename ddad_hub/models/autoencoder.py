@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from diffusers import AutoencoderKL
 
@@ -34,17 +36,35 @@ def latent_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def load_vae(name_or_path: str) -> AutoencoderKL:
+def load_vae(name_or_path: str | os.PathLike) -> AutoencoderKL:
     """An ``AutoencoderKL`` from a folder (safetensors only) or a Hub repo id, ready for inference."""
-    return AutoencoderKL.from_pretrained(name_or_path, use_safetensors=True).eval().requires_grad_(False)
+    path = os.fspath(name_or_path)
+    looks_local = os.path.exists(path) or path.count("/") != 1 or path.startswith((".", "/", "~"))
+    if looks_local and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} is not an autoencoder folder (no config.json); train one with "
+                                "training/train_vae.py, or pass a Hub repo id such as stabilityai/sd-vae-ft-mse")
+    return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
+
+
+def to_latents(vae: AutoencoderKL, images: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+    """The latents the diffusion model sees: posterior means of images in [-1, 1], shifted and scaled by the
+    model's ``shift_factor`` (set by some Hub autoencoders) and ``scaling_factor`` unless ``scaled=False``."""
+    latents = vae.encode(images.contiguous(memory_format=torch.channels_last)).latent_dist.mean.float()
+    if not scaled:
+        return latents
+    return (latents - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
+
+
+def from_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_latents`: decoded images in [-1, 1]."""
+    images = vae.decode(latents / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)).sample
+    return images.float().clamp(-1, 1)
 
 
 @torch.no_grad()
 def encode_images(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 16, scaled: bool = True) -> torch.Tensor:
-    """Posterior means of images in [-1, 1], times the model's ``scaling_factor`` unless ``scaled=False``."""
-    latents = torch.cat([vae.encode(images[s : s + batch_size]).latent_dist.mean.float()
-                         for s in range(0, len(images), batch_size)])
-    return latents * vae.config.scaling_factor if scaled else latents
+    """:func:`to_latents` in batches."""
+    return torch.cat([to_latents(vae, images[s : s + batch_size], scaled) for s in range(0, len(images), batch_size)])
 
 
 def fit_scaling_factor(vae: AutoencoderKL, images: torch.Tensor) -> float:

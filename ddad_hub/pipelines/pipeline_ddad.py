@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..anomaly_map import combine_maps, feature_distance, image_scores, latent_distance, pixel_distance, resize_maps
 from ..dynamic_noise import dynamic_start_steps
 from ..image_utils import open_image, to_rgb8
+from ..models.autoencoder import from_latents, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..schedulers.scheduling_ddad import DDADScheduler
@@ -215,8 +216,7 @@ class DDADPipeline(DiffusionPipeline):
         if self.vae is None:
             return images
         with self._autocast(autocast_dtype):
-            latents = self.vae.encode(images.contiguous(memory_format=torch.channels_last)).latent_dist.mean
-        return latents.float() * self.vae.config.scaling_factor
+            return to_latents(self.vae, images)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -224,8 +224,7 @@ class DDADPipeline(DiffusionPipeline):
         if self.vae is None:
             return latents.clamp(-1, 1)
         with self._autocast(autocast_dtype):
-            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return images.float().clamp(-1, 1)
+            return from_latents(self.vae, latents)
 
     @torch.no_grad()
     def reconstruct(

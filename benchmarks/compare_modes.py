@@ -1,0 +1,42 @@
+"""DDAD mode against D3AD mode per defect type, from the results.json files that training/evaluate.py writes.
+
+    python benchmarks/compare_modes.py models/ddad-transistor-cpu runs/latent/pipeline --names pixel latent
+
+Prints a markdown table (image AUROC / pixel AUROC / AUPRO per defect type and overall) for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+", help="pipeline or output folders holding results.json")
+    p.add_argument("--names", nargs="+", default=None, help="a column label per folder")
+    args = p.parse_args(argv)
+    names = args.names or [Path(f).name for f in args.folders]
+    if len(names) != len(args.folders):
+        raise SystemExit("give one --names label per folder")
+    results = [json.loads((Path(f) / "results.json").read_text()) for f in args.folders]
+    columns = [(name, mode) for name, r in zip(names, results) for mode in ("ddad", "d3ad") if mode in r]
+    subsets = sorted({s for r in results for m in ("ddad", "d3ad") for s in r.get(m, {})} - {"all"}) + ["all"]
+    head = "| defect type | " + " | ".join(f"{name} {mode.upper()}" for name, mode in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    by_name = dict(zip(names, results))
+    for subset in subsets:
+        cells = []
+        for name, mode in columns:
+            v = by_name[name][mode].get(subset)
+            cells.append("n/a" if v is None else f"{v['image_auroc']:.3f} / {v['pixel_auroc']:.3f} / {v['aupro']:.3f}")
+        label = "**all**" if subset == "all" else subset.replace("_", " ")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
