@@ -1,9 +1,11 @@
 """Training throughput of a preset's U-Net step (images per second), fp32 against bf16 autocast.
 
     python benchmarks/bench_training.py --output benchmarks/results/training
+    python benchmarks/bench_training.py --preset cpu_latent --output benchmarks/results/training_latent
 
 The step is the training script's own (``ddad_hub.training``): sample a batch, noise it, epsilon loss, backward,
-Adam step. Median over ``--steps`` steps after warm-up.
+Adam step. For a latent preset the U-Net learns latents, and the autoencoder's step (``train_vae.py``'s: random
+crops, L1 + KL, backward, AdamW) is measured too. Median over ``--steps`` steps after warm-up.
 """
 
 from __future__ import annotations
@@ -17,35 +19,62 @@ from pathlib import Path
 
 import torch
 
+from ddad_hub.models.autoencoder import build_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import load_preset
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import epsilon_loss, sample_batch
+from ddad_hub.training import autoencoder_loss, epsilon_loss, sample_batch, sample_crops
 
 
-def measure(preset: dict, dtype: torch.dtype | None, steps: int, warmup: int = 3) -> dict:
-    torch.manual_seed(0)
-    unet = build_unet(preset).train()
-    opt = torch.optim.Adam(unet.parameters(), lr=preset["learning_rate"], weight_decay=preset["weight_decay"])
-    scheduler = DDADScheduler()
-    size = preset["resolution"]
-    images = torch.rand(64, 3, size, size) * 2 - 1
+def _timed_steps(step_fn, dtype: torch.dtype | None, steps: int, batch: int, warmup: int = 3) -> dict:
     times = []
     for step in range(warmup + steps):
-        x0, t, noise = sample_batch(images, step, preset["batch_size"], preset["max_train_timestep"],
-                                    preset["shift_pixels"], 0, 0)
         start = time.perf_counter()
-        ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with ctx:
-            loss = epsilon_loss(unet, scheduler, x0, t, noise)
+        with torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            loss = step_fn(step)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_fn.optimizer.step()
+        step_fn.optimizer.zero_grad(set_to_none=True)
         if step >= warmup:
             times.append(time.perf_counter() - start)
     med = statistics.median(times)
-    return {"seconds_per_step": med, "images_per_second": preset["batch_size"] / med,
-            "spread": [min(times), max(times)]}
+    return {"seconds_per_step": med, "images_per_second": batch / med, "spread": [min(times), max(times)]}
+
+
+def measure(preset: dict, dtype: torch.dtype | None, steps: int) -> dict:
+    """The U-Net step, on images or (for a latent preset) on latents of the preset's size."""
+    torch.manual_seed(0)
+    latent = "vae" in preset
+    channels = preset["vae"]["latent_channels"] if latent else 3
+    unet = build_unet(preset, in_channels=channels).train()
+    scheduler = DDADScheduler()
+    size = preset["latent_resolution"] if latent else preset["resolution"]
+    data = torch.randn(64, channels, size, size) if latent else torch.rand(64, 3, size, size) * 2 - 1
+
+    def step_fn(step: int) -> torch.Tensor:
+        x0, t, noise = sample_batch(data, step, preset["batch_size"], preset["max_train_timestep"],
+                                    preset["shift_pixels"], 0, 0)
+        return epsilon_loss(unet, scheduler, x0, t, noise)
+
+    step_fn.optimizer = torch.optim.Adam(unet.parameters(), lr=preset["learning_rate"],
+                                         weight_decay=preset["weight_decay"])
+    return _timed_steps(step_fn, dtype, steps, preset["batch_size"])
+
+
+def measure_vae(preset: dict, dtype: torch.dtype | None, steps: int) -> dict:
+    """The autoencoder step of a latent preset ("images" are its training crops)."""
+    torch.manual_seed(0)
+    spec = preset["vae"]
+    vae = build_vae(preset).train()
+    size = preset["resolution"]
+    images = torch.rand(64, 3, size, size) * 2 - 1
+
+    def step_fn(step: int) -> torch.Tensor:
+        x, g = sample_crops(images, step, spec["batch_size"], spec["crop"], 0, 0)
+        return autoencoder_loss(vae, x, spec["kl_weight"], generator=g)[0]
+
+    step_fn.optimizer = torch.optim.AdamW(vae.parameters(), lr=spec["learning_rate"], weight_decay=0.0)
+    return _timed_steps(step_fn, dtype, steps, spec["batch_size"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,15 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     preset = load_preset(args.preset)
     steps = 3 if args.quick else args.steps
-    rows = {name: measure(preset, dtype, steps) for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}
-    lines = [f"Training step of the `{args.preset}` preset ({preset['resolution']} px, batch {preset['batch_size']}, "
-             f"{args.threads} thread(s)):", "", "| precision | s/step (median) | images/s | min-max s/step |",
-             "|---|---|---|---|"]
+    precisions = (("fp32", None), ("bf16", torch.bfloat16))
+    rows = {name: measure(preset, dtype, steps) for name, dtype in precisions}
+    if "vae" in preset:
+        rows.update({f"autoencoder {name}": measure_vae(preset, dtype, steps) for name, dtype in precisions})
+        what = (f"U-Net on {preset['latent_resolution']} px latents, batch {preset['batch_size']}; autoencoder on "
+                f"{preset['vae']['crop']} px crops, batch {preset['vae']['batch_size']}")
+    else:
+        what = f"{preset['resolution']} px, batch {preset['batch_size']}"
+    lines = [f"Training step of the `{args.preset}` preset ({what}, {args.threads} thread(s)):", "",
+             "| step | s/step (median) | images/s | min-max s/step |", "|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['seconds_per_step']:.3f} | {r['images_per_second']:.1f} | "
                      f"{r['spread'][0]:.3f}-{r['spread'][1]:.3f} |")
     ratio = rows["bf16"]["images_per_second"] / rows["fp32"]["images_per_second"]
-    lines.append(f"\nbf16 / fp32 throughput: {ratio:.2f}x")
+    lines.append(f"\nbf16 / fp32 throughput of the U-Net step: {ratio:.2f}x")
     text = "\n".join(lines)
     print(text)
     if args.output:
