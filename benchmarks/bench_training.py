@@ -23,7 +23,7 @@ from ddad_hub.models.autoencoder import build_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import load_preset
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import autoencoder_loss, epsilon_loss, sample_batch, sample_crops
+from ddad_hub.training import AutoencoderObjective, autoencoder_loss, epsilon_loss, sample_batch, sample_crops
 
 
 def _timed_steps(step_fn, dtype: torch.dtype | None, steps: int, batch: int, warmup: int = 3) -> dict:
@@ -66,12 +66,13 @@ def measure_vae(preset: dict, dtype: torch.dtype | None, steps: int) -> dict:
     torch.manual_seed(0)
     spec = preset["vae"]
     vae = build_vae(preset).train()
+    objective = AutoencoderObjective(vae)
     size = preset["resolution"]
     images = torch.rand(64, 3, size, size) * 2 - 1
 
     def step_fn(step: int) -> torch.Tensor:
         x, g = sample_crops(images, step, spec["batch_size"], spec["crop"], 0, 0)
-        return autoencoder_loss(vae, x, spec["kl_weight"], generator=g)[0]
+        return autoencoder_loss(objective, x, spec["kl_weight"], generator=g)[0]
 
     step_fn.optimizer = torch.optim.AdamW(vae.parameters(), lr=spec["learning_rate"], weight_decay=0.0)
     return _timed_steps(step_fn, dtype, steps, spec["batch_size"])

@@ -52,16 +52,27 @@ def sample_crops(
     return torch.stack([images[i, :, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)]), g
 
 
+class AutoencoderObjective(torch.nn.Module):
+    """The autoencoder's training pass as one ``forward`` (what distributed data parallel wraps and syncs):
+    encode, sample the posterior, decode. Returns the reconstruction and each input's KL term."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(x.contiguous(memory_format=torch.channels_last)).latent_dist
+        return self.vae.decode(posterior.sample(generator=generator)).sample, posterior.kl()
+
+
 def autoencoder_loss(
-    vae, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None
+    objective: AutoencoderObjective, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, L1 reconstruction error): mean absolute error of a sampled reconstruction plus a small KL term
     (per image pixel, so ``kl_weight`` does not depend on the crop size). Call it under your autocast context."""
-    posterior = vae.encode(x.contiguous(memory_format=torch.channels_last)).latent_dist
-    reconstruction = vae.decode(posterior.sample(generator=generator)).sample.float()
-    l1 = (reconstruction - x).abs().mean()
-    kl = posterior.kl().float().mean() / x[0].numel()
-    return l1 + kl_weight * kl, l1
+    reconstruction, kl = objective(x, generator=generator)
+    l1 = (reconstruction.float() - x).abs().mean()
+    return l1 + kl_weight * kl.float().mean() / x[0].numel(), l1
 
 
 class TrainingProgress:

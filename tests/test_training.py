@@ -50,6 +50,10 @@ TINY_PRESET = {
     "d3ad": {"coreset_ratio": 0.2, "t_max": [40, 80]},
 }
 
+TINY_VAE_SPEC = {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+                 "crop": 32, "batch_size": 8, "learning_rate": 2e-3, "kl_weight": 1e-6, "max_minutes": None,
+                 "checkpoint_every": 2}
+
 pytestmark = pytest.mark.slow
 
 
@@ -155,6 +159,15 @@ def test_two_processes_with_accelerate(dataset, preset_file, tmp_path):
     # snapshots are decided on the main process and taken by both together (no deadlock), and all kept
     assert len(list((out / "snapshots").glob("step_*"))) >= 2
 
+    # the autoencoder's script too: its whole pass is one forward of the wrapped module, as DDP needs
+    latent_preset = tmp_path / "tiny_latent.json"
+    latent_preset.write_text(json.dumps({**TINY_PRESET, "name": "tiny_latent", "vae": TINY_VAE_SPEC}))
+    cmd = [*cmd[: cmd.index("training/train_unet.py")], "training/train_vae.py", "--data", str(dataset),
+           "--output-dir", str(tmp_path / "vae"), "--preset", str(latent_preset), "--max-steps", "4", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "vae" / "vae" / "training_info.json").read_text())["steps"] == 4
+
 
 def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     _run(["training/finalize.py", "--run-dir", str(trained_run), "--data", str(dataset)])
@@ -225,11 +238,6 @@ def test_a_run_ends_in_a_loadable_pipeline_with_a_card(dataset, preset_file, tmp
     info = json.loads((out / "pipeline" / "training_info.json").read_text())
     assert info["training"]["steps"] == 2 and "selection" in info and "d3ad" in info
     assert "Not evaluated yet" in (out / "pipeline" / "README.md").read_text()
-
-
-TINY_VAE_SPEC = {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
-                 "crop": 32, "batch_size": 8, "learning_rate": 2e-3, "kl_weight": 1e-6, "max_minutes": None,
-                 "checkpoint_every": 2}
 
 
 def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):

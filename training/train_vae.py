@@ -27,7 +27,7 @@ from ddad_hub.data import list_train_images, load_images, split_nominal
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset
-from ddad_hub.training import TrainingProgress, autoencoder_loss, sample_crops
+from ddad_hub.training import AutoencoderObjective, TrainingProgress, autoencoder_loss, sample_crops
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
         accelerator.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
     elif args.resume:
         accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
-    vae, optimizer = accelerator.prepare(vae, optimizer)
+    objective, optimizer = accelerator.prepare(AutoencoderObjective(vae), optimizer)
     out.mkdir(parents=True, exist_ok=True)
     progress = TrainingProgress(step, elapsed, max_steps, out / "vae_log.jsonl", "l1", "train VAE",
                                 is_main=accelerator.is_main_process)
@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> Path:
         if accelerator.is_main_process:
             state = {"elapsed_seconds": progress.elapsed, "preset": preset, "seed": args.seed, "data": str(data)}
             plain_opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-            save_checkpoint(ckpt_dir, progress.step, {"vae": accelerator.unwrap_model(vae)}, plain_opt, state)
+            save_checkpoint(ckpt_dir, progress.step, {"vae": vae}, plain_opt, state)
         accelerator.wait_for_everyone()
 
-    vae.train()
+    objective.train()
     while True:
         done = (max_steps is not None and progress.step >= max_steps) or (
             budget_s is not None and progress.elapsed >= budget_s)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> Path:
         x, g = sample_crops(images, progress.step, spec["batch_size"], spec["crop"], args.seed,
                             accelerator.process_index)
         with accelerator.autocast():
-            loss, l1 = autoencoder_loss(vae, x.to(accelerator.device), spec["kl_weight"], generator=g)
+            loss, l1 = autoencoder_loss(objective, x.to(accelerator.device), spec["kl_weight"], generator=g)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.print(f"trained {step} steps in {elapsed / 60:.1f} min")
 
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(vae).eval().float()
+        final = vae.eval().float()
         final.register_to_config(scaling_factor=fit_scaling_factor(final, images))
         final.save_pretrained(out / "vae", safe_serialization=True)
         with torch.no_grad():
