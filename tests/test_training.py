@@ -290,6 +290,12 @@ def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
     assert info["autoencoder"]["training"]["steps"] == 200  # the card says how the latent space was made
     assert "autoencoder trained 200 steps" in (out / "pipeline" / "README.md").read_text()
 
+    # domain adaptation reconstructs through the same latent path
+    _run(["training/adapt_encoder.py", "--pipeline", str(out / "pipeline"), "--data", str(dataset), "--output-dir",
+          str(tmp_path / "adapted"), "--epochs", "1", "--batch-size", "4", "--threads", "1"])
+    adapted = DDADPipeline.from_pretrained(tmp_path / "adapted" / "pipeline")
+    assert adapted.vae is not None and adapted.config.d3ad_threshold is not None
+
     refused = subprocess.run([sys.executable, *_train_args(dataset, tmp_path / "x", preset, 2)], cwd=REPO,
                              env=_env(), capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "train_vae.py" in refused.stderr
