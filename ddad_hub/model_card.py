@@ -7,6 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .models.autoencoder import latent_factor
+
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "ddad_template.md"
 
 DATASETS = {
@@ -90,7 +92,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     resolution = f"{preset['resolution']} px"
     if index.get("vae", [None])[0] is not None:
         vae = json.loads((folder / "vae" / "config.json").read_text())
-        side = preset.get("latent_resolution") or preset["resolution"] // 2 ** (len(vae["block_out_channels"]) - 1)
+        side = preset.get("latent_resolution") or preset["resolution"] // latent_factor(vae)
         resolution += (f" images, diffused as {side}x{side}x{vae['latent_channels']} latents of an AutoencoderKL "
                        f"(D3AD's latent space; the pixel distance is the latent distance)")
     card = ModelCard.from_template(

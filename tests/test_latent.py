@@ -142,7 +142,7 @@ def test_a_hub_autoencoder_loads_from_the_offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     vae = load_vae("acme/tiny-vae")
-    assert latent_factor(vae) == 8 and not vae.training
+    assert latent_factor(vae.config) == 8 and not vae.training
     assert not any(p.requires_grad for p in vae.parameters())
     z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
     assert z.shape == (1, 4, 8, 8)

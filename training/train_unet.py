@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
     train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=args.seed)
     images = load_images(train_paths, preset["resolution"])
     if vae is not None:  # the U-Net learns the latents; they are computed once
-        preset["latent_resolution"] = preset["resolution"] // latent_factor(vae)
+        preset["latent_resolution"] = preset["resolution"] // latent_factor(vae.config)
         images = encode_images(vae, images)
     steps_per_epoch = math.ceil(len(images) / (preset["batch_size"] * accelerator.num_processes))
     max_steps = args.max_steps

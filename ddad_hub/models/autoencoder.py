@@ -31,9 +31,10 @@ def build_vae(preset: dict) -> AutoencoderKL:
     )
 
 
-def latent_factor(vae: AutoencoderKL) -> int:
-    """How many image pixels one latent pixel spans per side."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def latent_factor(config) -> int:
+    """How many image pixels one latent pixel spans per side, from an ``AutoencoderKL``'s config (or the dict
+    of its ``config.json``)."""
+    return 2 ** (len(config["block_out_channels"]) - 1)
 
 
 def load_vae(name_or_path: str | os.PathLike) -> AutoencoderKL:
