@@ -183,9 +183,16 @@ def fit_d3ad(
             "how": "memory on the training split, bins on held-out nominal scores, t_max on synthetic defects"}
 
 
-def choose_mode(pipe: DDADPipeline, nominal: torch.Tensor, d3ad_objective: float) -> dict:
-    """Make the mode with the better synthetic-defect objective the pipeline's default (``config.mode``)."""
-    objectives = {"ddad": synthetic_objective(pipe, nominal, mode="ddad")["objective"], "d3ad": d3ad_objective}
+def choose_mode(
+    pipe: DDADPipeline, nominal: torch.Tensor, d3ad_objective: float, ddad_objective: float | None = None
+) -> dict:
+    """Make the mode with the better synthetic-defect objective the pipeline's default (``config.mode``).
+
+    ``ddad_objective`` is measured here unless the settings search already did (its best row's objective).
+    """
+    if ddad_objective is None:
+        ddad_objective = synthetic_objective(pipe, nominal, mode="ddad")["objective"]
+    objectives = {"ddad": ddad_objective, "d3ad": d3ad_objective}
     chosen = max(objectives, key=objectives.get)
     pipe.register_to_config(mode=chosen)
     return {"chosen": chosen, "objectives": objectives,
@@ -250,7 +257,8 @@ def finalize_run(
         train = load_images(train_paths, preset["resolution"])
         info["d3ad"] = fit_d3ad(pipe, train, nominal, d3ad["coreset_ratio"], d3ad["t_max"],
                                 d3ad.get("max_patches", 4000))
-        info["mode"] = choose_mode(pipe, nominal, info["d3ad"]["best"]["objective"])
+        searched = info.get("selection", {}).get("best", {}).get("objective")
+        info["mode"] = choose_mode(pipe, nominal, info["d3ad"]["best"]["objective"], searched)
     threshold, nominal_scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,
