@@ -64,7 +64,9 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     training = info["training"]
     training_text = (
         f"{training.get('steps')} optimiser steps of batch {preset['batch_size']} in {training.get('minutes')} "
-        f"minutes ({training.get('processes', 1)} process(es), mixed precision `{preset['mixed_precision']}`), "
+        f"minutes ({training.get('processes', 1)} process(es), mixed precision "
+        f"`{training.get('mixed_precision', preset['mixed_precision'])}`"
+        + (f" on {training['cpu']}" if training.get("cpu") else "") + "), "
         f"timesteps below {preset['max_train_timestep']}, EMA {preset.get('ema_decay')}."
     )
     vae_training = info.get("autoencoder", {}).get("training")

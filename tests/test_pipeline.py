@@ -44,7 +44,10 @@ def test_round_trip_is_bit_identical(pipe, tmp_path):
     assert loaded.config.threshold == 0.5 and loaded.config.map_size == 64
 
 
-def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch, dtype):
+    """Bit-identical in both precisions, on CPUs with and without native bf16 (the loaded weights are aligned
+    copies, so the same kernels run for both pipelines)."""
     import huggingface_hub.constants as constants
 
     saved = tmp_path / "saved"
@@ -62,8 +65,8 @@ def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch):
     loaded = DDADPipeline.from_pretrained("acme/ddad-tiny")
     loaded.set_progress_bar_config(disable=True)
     images = _images(1)
-    a = pipe(images, generator=_gens(1), output_type="np").image_scores
-    b = loaded(images, generator=_gens(1), output_type="np").image_scores
+    a = pipe(images, generator=_gens(1), output_type="np", autocast_dtype=dtype).image_scores
+    b = loaded(images, generator=_gens(1), output_type="np", autocast_dtype=dtype).image_scores
     assert np.array_equal(a, b)
     with pytest.raises(Exception, match="(?i)offline|cache|local"):
         DDADPipeline.from_pretrained("acme/not-cached")

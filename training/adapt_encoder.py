@@ -43,8 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--lam", type=float, default=0.1, help="weight of the two terms that keep phi_hat near phi")
     p.add_argument("--w-da", type=float, default=3.0, help="conditioning weight of the reconstructions")
-    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                   help="'auto': bf16 where the hardware does bf16 natively, else fp32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: the cores split between processes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
@@ -58,9 +60,7 @@ def cosine_loss(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(args.mixed_precision)
+    accelerator = make_accelerator(args.mixed_precision, args.threads)
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     info_file = Path(args.pipeline) / "training_info.json"

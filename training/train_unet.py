@@ -47,10 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--snapshot-minutes", type=float, default=None,
                    help="also keep a checkpoint in <output-dir>/snapshots every this many training minutes")
-    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"])
+    p.add_argument("--mixed-precision", default=None, choices=["auto", "no", "bf16", "fp16"],
+                   help="default: the preset's, 'auto' (bf16 where the hardware does bf16 natively)")
     p.add_argument("--vae", default=None,
                    help="an AutoencoderKL folder or Hub id: train on its latents (needed by presets with a 'vae')")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: the cores split between processes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     p.add_argument("--no-finalize", action="store_true", help="skip building the pipeline folder at the end")
@@ -72,9 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
         checkpoint_every=args.checkpoint_every,
         mixed_precision=args.mixed_precision,
     )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(preset["mixed_precision"])
+    accelerator = make_accelerator(preset["mixed_precision"], args.threads)
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
 
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> Path:
             plain = accelerator.unwrap_model(unet)
             modules: dict = {"unet": plain}
             state = {"elapsed_seconds": progress.elapsed, "preset": preset, "category": category, "seed": args.seed,
-                     "data": str(data), "processes": accelerator.num_processes, "vae": args.vae}
+                     "data": str(data), "processes": accelerator.num_processes, "vae": args.vae,
+                     "machine": accelerator.run_info}
             if ema is not None:
                 names = [name for name, _ in plain.named_parameters()]
                 modules["ema"] = dict(zip(names, ema.shadow_params))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
             ema.copy_to(final_unet.parameters())
         finalize_run(
             out, final_unet.eval().float(), preset, data, held_out,
-            training={"steps": step, "minutes": round(elapsed / 60, 2), "processes": accelerator.num_processes},
+            training={"steps": step, "minutes": round(elapsed / 60, 2), **accelerator.run_info},
             train_paths=train_paths, vae=vae,
         )
     accelerator.wait_for_everyone()

@@ -37,8 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="cpu_latent", help=f"one of {PRESETS} with a 'vae' entry, or a .json file")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="default: the preset's vae.max_minutes")
-    p.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"])
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--mixed-precision", default=None, choices=["auto", "no", "bf16", "fp16"],
+                   help="default: the preset's, 'auto' (bf16 where the hardware does bf16 natively)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: the cores split between processes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     return p.parse_args(argv)
@@ -53,9 +55,7 @@ def main(argv: list[str] | None = None) -> Path:
     spec = dict(preset["vae"])
     if args.max_minutes is not None:
         spec["max_minutes"] = args.max_minutes
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(preset["mixed_precision"])
+    accelerator = make_accelerator(preset["mixed_precision"], args.threads)
     out = Path(args.output_dir)
     ckpt_dir = out / "vae_checkpoints"
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
             sample = images[: min(16, len(images))]
             error = (final(sample).sample - sample).abs().mean().item()
         info = {"steps": step, "minutes": round(elapsed / 60, 2), "l1_train_images": error,
-                "scaling_factor": final.config.scaling_factor, "preset": preset["name"],
+                "scaling_factor": final.config.scaling_factor, "preset": preset["name"], **accelerator.run_info,
                 "params": f"{sum(p.numel() for p in final.parameters()) / 1e6:.1f}M"}
         (out / "vae" / "training_info.json").write_text(json.dumps(info, indent=2))
         accelerator.print(f"autoencoder written to {out / 'vae'}: L1 {error:.4f} on whole training images "

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..anomaly_map import combine_maps, feature_distance, image_scores, latent_distance, pixel_distance, resize_maps
 from ..dynamic_noise import dynamic_start_steps
+from ..hardware import has_native_bf16
 from ..image_utils import open_image, to_rgb8
 from ..models.autoencoder import from_latents, to_latents
 from ..models.feature_encoder import FeatureEncoder
@@ -190,13 +191,7 @@ class DDADPipeline(DiffusionPipeline):
             return torch.bfloat16
         if policy != "auto":
             raise ValueError(f"compute_dtype must be 'auto', 'float32' or 'bfloat16', got {policy!r}")
-        if self.device.type == "cpu":
-            fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        elif self.device.type == "cuda":
-            fast = torch.cuda.is_bf16_supported()
-        else:
-            fast = False
-        return torch.bfloat16 if fast else None
+        return torch.bfloat16 if has_native_bf16(self.device) else None
 
     def _autocast(self, dtype: torch.dtype | None):
         dtype = self.default_autocast_dtype() if dtype is None else dtype
@@ -463,7 +458,23 @@ class DDADPipeline(DiffusionPipeline):
             )
         check_pipeline_folder(path)
         kwargs.setdefault("use_safetensors", True)
-        return super().from_pretrained(path, **kwargs)
+        pipe = super().from_pretrained(path, **kwargs)
+        own_aligned_weights(pipe)
+        return pipe
+
+
+def own_aligned_weights(pipe: DiffusionPipeline) -> None:
+    """Give every component's weights their own freshly allocated memory.
+
+    Weights read from safetensors can be views into the file's buffer at addresses that are not 64-byte aligned.
+    CPU matrix kernels then take other code paths than for the aligned tensors of the model that was saved, so
+    fp32 results differed in the last bits (1e-7) between a pipeline and its reloaded copy. Copies restore
+    bit-identical results (and the faster aligned kernels).
+    """
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in list(component.parameters()) + list(component.buffers()):
+                tensor.data = tensor.data.clone()
 
 
 def check_pipeline_folder(path: str | os.PathLike) -> None:
