@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from .image_utils import ImageLoadError, open_image
 from .models import FeatureEncoder
 from .models.feature_memory import FeatureMemory
-from .pipelines import DDADPipeline, DDADPipelineOutput
+from .pipelines import DDADPipeline, DDADPipelineOutput, load_pipeline
 from .schedulers import DDADScheduler
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "FeatureEncoder",
     "FeatureMemory",
     "ImageLoadError",
+    "load_pipeline",
     "open_image",
 ]

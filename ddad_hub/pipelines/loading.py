@@ -1,0 +1,47 @@
+"""Load any saved ddad-hub pipeline by the class its ``model_index.json`` names."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+# pipeline class name -> module that defines it (imported on first use)
+PIPELINE_CLASSES = {
+    "DDADPipeline": "ddad_hub.pipelines.pipeline_ddad",
+    "DiADPipeline": "ddad_hub.pipelines.pipeline_diad",
+}
+
+
+def pipeline_class_name(path: str | os.PathLike) -> str:
+    """The ``_class_name`` of a local pipeline folder (``DDADPipeline`` for a folder that names none)."""
+    index = os.path.join(os.fspath(path), "model_index.json")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"{path} is not a saved pipeline: model_index.json is missing")
+    try:
+        with open(index) as f:
+            return json.load(f).get("_class_name", "DDADPipeline")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index} is not valid JSON: {err}") from err
+
+
+def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+    """``from_pretrained`` of whichever pipeline class the folder or Hub repo was saved from.
+
+    Scripts and the app use this, so they take a ``DDADPipeline`` or a ``DiADPipeline`` alike. A Hub repo id is
+    resolved to its (cached) snapshot first; keyword arguments go to ``from_pretrained``.
+    """
+    path = os.fspath(pretrained_model_name_or_path)
+    if not os.path.isdir(path):
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(
+            repo_id=path, revision=kwargs.pop("revision", None), cache_dir=kwargs.pop("cache_dir", None),
+            token=kwargs.pop("token", None), local_files_only=kwargs.pop("local_files_only", False),
+            allow_patterns=["*.json", "*.safetensors", "*.md", "*.xml", "*.bin"],
+        )
+    name = pipeline_class_name(path)
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"{path} holds a {name}, which ddad-hub cannot load (known: {', '.join(PIPELINE_CLASSES)})")
+    cls = getattr(importlib.import_module(PIPELINE_CLASSES[name]), name)
+    return cls.from_pretrained(path, **kwargs)
