@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
+from ddad_hub.hardware import machine_summary  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             call()
             times.append(time.perf_counter() - start)
         rows.append((mode, statistics.median(times), min(times), max(times)))
+    print(f"Machine: {machine_summary(args.threads)}\n")
     print(f"| mode | seconds per answer (median, {args.threads} thread(s)) | min-max |\n|---|---|---|")
     for mode, med, lo, hi in rows:
         print(f"| {mode} | {med:.3f} | {lo:.3f}-{hi:.3f} |")

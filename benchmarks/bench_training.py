@@ -1,5 +1,9 @@
 """Training throughput of a preset's U-Net step (images per second), fp32 against bf16 autocast.
 
+Prints the CPU and whether it has native bf16; bf16 is measured only where it is native (elsewhere torch emulates
+it at about a twentieth of fp32's speed) unless ``--all-precisions`` is given. The "auto" row is what the training
+scripts choose on this machine by default.
+
     python benchmarks/bench_training.py --output benchmarks/results/training
     python benchmarks/bench_training.py --preset cpu_latent --output benchmarks/results/training_latent
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ddad_hub.hardware import has_native_bf16, machine_summary, resolve_mixed_precision
 from ddad_hub.models.autoencoder import build_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import load_preset
@@ -84,12 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--all-precisions", action="store_true", help="also time bf16 where it is emulated (slow)")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = load_preset(args.preset)
     steps = 3 if args.quick else args.steps
-    precisions = (("fp32", None), ("bf16", torch.bfloat16))
+    precisions = [("fp32", None)]
+    if has_native_bf16() or args.all_precisions:
+        precisions.append(("bf16", torch.bfloat16))
     rows = {name: measure(preset, dtype, steps) for name, dtype in precisions}
     if "vae" in preset:
         rows.update({f"autoencoder {name}": measure_vae(preset, dtype, steps) for name, dtype in precisions})
@@ -97,19 +105,24 @@ def main(argv: list[str] | None = None) -> None:
                 f"{preset['vae']['crop']} px crops, batch {preset['vae']['batch_size']}")
     else:
         what = f"{preset['resolution']} px, batch {preset['batch_size']}"
-    lines = [f"Training step of the `{args.preset}` preset ({what}, {args.threads} thread(s)):", "",
+    auto = resolve_mixed_precision("auto")
+    lines = [f"Training step of the `{args.preset}` preset ({what}, {args.threads} thread(s)).", "",
+             f"Machine: {machine_summary(args.threads)}. The training scripts' default `--mixed-precision auto` "
+             f"resolves to `{auto}` here.", "",
              "| step | s/step (median) | images/s | min-max s/step |", "|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['seconds_per_step']:.3f} | {r['images_per_second']:.1f} | "
                      f"{r['spread'][0]:.3f}-{r['spread'][1]:.3f} |")
-    ratio = rows["bf16"]["images_per_second"] / rows["fp32"]["images_per_second"]
-    lines.append(f"\nbf16 / fp32 throughput of the U-Net step: {ratio:.2f}x")
+    if "bf16" in rows:
+        ratio = rows["bf16"]["images_per_second"] / rows["fp32"]["images_per_second"]
+        lines.append(f"\nbf16 / fp32 throughput of the U-Net step: {ratio:.2f}x")
     text = "\n".join(lines)
     print(text)
     if args.output:
         stem = Path(args.output)
         stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        record = {"machine": machine_summary(args.threads), "auto": auto, "rows": rows}
+        stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
         stem.with_suffix(".md").write_text(text + "\n")
 
 
