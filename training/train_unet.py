@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
     progress.close()
     checkpoint()
     step, elapsed = progress.step, progress.elapsed
-    accelerator.print(f"trained {step} steps in {elapsed / 60:.1f} min")
+    accelerator.print(f"trained {step} steps in {elapsed / 60:.2f} min")
 
     if accelerator.is_main_process and not args.no_finalize:
         final_unet = accelerator.unwrap_model(unet)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
     progress.close()
     checkpoint()
     step, elapsed = progress.step, progress.elapsed
-    accelerator.print(f"trained {step} steps in {elapsed / 60:.1f} min")
+    accelerator.print(f"trained {step} steps in {elapsed / 60:.2f} min")
 
     if accelerator.is_main_process:
         final = vae.eval().float()

@@ -1,0 +1,87 @@
+"""Steps per minute of the real training scripts, launched as the README says, against fp32 on every core.
+
+    python benchmarks/bench_launch.py --data ../shared/data/mvtec_ad_256/transistor --output benchmarks/results/launch
+    python benchmarks/bench_launch.py --data ... --as-cpu-without-bf16   # decide as a CPU without native bf16 would
+
+For the ``cpu_latent`` preset it runs ``accelerate launch training/train_vae.py`` and ``train_unet.py`` twice each
+for ``--steps`` steps: once with the defaults (``--mixed-precision auto``, threads from the machine) and once with
+``--mixed-precision no --threads <all cores>``, the reference a CPU without native bf16 should match. The ratio of
+the two is what issue #12 asks to stay above 0.8. Training time is the scripts' own clock (checkpoint I/O and data
+loading excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ddad_hub.hardware import default_threads, machine_summary  # noqa: E402
+
+
+def run(script: str, args: list[str], env: dict) -> dict:
+    """Run one training script under ``accelerate launch``; steps, minutes and the machine line it printed."""
+    accelerate = Path(sys.executable).with_name("accelerate")  # the README's command, with no launcher flags
+    cmd = [str(accelerate), "launch", str(REPO / "training" / script), *args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    text = out.stdout + out.stderr
+    steps, minutes = re.search(r"trained (\d+) steps in ([\d.]+) min", text).groups()
+    machine = re.search(r"machine: (.*)", text).group(1)
+    return {"steps": int(steps), "minutes": float(minutes), "steps_per_minute": int(steps) / float(minutes),
+            "machine_line": machine.strip()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--as-cpu-without-bf16", action="store_true",
+                   help="DDAD_NATIVE_BF16=0: 'auto' decides as on a CPU without native bf16")
+    p.add_argument("--output", default=None)
+    args = p.parse_args(argv)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    if args.as_cpu_without_bf16:
+        env["DDAD_NATIVE_BF16"] = "0"
+    cores = default_threads(1)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        common = ["--data", args.data, "--preset", "cpu_latent", "--max-steps", str(args.steps)]
+        for name, extra in (("default", []), ("fp32, all cores", ["--mixed-precision", "no", "--threads",
+                                                                   str(cores)])):
+            out = Path(tmp) / name.replace(",", "").replace(" ", "_")
+            rows[f"autoencoder, {name}"] = run("train_vae.py", [*common, "--output-dir", str(out), *extra], env)
+            rows[f"U-Net, {name}"] = run("train_unet.py", [*common, "--output-dir", str(out), "--vae",
+                                                           str(out / "vae"), "--no-finalize", *extra], env)
+    lines = [f"Training scripts under `accelerate launch`, `cpu_latent` preset, {args.steps} steps each.", "",
+             f"Machine: {machine_summary(cores)}"
+             + ("; decisions as on a CPU without native bf16 (DDAD_NATIVE_BF16=0)" if args.as_cpu_without_bf16
+                else "") + ".", "",
+             "| script, settings | steps/min | what the script chose |", "|---|---|---|"]
+    for name, r in rows.items():
+        threads = re.search(r"(\d+) torch thread", r["machine_line"]).group(1)
+        chosen = r["machine_line"].split("; ", 1)[-1] + f"; {threads} thread(s)"
+        lines.append(f"| {name} | {r['steps_per_minute']:.1f} | {chosen} |")
+    for part in ("autoencoder", "U-Net"):
+        ratio = rows[f"{part}, default"]["steps_per_minute"] / rows[f"{part}, fp32, all cores"]["steps_per_minute"]
+        lines.append(f"\n{part}: default / fp32-all-cores = {ratio:.2f}")
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        stem = Path(args.output)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+        stem.with_suffix(".md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
