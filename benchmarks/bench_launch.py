@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
              "| script, settings | steps/min | what the script chose |", "|---|---|---|"]
     for name, r in rows.items():
         threads = re.search(r"(\d+) torch thread", r["machine_line"]).group(1)
-        chosen = r["machine_line"].split("; ", 1)[-1] + f"; {threads} thread(s)"
+        chosen = "mixed precision " + r["machine_line"].split("; mixed precision ", 1)[-1] + f"; {threads} thread(s)"
         lines.append(f"| {name} | {r['steps_per_minute']:.1f} | {chosen} |")
     for part in ("autoencoder", "U-Net"):
         ratio = rows[f"{part}, default"]["steps_per_minute"] / rows[f"{part}, fp32, all cores"]["steps_per_minute"]
