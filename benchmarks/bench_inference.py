@@ -1,7 +1,14 @@
-"""Inference speed, memory and FLOP rate of DDADPipeline on this machine, against a plain reference loop.
+"""Inference speed, memory and FLOP rate of DDADPipeline on this machine, against a plain reference loop, and the
+backends (PyTorch fp32 / bf16, OpenVINO fp32 / bf16 / int8 U-Net weights) side by side.
 
     python benchmarks/bench_inference.py --model models/ddad-transistor-cpu --output benchmarks/results/inference
     python benchmarks/bench_inference.py --quick          # a fast check of the script itself
+    python benchmarks/bench_inference.py --backends --model models/ddad-transistor-cpu-latent \
+        --auroc-data ../shared/data/mvtec_ad_256/transistor --output benchmarks/results/backends
+
+With ``--backends`` (``benchmarks/bench_backends.py``): each backend runs in its own process (so thread pools
+and peak memory are its own), in rounds that alternate the backends (the machine may be shared; the medians over
+rounds are reported), on the example images; maps and scores are compared with PyTorch fp32 on the same inputs.
 
 In one run: the machine's matrix-product peak (fp32 and bf16), then for the ``cpu`` preset (the given model, or
 random weights of its size) and the ``paper`` preset (256 px, 30M U-Net, WideResNet-50-2, random weights): latency
@@ -242,7 +249,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="few repeats, small batch: checks the script runs")
     p.add_argument("--output", default=None, help="path stem for .json and .md results")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument("--backends", action="store_true", 
+                   help="compare the backends instead (bench_backends.py; its options pass through)")
+    args, rest = p.parse_known_args(argv)
+    if args.backends:
+        from bench_backends import main as backends_main
+
+        backends_main(rest + (["--model", args.model] if args.model else []) + ["--threads", str(args.threads)]
+                      + (["--output", args.output] if args.output else []) + (["--quick"] if args.quick else []))
+        return
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.quick:
         args.repeats = args.paper_repeats = 2
     if args.worker:
@@ -262,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         if out.returncode != 0:
             raise SystemExit(f"{preset} failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    text = report(peaks, results, args.threads)
+    from ddad_hub.hardware import machine_summary
+
+    text = f"Machine: {machine_summary(args.threads)}\n\n" + report(peaks, results, args.threads)
     print(text)
     if args.output:
         stem = Path(args.output)
