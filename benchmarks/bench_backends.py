@@ -104,18 +104,13 @@ def examples(n: int) -> list:
     return [open_image(files[i % len(files)]) for i in range(n)]
 
 
-def samples(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def speed_worker(config: str, args) -> dict:
     """One backend: load time, latency and batch samples per mode; maps and scores dumped for comparison."""
+    from bench_inference import peak_rss_mb, timed
+
+    def samples(fn, repeats: int) -> list[float]:
+        return timed(fn, repeats)["samples"]
+
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     pipe = load(config, args)
@@ -137,8 +132,6 @@ def speed_worker(config: str, args) -> dict:
                     pipe(batch, batch_size=args.batch, mode=mode)
                 row["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
         result["modes"][mode] = row
-    from bench_inference import peak_rss_mb
-
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 

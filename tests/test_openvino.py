@@ -125,3 +125,18 @@ def test_unknown_backend_and_missing_openvino_say_what_to_do(tiny_pipeline_dir, 
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     with pytest.raises(ImportError, match=r"ddad-hub\[openvino\]"):
         load_pipeline(tiny_pipeline_dir, backend="openvino")
+
+
+@needs_openvino
+def test_int8_unet_weights_are_smaller_and_close(tmp_path):
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install '.[openvino]')")
+    pipe = make_tiny_pipeline()
+    manifest = ov_backend.export_components({"unet": pipe.unet}, tmp_path, int8_weights=("unet",))
+    assert manifest["components"]["unet"]["int8_weights"]
+    fp32_bytes = 4 * sum(p.numel() for p in pipe.unet.parameters())
+    assert (tmp_path / "unet" / "openvino_model.bin").stat().st_size < 0.4 * fp32_bytes
+    unet = ov_backend.load_stand_ins({"unet": pipe.unet}, tmp_path)["unet"]
+    sample, t = torch.randn(2, 3, 32, 32), torch.tensor([50, 50])
+    with torch.no_grad():
+        reference = pipe.unet(sample, t).sample
+    assert (unet(sample, t).sample - reference).abs().max() < 0.05 * reference.abs().max()
