@@ -227,6 +227,8 @@ def report(rows: list[dict], aurocs: list[dict], args, summary: str) -> str:
     lines += ["", "Load time (last round, IR already exported) and peak memory: " + "; ".join(
         f"{r['config']} {r['load_seconds']:.1f} s, {r['peak_rss_mb']:.0f} MB" for r in rows
         if r["mode"] == rows[0]["mode"])]
+    if not rows:  # --auroc-only
+        lines = lines[:1]
     if aurocs:
         lines += ["", f"AUROC on `{args.auroc_data}` test set ({aurocs[0]['n_images']} images, mode "
                   f"{aurocs[0]['mode']}, batch {args.batch}):", "",
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--auroc-data", default=None, help="an MVTec-layout category for the AUROC table")
     p.add_argument("--auroc-configs", nargs="+", default=["openvino-fp32", "openvino-int8"], choices=list(CONFIGS))
+    p.add_argument("--auroc-only", action="store_true", help="skip the speed table")
     p.add_argument("--auroc-limit", type=int, default=0, help="evaluate N test images only (0: all)")
     p.add_argument("--cache-dir", default=None, help="OpenVINO IR cache (default: ddad_hub's)")
     p.add_argument("--output", default=None, help="path stem for .json and .md results")
@@ -274,13 +277,13 @@ def main(argv: list[str] | None = None) -> None:
         configs = ["pytorch-fp32", *configs]  # the reference of every comparison
     with tempfile.TemporaryDirectory() as dump:
         rounds: dict[str, list[dict]] = {c: [] for c in configs}
-        for index in range(args.rounds):
+        for index in range(0 if args.auroc_only else args.rounds):
             for config in configs:
                 print(f"round {index + 1}: {config}", file=sys.stderr, flush=True)
                 first = index == 0
                 rounds[config].append(run_worker("speed", config, args, dump if first else None,
                                                  profile=first and config == "openvino-fp32"))
-        rows = summarize_speed(rounds, Path(dump))
+        rows = summarize_speed(rounds, Path(dump)) if not args.auroc_only else []
     aurocs = []
     if args.auroc_data:
         for config in args.auroc_configs:

@@ -238,6 +238,12 @@ def report(peaks: dict, results: list[dict], threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backends" in argv:  # the backend comparison has options of its own
+        from bench_backends import main as backends_main
+
+        backends_main([a for a in argv if a != "--backends"])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="a pipeline folder for the cpu preset (default: random weights)")
     p.add_argument("--presets", nargs="+", default=["cpu", "paper"], choices=["cpu", "paper"])
@@ -249,17 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="few repeats, small batch: checks the script runs")
     p.add_argument("--output", default=None, help="path stem for .json and .md results")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--backends", action="store_true", 
-                   help="compare the backends instead (bench_backends.py; its options pass through)")
-    args, rest = p.parse_known_args(argv)
-    if args.backends:
-        from bench_backends import main as backends_main
-
-        backends_main(rest + (["--model", args.model] if args.model else []) + ["--threads", str(args.threads)]
-                      + (["--output", args.output] if args.output else []) + (["--quick"] if args.quick else []))
-        return
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    p.add_argument("--backends", action="store_true",
+                   help="compare the backends instead: bench_backends.py, whose options follow")
+    args = p.parse_args(argv)
     if args.quick:
         args.repeats = args.paper_repeats = 2
     if args.worker:
