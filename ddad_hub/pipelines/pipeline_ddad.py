@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..anomaly_map import combine_maps, feature_distance, image_scores, latent_distance, pixel_distance, resize_maps
-from ..backends import BACKENDS
+from ..backends import pop_backend
 from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
@@ -450,11 +450,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         from :meth:`export_openvino`, or IR exported into a cache on first use. ``openvino_cache_dir``,
         ``openvino_int8_weights`` and ``openvino_properties`` go to :meth:`to_openvino`.
         """
-        backend = kwargs.pop("backend", "pytorch")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        openvino_options = {key: kwargs.pop(f"openvino_{key}") for key in ("cache_dir", "int8_weights", "properties")
-                            if f"openvino_{key}" in kwargs}
+        backend, openvino_options = pop_backend(kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
