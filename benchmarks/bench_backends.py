@@ -122,9 +122,11 @@ def speed_worker(config: str, args) -> dict:
         row = {"latency": samples(lambda m=mode: pipe(one, mode=m), args.repeats),
                "batch": samples(lambda m=mode: pipe(batch, batch_size=args.batch, mode=m), max(2, args.repeats // 2))}
         if args.dump:
-            out = pipe(batch, batch_size=args.batch, mode=mode, output_type="np")
-            np.savez(Path(args.dump) / f"{config}_{mode}.npz", maps=out.anomaly_maps, scores=out.image_scores)
-            row["split"] = network_seconds(pipe, lambda m=mode: pipe(batch, batch_size=args.batch, mode=m))
+            outputs = []
+            row["split"] = network_seconds(pipe, lambda m=mode, o=outputs: o.append(
+                pipe(batch, batch_size=args.batch, mode=m, output_type="np")))
+            np.savez(Path(args.dump) / f"{config}_{mode}.npz", maps=outputs[0].anomaly_maps,
+                     scores=outputs[0].image_scores)
             if args.profile:
                 from torch.profiler import ProfilerActivity, profile
 
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
                 first = index == 0
                 rounds[config].append(run_worker("speed", config, args, dump if first else None,
                                                  profile=first and config == "openvino-fp32"))
+                if args.output:  # each backend's samples as they come, should a long run be stopped
+                    with Path(args.output).with_suffix(".partial.jsonl").open("a") as log:
+                        log.write(json.dumps(rounds[config][-1]) + "\n")
         rows = summarize_speed(rounds, Path(dump)) if not args.auroc_only else []
     aurocs = []
     if args.auroc_data:
