@@ -230,7 +230,7 @@ def report(rows: list[dict], aurocs: list[dict], args, summary: str) -> str:
         f"{r['config']} {r['load_seconds']:.1f} s, {r['peak_rss_mb']:.0f} MB" for r in rows
         if r["mode"] == rows[0]["mode"])]
     if not rows:  # --auroc-only
-        lines = lines[:1]
+        lines = [f"Machine: {summary}. Model: `{args.model}`, {args.threads} thread(s)."]
     if aurocs:
         lines += ["", f"AUROC on `{args.auroc_data}` test set ({aurocs[0]['n_images']} images, mode "
                   f"{aurocs[0]['mode']}, batch {args.batch}):", "",
