@@ -8,6 +8,8 @@ images/s at batch 1 and 8 of the whole pipeline call, the largest map and score 
 same 8 images, and which share of the call the networks take (the rest is blur, feature distance, the feature
 memory's search, resizing, scheduler arithmetic). Each backend runs in its own process; rounds alternate the
 backends so that a shared machine's load spreads over all of them; medians are over every repeat of every round.
+CPU seconds (all threads of the process) are reported beside wall time: on a shared machine wall time grows with
+the load, CPU time much less (at one thread it is the idle machine's latency; at more, spin-waits add to it).
 With ``--auroc-data``: image and pixel AUROC of the pipeline's default mode on that category's test set, per backend.
 """
 
@@ -108,8 +110,9 @@ def speed_worker(config: str, args) -> dict:
     """One backend: load time, latency and batch samples per mode; maps and scores dumped for comparison."""
     from bench_inference import peak_rss_mb, timed
 
-    def samples(fn, repeats: int) -> list[float]:
-        return timed(fn, repeats)["samples"]
+    def measure(row: dict, key: str, fn, repeats: int) -> None:
+        t = timed(fn, repeats)
+        row[key], row[f"{key}_cpu"] = t["samples"], t["cpu_samples"]
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -119,8 +122,9 @@ def speed_worker(config: str, args) -> dict:
     one = [batch[0]]
     modes = [m for m in args.modes if m == "ddad" or pipe.feature_memory is not None]
     for mode in modes:
-        row = {"latency": samples(lambda m=mode: pipe(one, mode=m), args.repeats),
-               "batch": samples(lambda m=mode: pipe(batch, batch_size=args.batch, mode=m), max(2, args.repeats // 2))}
+        row = {}
+        measure(row, "latency", lambda m=mode: pipe(one, mode=m), args.repeats)
+        measure(row, "batch", lambda m=mode: pipe(batch, batch_size=args.batch, mode=m), max(2, args.repeats // 2))
         if args.dump:
             outputs = []
             row["split"] = network_seconds(pipe, lambda m=mode, o=outputs: o.append(
@@ -187,7 +191,9 @@ def summarize_speed(rounds: dict[str, list[dict]], dump: Path) -> list[dict]:
         for mode in runs[0]["modes"]:
             latency = [t for r in runs for t in r["modes"][mode]["latency"]]
             batch = [t for r in runs for t in r["modes"][mode]["batch"]]
-            row = {"config": config, "mode": mode, "latency": statistics.median(latency),
+            cpu = {k: statistics.median([t for r in runs for t in r["modes"][mode].get(f"{k}_cpu", [np.nan])])
+                   for k in ("latency", "batch")}
+            row = {"config": config, "mode": mode, "latency": statistics.median(latency), "cpu": cpu,
                    "latency_range": [min(latency), max(latency)], "batch_seconds": statistics.median(batch),
                    "n": [len(latency), len(batch)], "split": runs[0]["modes"][mode].get("split"),
                    "profile": runs[0]["modes"][mode].get("profile"), "load_seconds": runs[-1]["load_seconds"],
@@ -207,8 +213,9 @@ def report(rows: list[dict], aurocs: list[dict], args, summary: str) -> str:
              f"{args.repeats} single-image and {max(2, args.repeats // 2)} batch calls per backend and mode "
              f"(medians; batch {args.batch}; the example images, PIL in and out).", "",
              f"| backend | mode | latency, 1 image (s) | images/s, batch 1 | images/s, batch {args.batch} | vs PyTorch "
-             f"fp32, batch 1 / {args.batch} | networks' share of a batch call | max map diff (rel. to map max) | "
-             "max score diff (rel.) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"fp32, batch 1 / {args.batch} | CPU s per image, batch 1 / {args.batch} (vs PyTorch fp32) | "
+             "networks' share of a batch call | max map diff (rel. to map max) | max score diff (rel.) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = base.get(r["mode"])
         speedup = (f"{ref['latency'] / r['latency']:.2f}x / {ref['batch_seconds'] / r['batch_seconds']:.2f}x"
@@ -216,9 +223,12 @@ def report(rows: list[dict], aurocs: list[dict], args, summary: str) -> str:
         split = r["split"]
         share = f"{sum(split[n] for n in NETWORKS) / split['total']:.0%}" if split else "-"
         diffs = (f"{r['map_diff']:.1e}", f"{r['score_diff']:.1e}") if "map_diff" in r else ("-", "-")
+        cpu_1, cpu_n = r["cpu"]["latency"], r["cpu"]["batch"] / args.batch
+        cpu = f"{cpu_1:.3f} / {cpu_n:.3f}" + (
+            f" ({ref['cpu']['latency'] / cpu_1:.2f}x / {ref['cpu']['batch'] / args.batch / cpu_n:.2f}x)" if ref else "")
         lines.append(f"| {r['config']} | {r['mode']} | {r['latency']:.3f} ({r['latency_range'][0]:.3f}-"
                      f"{r['latency_range'][1]:.3f}) | {1 / r['latency']:.2f} | {args.batch / r['batch_seconds']:.2f} "
-                     f"| {speedup} | {share} | {diffs[0]} | {diffs[1]} |")
+                     f"| {speedup} | {cpu} | {share} | {diffs[0]} | {diffs[1]} |")
     lines += ["", "Seconds of one batch call by part (first round): "]
     for r in rows:
         if r["split"]:
