@@ -1,6 +1,7 @@
 """Seconds per answer of the demo's analysis (what one upload costs), on one image.
 
     python benchmarks/bench_app.py --model models/ddad-transistor-cpu
+    python benchmarks/bench_app.py --backend openvino --threads 2
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
+from ddad_hub import load_pipeline  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
 
 
@@ -26,10 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image", default=str(REPO / "examples" / "misplaced.png"))
     p.add_argument("--threads", type=int, default=1, help="the app's own default is 1")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--backend", default="pytorch", choices=["pytorch", "openvino"])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    inspector = app.Inspector(app.load_pipeline(args.model))
+    inspector = app.Inspector(load_pipeline(args.model, backend=args.backend))
     sched = inspector.pipe.scheduler.config
     repeats = 2 if args.quick else args.repeats
     rows = []
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             call()
             times.append(time.perf_counter() - start)
         rows.append((mode, statistics.median(times), min(times), max(times)))
-    print(f"Machine: {machine_summary(args.threads)}\n")
+    print(f"Machine: {machine_summary(args.threads)}; backend {args.backend}\n")
     print(f"| mode | seconds per answer (median, {args.threads} thread(s)) | min-max |\n|---|---|---|")
     for mode, med, lo, hi in rows:
         print(f"| {mode} | {med:.3f} | {lo:.3f}-{hi:.3f} |")

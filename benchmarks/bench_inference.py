@@ -1,7 +1,14 @@
-"""Inference speed, memory and FLOP rate of DDADPipeline on this machine, against a plain reference loop.
+"""Inference speed, memory and FLOP rate of DDADPipeline on this machine, against a plain reference loop, and the
+backends (PyTorch fp32 / bf16, OpenVINO fp32 / bf16 / int8 U-Net weights) side by side.
 
     python benchmarks/bench_inference.py --model models/ddad-transistor-cpu --output benchmarks/results/inference
     python benchmarks/bench_inference.py --quick          # a fast check of the script itself
+    python benchmarks/bench_inference.py --backends --model models/ddad-transistor-cpu-latent \
+        --auroc-data ../shared/data/mvtec_ad_256/transistor --output benchmarks/results/backends
+
+With ``--backends`` (``benchmarks/bench_backends.py``): each backend runs in its own process (so thread pools
+and peak memory are its own), in rounds that alternate the backends (the machine may be shared; the medians over
+rounds are reported), on the example images; maps and scores are compared with PyTorch fp32 on the same inputs.
 
 In one run: the machine's matrix-product peak (fp32 and bf16), then for the ``cpu`` preset (the given model, or
 random weights of its size) and the ``paper`` preset (256 px, 30M U-Net, WideResNet-50-2, random weights): latency
@@ -32,13 +39,15 @@ REPO = Path(__file__).resolve().parents[1]
 def timed(fn, repeats: int, warmup: int = 1) -> dict:
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)  # CPU seconds of all threads: robust to a shared machine
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median": statistics.median(times), "q1": q[0], "q3": q[2], "n": len(times)}
+    return {"median": statistics.median(times), "q1": q[0], "q3": q[2], "n": len(times), "samples": times,
+            "cpu_samples": cpu}
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -163,7 +172,8 @@ def worker(args) -> dict:
             row["latency"] = timed(lambda d=dtype: pipe(one, output_type="pt", autocast_dtype=d), args.repeats)
             per_batch = timed(lambda d=dtype: pipe(images, output_type="pt", batch_size=batch, autocast_dtype=d),
                               max(2, args.repeats // 2))
-            row["batch_per_image"] = {k: (v / batch if k != "n" else v) for k, v in per_batch.items()}
+            row["batch_per_image"] = {k: (v / batch if k not in ("n", "samples", "cpu_samples") else v)
+                                      for k, v in per_batch.items()}
             unet_t = timed(lambda d=dtype: pipe.reconstruct(images, show_progress=False, autocast_dtype=d),
                            max(2, args.repeats // 2))
             row["unet_gflops"] = result["unet_gflop"] * batch / unet_t["median"]
@@ -231,6 +241,12 @@ def report(peaks: dict, results: list[dict], threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backends" in argv:  # the backend comparison has options of its own
+        from bench_backends import main as backends_main
+
+        backends_main([a for a in argv if a != "--backends"])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="a pipeline folder for the cpu preset (default: random weights)")
     p.add_argument("--presets", nargs="+", default=["cpu", "paper"], choices=["cpu", "paper"])
@@ -242,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="few repeats, small batch: checks the script runs")
     p.add_argument("--output", default=None, help="path stem for .json and .md results")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--backends", action="store_true",
+                   help="compare the backends instead: bench_backends.py, whose options follow")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats = args.paper_repeats = 2
@@ -262,7 +280,9 @@ def main(argv: list[str] | None = None) -> None:
         if out.returncode != 0:
             raise SystemExit(f"{preset} failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    text = report(peaks, results, args.threads)
+    from ddad_hub.hardware import machine_summary
+
+    text = f"Machine: {machine_summary(args.threads)}\n\n" + report(peaks, results, args.threads)
     print(text)
     if args.output:
         stem = Path(args.output)

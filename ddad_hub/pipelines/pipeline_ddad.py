@@ -16,6 +16,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..anomaly_map import combine_maps, feature_distance, image_scores, latent_distance, pixel_distance, resize_maps
+from ..backends import pop_backend
+from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
 from ..image_utils import open_image, to_rgb8
@@ -52,7 +54,7 @@ class DDADPipelineOutput(BaseOutput):
     threshold: float | None = None
 
 
-class DDADPipeline(DiffusionPipeline):
+class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
     """Anomaly detection by conditioned diffusion reconstruction (DDAD).
 
     Components:
@@ -443,10 +445,17 @@ class DDADPipeline(DiffusionPipeline):
 
         The folder is checked first, so a missing or damaged component fails with an error naming the file.
         Weights are read from safetensors only.
+
+        ``backend="openvino"`` runs the networks with OpenVINO (see :meth:`to_openvino`): the folder's IR files
+        from :meth:`export_openvino`, or IR exported into a cache on first use. ``openvino_cache_dir``,
+        ``openvino_int8_weights`` and ``openvino_properties`` go to :meth:`to_openvino`.
         """
+        backend, openvino_options = pop_backend(kwargs)
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
             from huggingface_hub import snapshot_download
+
+            ir_files = ["*.xml", "*.bin"] if backend == "openvino" else []
 
             path = snapshot_download(
                 repo_id=path,
@@ -454,12 +463,14 @@ class DDADPipeline(DiffusionPipeline):
                 cache_dir=kwargs.pop("cache_dir", None),
                 token=kwargs.pop("token", None),
                 local_files_only=kwargs.pop("local_files_only", False),
-                allow_patterns=["*.json", "*.safetensors", "*.md"],
+                allow_patterns=["*.json", "*.safetensors", "*.md", *ir_files],
             )
         check_pipeline_folder(path)
         kwargs.setdefault("use_safetensors", True)
         pipe = super().from_pretrained(path, **kwargs)
         own_aligned_weights(pipe)
+        if backend == "openvino":
+            pipe.to_openvino(path, **openvino_options)
         return pipe
 
 

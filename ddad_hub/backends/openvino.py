@@ -1,0 +1,420 @@
+"""OpenVINO backend: a pipeline's networks exported to OpenVINO IR and run by OpenVINO's CPU plugin.
+
+Only the networks change. The pipeline keeps its own code (scheduler loop, D3AD's first estimate, feature memory,
+maps): each network is replaced by a stand-in with the call signature the pipeline uses (``unet(sample, t).sample``,
+``vae.encode(x).latent_dist.mean``, ``vae.decode(z).sample``, ``feature_encoder(x)`` -> list of maps) that runs a
+compiled IR instead. Any pipeline class can use it through :class:`OpenVINOMixin`; which networks are exported is
+decided by their type (:func:`ir_parts`), so a new network type needs an entry there and a stand-in, nothing else.
+
+IR files sit next to the weights of a saved pipeline (``unet/openvino_model.xml``, ``vae/openvino_encoder.xml``,
+``vae/openvino_decoder.xml``, ``feature_encoder/openvino_model.xml``) with ``openvino_export.json``, which records a
+digest of the weights each IR was made from. A pipeline without IR is exported once into a cache folder
+(``$DDAD_HUB_CACHE`` or ``~/.cache/ddad_hub``, keyed by that digest) on first use.
+
+``openvino`` (and ``nncf``, for int8 weights) are optional: ``pip install 'ddad-hub[openvino]'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "openvino_export.json"
+INSTALL_HINT = "pip install 'ddad-hub[openvino]'"
+
+
+def require_openvino():
+    """The ``openvino`` module, or an ImportError that says how to install it."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise ImportError(f"the OpenVINO backend needs the openvino package: {INSTALL_HINT}") from err
+    return openvino
+
+
+# ---------------------------------------------------------------------------------------------- what is exported
+class _UNetGraph(torch.nn.Module):
+    """``UNet2DModel`` as a graph of tensors: (sample, timestep) -> noise estimate."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep).sample
+
+
+class _EncoderGraph(torch.nn.Module):
+    """``AutoencoderKL``'s encoder: images -> the posterior mean (unscaled), all the pipeline takes from it."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(images).latent_dist.mean
+
+
+class _DecoderGraph(torch.nn.Module):
+    """``AutoencoderKL``'s decoder: (unscaled) latents -> images."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).sample
+
+
+@dataclass
+class IRPart:
+    """One IR file of a component: the module traced, an example input and the input shapes (-1: dynamic)."""
+
+    file: str
+    graph: torch.nn.Module
+    example: tuple[torch.Tensor, ...]
+    shapes: list[tuple[str, list[int], str]]  # (name, shape, "f32" | "i64")
+
+
+def _side(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def ir_parts(module: Any) -> list[IRPart]:
+    """The IR files ``module`` is exported to; ``[]`` for components that stay in PyTorch (memory, scheduler).
+
+    Batch is dynamic everywhere; the U-Net's and autoencoder's image sizes are fixed by their configs, the feature
+    encoder's are dynamic (it sees the map size and the feature memory's image size).
+    """
+    from diffusers import AutoencoderKL, UNet2DModel
+
+    from ..models.feature_encoder import FeatureEncoder
+
+    if isinstance(module, UNet2DModel):
+        c, (h, w) = module.config.in_channels, _side(module.config.sample_size)
+        return [IRPart("openvino_model", _UNetGraph(module), (torch.randn(2, c, h, w), torch.tensor([10, 10])),
+                       [("sample", [-1, c, h, w], "f32"), ("timestep", [-1], "i64")])]
+    if isinstance(module, AutoencoderKL):
+        (h, w), c = _side(module.config.sample_size), module.config.latent_channels
+        f = 2 ** (len(module.config.block_out_channels) - 1)
+        return [IRPart("openvino_encoder", _EncoderGraph(module), (torch.rand(2, 3, h, w) * 2 - 1,),
+                       [("images", [-1, 3, h, w], "f32")]),
+                IRPart("openvino_decoder", _DecoderGraph(module), (torch.randn(2, c, h // f, w // f),),
+                       [("latents", [-1, c, h // f, w // f], "f32")])]
+    if isinstance(module, FeatureEncoder):
+        return [IRPart("openvino_model", module, (torch.rand(2, 3, 64, 64) * 2 - 1,),
+                       [("images", [-1, 3, -1, -1], "f32")])]
+    return []
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's config and state dict: which weights an IR was exported from."""
+    config = {k: v for k, v in dict(getattr(module, "config", {})).items() if not k.startswith("_")}  # not paths
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def exportable(components: dict[str, Any]) -> dict[str, torch.nn.Module]:
+    """The components that have IR parts, by name."""
+    return {name: module for name, module in components.items() if module is not None and ir_parts(module)}
+
+
+def export_components(
+    components: dict[str, Any], folder: str | os.PathLike, int8_weights: tuple[str, ...] | list[str] = ()
+) -> dict:
+    """Write IR for every exportable component to ``folder/<name>/<file>.xml/.bin`` and ``openvino_export.json``.
+
+    ``int8_weights`` names components whose weights NNCF compresses to int8 (activations stay floating point).
+    Returns the manifest. Any pipeline class can call this with its own components.
+    """
+    ov = require_openvino()
+    folder = Path(folder)
+    modules = exportable(components)
+    unknown = set(int8_weights) - set(modules)
+    if unknown:
+        raise ValueError(f"int8_weights names {sorted(unknown)}, which are not exported (exported: {sorted(modules)})")
+    manifest = {"openvino_version": ov.__version__, "components": {}}
+    for name, module in modules.items():
+        files = []
+        for part in ir_parts(module):
+            shapes = [(n, ov.PartialShape(s), ov.Type.f32 if t == "f32" else ov.Type.i64) for n, s, t in part.shapes]
+            with torch.no_grad(), warnings.catch_warnings():
+                # diffusers' shape checks warn that the trace fixes them: the IR's shapes are the intended ones
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)  # openvino traces with torch.jit
+                model = ov.convert_model(part.graph.eval(), example_input=part.example, input=shapes)
+            if name in int8_weights:
+                model = _compress_int8(model)
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            # full fp32 weights: save_model's default fp16 compression would change the maps by ~1e-3
+            ov.save_model(model, str(folder / name / f"{part.file}.xml"), compress_to_fp16=False)
+            files.append(f"{part.file}.xml")
+        manifest["components"][name] = {"files": files, "weights_sha256": weights_digest(module),
+                                        "int8_weights": name in int8_weights}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _compress_int8(model):
+    try:
+        import nncf
+    except ImportError as err:
+        raise ImportError(f"int8 weight compression needs the nncf package: {INSTALL_HINT}") from err
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+# ---------------------------------------------------------------------------------------------- finding IR
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where IR exported on first use goes: ``cache_dir``, else ``$DDAD_HUB_CACHE``, else ``~/.cache/ddad_hub``."""
+    root = cache_dir or os.environ.get("DDAD_HUB_CACHE") or Path.home() / ".cache" / "ddad_hub"
+    return Path(root) / "openvino"
+
+
+def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds IR of exactly these weights (and int8 choice); raises if it holds stale IR."""
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
+        return False
+    manifest = json.loads(manifest_file.read_text())["components"]
+    for name, digest in digests.items():
+        entry = manifest.get(name)
+        if entry is None or entry["weights_sha256"] != digest:
+            raise ValueError(f"{folder} holds OpenVINO IR that was not exported from its current '{name}' weights; "
+                             "export it again with pipe.export_openvino(folder), or delete "
+                             f"{manifest_file} to export into the cache on first use")
+        if entry.get("int8_weights", False) != (name in int8_weights):
+            return False
+        missing = [f for f in entry["files"] if not (folder / name / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder / name} lacks the OpenVINO IR {missing} its {MANIFEST} lists")
+    return True
+
+
+def find_or_export(
+    components: dict[str, Any],
+    folder: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    int8_weights: tuple[str, ...] = (),
+) -> Path:
+    """The folder with IR for these components' weights: ``folder`` if it has them, else a cache folder (exported
+    there now if this is the first use)."""
+    modules = exportable(components)
+    digests = {name: weights_digest(m) for name, m in modules.items()}
+    if folder is not None and _matches(Path(folder), digests, tuple(int8_weights)):
+        return Path(folder)
+    ov = require_openvino()
+    key = hashlib.sha256(json.dumps([ov.__version__, sorted(digests.items()), sorted(int8_weights)]).encode())
+    target = cache_root(cache_dir) / key.hexdigest()[:24]
+    if target.is_dir() and _matches(target, digests, tuple(int8_weights)):
+        return target
+    logger.warning("exporting %s to OpenVINO IR in %s (once; pipe.export_openvino(folder) ships IR with a pipeline)",
+                   ", ".join(modules), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        export_components(modules, staging, int8_weights)
+        try:
+            staging.rename(target)  # atomic: a concurrent export of the same weights leaves one complete folder
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- stand-ins
+class CompiledNetwork:
+    """One compiled IR: torch tensors in, fp32 torch tensors out. One inference at a time (a lock), so a shared
+    pipeline stays correct under concurrent requests."""
+
+    def __init__(self, core, xml: Path, properties: dict):
+        self.compiled = core.compile_model(str(xml), "CPU", properties)
+        self.request = self.compiled.create_infer_request()
+        self.float_inputs = [i.get_element_type().is_real() for i in self.compiled.inputs]
+        self.lock = threading.Lock()
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        arrays = []
+        for x, is_float in zip(inputs, self.float_inputs):
+            x = x.detach().cpu()
+            x = x.float() if is_float else x.long()
+            arrays.append(np.ascontiguousarray(x.numpy()))
+        with self.lock:
+            self.request.infer(arrays)
+            return [torch.from_numpy(self.request.get_output_tensor(i).data.copy())
+                    for i in range(len(self.compiled.outputs))]
+
+
+class OVModel:
+    """What a stand-in shares with the torch module it replaces: its ``config``, ``device``, ``dtype``."""
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, config):
+        self.config = config
+
+    def eval(self) -> OVModel:
+        return self
+
+    def to(self, *args, **kwargs) -> OVModel:
+        """A no-op: compiled models run on OpenVINO's CPU plugin in the precision chosen at load."""
+        return self
+
+
+class OVUNet2DModel(OVModel):
+    """Stand-in for ``UNet2DModel``: ``unet(sample, timestep).sample``."""
+
+    def __init__(self, config, network: CompiledNetwork):
+        super().__init__(config)
+        self.network = network
+
+    def __call__(self, sample: torch.Tensor, timestep, return_dict: bool = True):
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        timestep = torch.as_tensor(timestep).reshape(-1).expand(sample.shape[0])
+        out = self.network(sample, timestep)[0]
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+
+@dataclass
+class _Posterior:
+    """The part of diffusers' ``DiagonalGaussianDistribution`` the pipeline uses: its mean."""
+
+    mean: torch.Tensor
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+
+class OVAutoencoderKL(OVModel):
+    """Stand-in for ``AutoencoderKL``: ``encode(x).latent_dist.mean`` and ``decode(z).sample``."""
+
+    def __init__(self, config, encoder: CompiledNetwork, decoder: CompiledNetwork):
+        super().__init__(config)
+        self.encoder, self.decoder = encoder, decoder
+
+    def encode(self, images: torch.Tensor, return_dict: bool = True):
+        from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
+        posterior = _Posterior(self.encoder(images)[0])
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True):
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        out = self.decoder(latents)[0]
+        return DecoderOutput(sample=out) if return_dict else (out,)
+
+
+class OVFeatureEncoder(OVModel):
+    """Stand-in for :class:`~ddad_hub.models.feature_encoder.FeatureEncoder`: ``encoder(x)`` -> list of maps."""
+
+    def __init__(self, config, network: CompiledNetwork, channels: list[int]):
+        super().__init__(config)
+        self.network, self.channels = network, channels
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.network(images)
+
+
+def load_stand_ins(
+    components: dict[str, Any], ir_folder: str | os.PathLike, precision: str = "f32", threads: int | None = None,
+    properties: dict | None = None,
+) -> dict[str, OVModel]:
+    """Compiled stand-ins for the exportable ``components`` from the IR in ``ir_folder``.
+
+    ``precision`` is OpenVINO's inference precision ("f32" or "bf16"); ``threads`` defaults to torch's thread
+    count, so ``torch.set_num_threads`` governs both backends. ``properties`` adds or overrides CPU plugin settings.
+    """
+    ov = require_openvino()
+    core = ov.Core()
+    props = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), **(properties or {})}
+    folder = Path(ir_folder)
+    stand_ins = {}
+    for name, module in exportable(components).items():
+        nets = [CompiledNetwork(core, folder / name / f"{part.file}.xml", props) for part in ir_parts(module)]
+        if len(nets) == 2:
+            stand_ins[name] = OVAutoencoderKL(module.config, *nets)
+        elif hasattr(module, "channels"):
+            stand_ins[name] = OVFeatureEncoder(module.config, nets[0], list(module.channels))
+        else:
+            stand_ins[name] = OVUNet2DModel(module.config, nets[0])
+    return stand_ins
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+class OpenVINOMixin:
+    """``export_openvino`` and ``to_openvino`` for a ``DiffusionPipeline`` subclass; its networks are found by type.
+
+    The pipeline class must define ``default_autocast_dtype()`` (its precision policy, which OpenVINO follows).
+    """
+
+    backend: str = "pytorch"
+
+    def export_openvino(self, folder: str | os.PathLike, int8_weights: tuple[str, ...] | list[str] = ()) -> None:
+        """Save the pipeline (``save_pretrained``) and OpenVINO IR of its networks into ``folder``.
+
+        ``from_pretrained(folder, backend="openvino")`` then loads the IR without exporting. ``int8_weights``
+        (e.g. ``("unet",)``) compresses those networks' weights to int8 with NNCF.
+        """
+        if self.backend != "pytorch":
+            raise ValueError("export_openvino needs the PyTorch pipeline; load it with backend='pytorch'")
+        require_openvino()
+        self.save_pretrained(folder)
+        export_components(self.components, folder, tuple(int8_weights))
+
+    def to_openvino(
+        self,
+        folder: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        int8_weights: tuple[str, ...] | list[str] = (),
+        properties: dict | None = None,
+    ):
+        """Replace the networks by compiled OpenVINO models, in place; returns the pipeline.
+
+        IR comes from ``folder`` (the folder the pipeline was loaded from) if it holds IR of these weights, else
+        from the cache, exported there on first use. Precision follows ``default_autocast_dtype()``: bf16 where the
+        CPU has native bf16 and ``compute_dtype`` is "auto", fp32 otherwise; it is fixed at this point, so a call's
+        ``autocast_dtype`` no longer changes it.
+        """
+        if self.backend != "pytorch":
+            return self
+        require_openvino()
+        components = self.components
+        ir = find_or_export(components, folder, cache_dir, tuple(int8_weights))
+        precision = "bf16" if self.default_autocast_dtype() == torch.bfloat16 else "f32"
+        for name, stand_in in load_stand_ins(components, ir, precision, properties=properties).items():
+            # object.__setattr__: diffusers' __setattr__ would rewrite model_index.json's entry to the stand-in
+            object.__setattr__(self, name, stand_in)
+        self.backend = "openvino"
+        self.openvino_precision = precision
+        self.openvino_folder = str(ir)
+        return self
+
+    def save_pretrained(self, *args, **kwargs):
+        if self.backend != "pytorch":
+            raise ValueError("this pipeline runs OpenVINO models; save the PyTorch pipeline it was loaded from")
+        return super().save_pretrained(*args, **kwargs)

@@ -1,0 +1,142 @@
+"""The OpenVINO backend: export, load, the same maps as PyTorch fp32, D3AD mode, IR exported into a cache on first
+use, stale IR refused. Skipped where openvino is not installed (it is the optional extra ``[openvino]``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+
+from ddad_hub import load_pipeline
+from ddad_hub.backends import openvino as ov_backend
+from ddad_hub.dynamic_noise import score_bin_edges
+from ddad_hub.models.feature_memory import FeatureMemory
+from ddad_hub.pipelines.pipeline_ddad import check_pipeline_folder
+
+needs_openvino = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino is not installed (pip install '.[openvino]')"
+)
+FP32 = {"compute_dtype": "float32"}  # the PyTorch reference is fp32; OpenVINO follows the pipeline's policy
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _with_memory(pipe):
+    """Add a fitted feature memory with D3AD's score bins, so both modes run."""
+    memory = FeatureMemory.fit(pipe.feature_encoder, pipe.resize_to_map(_images(4, 1) * 2 - 1), coreset_ratio=0.5,
+                               image_size=64, max_patches=500)
+    pipe.register_modules(feature_memory=memory)
+    memory.register_to_config(score_bins=score_bin_edges(pipe.first_estimate(_images(4, 2) * 2 - 1)))
+    return pipe
+
+
+@pytest.fixture(scope="module", params=["pixel", "latent"])
+def exported(request, tmp_path_factory):
+    """(torch pipeline, folder written by export_openvino), pixel and latent variants, exported once."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install '.[openvino]')")
+    pipe = _with_memory(make_tiny_pipeline(latent=request.param == "latent", threshold=0.5))
+    folder = tmp_path_factory.mktemp(f"ov_{request.param}")
+    pipe.export_openvino(folder)
+    return pipe, folder
+
+
+def _close(ov_out, pt_out) -> None:
+    """The issue's bar: maps within 1% of the map maximum of PyTorch fp32; scores likewise."""
+    peak = np.abs(pt_out.anomaly_maps).max()
+    assert np.abs(ov_out.anomaly_maps - pt_out.anomaly_maps).max() < 0.01 * peak
+    np.testing.assert_allclose(ov_out.image_scores, pt_out.image_scores, rtol=0.01)
+
+
+@needs_openvino
+def test_export_writes_ir_beside_a_complete_pipeline(exported):
+    pipe, folder = exported
+    expected = ["unet/openvino_model", "feature_encoder/openvino_model"]
+    if pipe.vae is not None:
+        expected += ["vae/openvino_encoder", "vae/openvino_decoder"]
+    for stem in expected:
+        assert (folder / f"{stem}.xml").is_file() and (folder / f"{stem}.bin").is_file()
+    assert (folder / ov_backend.MANIFEST).is_file() and not (folder / "feature_memory" / "openvino_model.xml").exists()
+    check_pipeline_folder(folder)  # still a valid PyTorch pipeline folder
+
+
+@needs_openvino
+@pytest.mark.parametrize("mode", ["ddad", "d3ad"])
+def test_openvino_maps_match_pytorch_fp32(exported, mode):
+    pipe, folder = exported
+    images = _images(3, 0)
+    gens = [torch.Generator().manual_seed(5 + i) for i in range(3)]
+    reference = pipe(images, generator=gens, output_type="np", mode=mode, autocast_dtype=torch.float32)
+    ov_pipe = load_pipeline(folder, backend="openvino", **FP32)
+    assert ov_pipe.backend == "openvino" and ov_pipe.openvino_folder == str(folder)  # the folder's IR, no export
+    assert ov_pipe.openvino_precision == "f32"
+    ov_pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(5 + i) for i in range(3)]
+    out = ov_pipe(images, generator=gens, output_type="np", mode=mode)
+    _close(out, reference)
+    np.testing.assert_array_equal(out.start_steps, reference.start_steps)  # D3AD: the same first estimate's choice
+    assert out.threshold == reference.threshold
+
+
+@needs_openvino
+def test_folder_without_ir_is_exported_into_the_cache_once(tmp_path, monkeypatch):
+    pipe = make_tiny_pipeline(threshold=0.5)
+    pipe.save_pretrained(tmp_path / "plain")
+    cache = tmp_path / "cache"
+    first = load_pipeline(tmp_path / "plain", backend="openvino", openvino_cache_dir=cache, **FP32)
+    assert first.openvino_folder.startswith(str(cache)) and not (tmp_path / "plain" / ov_backend.MANIFEST).exists()
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds IR of these weights")
+
+    monkeypatch.setattr(ov_backend, "export_components", no_export)
+    again = load_pipeline(tmp_path / "plain", backend="openvino", openvino_cache_dir=cache, **FP32)
+    assert again.openvino_folder == first.openvino_folder
+    images = _images(2, 3)
+    _close(again(images, output_type="np"), pipe(images, output_type="np", autocast_dtype=torch.float32))
+
+
+@needs_openvino
+def test_stale_ir_is_refused_and_an_openvino_pipeline_cannot_be_saved(exported, tmp_path):
+    pipe, folder = exported
+    ov_pipe = load_pipeline(folder, backend="openvino")
+    with pytest.raises(ValueError, match="PyTorch pipeline"):
+        ov_pipe.save_pretrained(tmp_path / "copy")
+    with pytest.raises(ValueError, match="backend='pytorch'"):
+        ov_pipe.export_openvino(tmp_path / "copy")
+    shutil.copytree(folder, tmp_path / "stale")
+    retrained = make_tiny_pipeline(latent=pipe.vae is not None)
+    with torch.no_grad():
+        retrained.unet.conv_in.weight.add_(0.1)
+    retrained.save_pretrained(tmp_path / "stale")  # new weights saved over the folder: its IR is now stale
+    with pytest.raises(ValueError, match="export_openvino"):
+        load_pipeline(tmp_path / "stale", backend="openvino")
+
+
+def test_unknown_backend_and_missing_openvino_say_what_to_do(tiny_pipeline_dir, monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_pipeline(tiny_pipeline_dir, backend="tensorrt")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"ddad-hub\[openvino\]"):
+        load_pipeline(tiny_pipeline_dir, backend="openvino")
+
+
+@needs_openvino
+def test_int8_unet_weights_are_smaller_and_close(tmp_path):
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install '.[openvino]')")
+    pipe = make_tiny_pipeline()
+    manifest = ov_backend.export_components({"unet": pipe.unet}, tmp_path, int8_weights=("unet",))
+    assert manifest["components"]["unet"]["int8_weights"]
+    fp32_bytes = 4 * sum(p.numel() for p in pipe.unet.parameters())
+    assert (tmp_path / "unet" / "openvino_model.bin").stat().st_size < 0.4 * fp32_bytes
+    unet = ov_backend.load_stand_ins({"unet": pipe.unet}, tmp_path)["unet"]
+    sample, t = torch.randn(2, 3, 32, 32), torch.tensor([50, 50])
+    with torch.no_grad():
+        reference = pipe.unet(sample, t).sample
+    assert (unet(sample, t).sample - reference).abs().max() < 0.05 * reference.abs().max()
