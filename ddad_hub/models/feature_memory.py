@@ -127,10 +127,13 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         batch_size: int = 16,
         seed: int = 0,
         max_patches: int | None = None,
+        max_candidates: int | None = None,
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
-        ``max_patches`` caps the bank (and the coreset's cost, linear in its size) for large training sets.
+        The coreset costs one pass over the candidate patches per pick, ``O(candidates x picks)``: ``max_patches``
+        caps the picks (the bank) and ``max_candidates`` the candidates, a random subset of the patches when there
+        are more, so large training sets stay within minutes (see the README's "feature memory" section).
         """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
@@ -139,7 +142,12 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         features = torch.cat(chunks)
         n_keep = max(1, int(coreset_ratio * features.shape[0]))
-        keep = greedy_coreset(features, min(n_keep, max_patches) if max_patches else n_keep, seed=seed)
+        n_keep = min(n_keep, max_patches) if max_patches else n_keep
+        candidates = torch.arange(features.shape[0])
+        if max_candidates and features.shape[0] > max(max_candidates, n_keep):
+            g = torch.Generator().manual_seed(seed)
+            candidates = torch.randperm(features.shape[0], generator=g)[:max_candidates].sort().values
+        keep = candidates[greedy_coreset(features[candidates], n_keep, seed=seed)]
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
                      blur_sigma=blur_sigma)
         memory.bank.copy_(features[keep])
