@@ -163,3 +163,17 @@ def test_fast_coreset_picks_what_the_plain_greedy_rule_picks():
     for _ in range(19):  # farthest point from those already picked, by exact distances
         expected.append(int(torch.cdist(x, x[expected]).amin(1).argmax()))
     assert picked == expected
+
+
+def test_capped_candidates_keep_bank_sources_right():
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+    from ddad_hub.models.feature_memory import patch_features
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = _nominal(4, seed=6)
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.25, image_size=64, max_candidates=100)
+    assert memory.bank.shape[0] == 64  # 25% of 4 x 8 x 8 patches, picked among 100 random candidates
+    feats = patch_features(encoder, images).permute(0, 2, 3, 1).reshape(4, 64, -1)
+    for entry, source in zip(memory.bank, memory.bank_sources.tolist()):
+        assert torch.cdist(entry[None], feats[source]).min() < 1e-4  # the entry is a patch of its source image
