@@ -163,6 +163,7 @@ def fit_memory(
     max_patches: int | None = None,
     folds: int = 5,
     max_candidates: int | None = None,
+    normalization: str = "none",
 ) -> dict:
     """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
     nominal map statistics.
@@ -176,7 +177,7 @@ def fit_memory(
     images = pipe.resize_to_map(torch.cat([train, nominal]))
     memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio, image_size=pipe.map_hw[0],
                                blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
-                               max_candidates=max_candidates)
+                               max_candidates=max_candidates, normalization=normalization)
     fit_seconds = time.perf_counter() - start
     memory.register_to_config(cross_fitted=True)
     pipe.register_modules(feature_memory=memory)
@@ -184,7 +185,8 @@ def fit_memory(
     maps, _ = memory.out_of_fold_maps(pipe.feature_encoder, images, folds=folds, size=pipe.map_hw)
     cross_fit_seconds = time.perf_counter() - start - fit_seconds
     return {"bank_size": int(memory.bank.shape[0]), "images": int(images.shape[0]), "coreset_ratio": coreset_ratio,
-            "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds, "stats": map_statistics(maps),
+            "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds,
+            "normalization": normalization, "stats": map_statistics(maps),
             "fit_seconds": round(fit_seconds, 1), "cross_fit_seconds": round(cross_fit_seconds, 1),
             "held_out_ids": list(range(train.shape[0], images.shape[0])),
             "how": "bank on all nominal training images; map statistics cross-fitted (each fold left out in turn)"}
@@ -199,6 +201,7 @@ def fit_d3ad(
     max_patches: int | None = None,
     folds: int = 5,
     max_candidates: int | None = None,
+    normalization: str = "none",
 ) -> dict:
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
@@ -206,7 +209,7 @@ def fit_d3ad(
     held-out nominal images' scores and ``t_max`` from the synthetic-defect objective, both with the held-out images
     left out of the bank. ``train`` and ``nominal`` are best at map size (the memory reads them at that size).
     """
-    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates)
+    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates, normalization)
     memory = pipe.feature_memory
     table = []
     with memory.leaving_out(memory_info["held_out_ids"]):
@@ -368,7 +371,7 @@ def finalize_run(
         train = load_images(train_paths, pipe.map_hw[0])
         info["d3ad"] = fit_d3ad(pipe, train, nominal_map, mem.get("coreset_ratio", d3ad["coreset_ratio"]),
                                 d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")), mem.get("folds", 5),
-                                mem.get("max_candidates"))
+                                mem.get("max_candidates"), mem.get("normalization", "none"))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
         alone = info["fused"]["alone"]

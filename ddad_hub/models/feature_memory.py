@@ -22,14 +22,24 @@ from tqdm.auto import tqdm
 from ..anomaly_map import gaussian_blur, image_scores
 from .feature_encoder import FeatureEncoder
 
+NORMALIZATIONS = ("none", "l2")
 
-def patch_features(encoder: FeatureEncoder, images: torch.Tensor) -> torch.Tensor:
-    """Locally averaged multi-scale features, (B, C, h, w) at the finest configured stride."""
+
+def patch_features(encoder: FeatureEncoder, images: torch.Tensor, normalization: str = "none") -> torch.Tensor:
+    """Locally averaged multi-scale features, (B, C, h, w) at the finest configured stride.
+
+    ``normalization="l2"`` scales each stage's averaged feature vector to unit length at every position, so the
+    distance compares the direction of the features (what is there) and not their magnitude (how strongly).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     feats = encoder(images)
     size = feats[0].shape[-2:]
     pooled = []
     for f in feats:
         f = F.avg_pool2d(f.float(), 3, stride=1, padding=1, count_include_pad=False)
+        if normalization == "l2":
+            f = F.normalize(f, dim=1)
         if f.shape[-2:] != size:
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         pooled.append(f)
@@ -79,6 +89,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             ``ddad_hub.recipe.fit_d3ad``; empty when D3AD mode is not fitted.
         cross_fitted: the bank holds the recipe's held-out nominal images too (``ddad_hub.recipe.fit_memory``), so
             statistics of those images need them left out of it.
+        normalization: how patch features are normalised before distances (:func:`patch_features`); "none" in
+            memories saved before the option existed.
 
     After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
     saved: only the recipe that fitted the memory needs it, for cross-fitting).
@@ -93,6 +105,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         blur_sigma: float = 4.0,
         score_bins: tuple[float, ...] = (),
         cross_fitted: bool = False,
+        normalization: str = "none",
     ):
         super().__init__()
         self.register_buffer("bank", torch.zeros(num_patches, feature_dim))
@@ -128,6 +141,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         seed: int = 0,
         max_patches: int | None = None,
         max_candidates: int | None = None,
+        normalization: str = "none",
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
@@ -138,7 +152,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
             x = _resize(images[start : start + batch_size], image_size)
-            f = patch_features(encoder, x)
+            f = patch_features(encoder, x, normalization)
             chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         features = torch.cat(chunks)
         n_keep = max(1, int(coreset_ratio * features.shape[0]))
@@ -149,7 +163,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             candidates = torch.randperm(features.shape[0], generator=g)[:max_candidates].sort().values
         keep = candidates[greedy_coreset(features[candidates], n_keep, seed=seed)]
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
-                     blur_sigma=blur_sigma)
+                     blur_sigma=blur_sigma, normalization=normalization)
         memory.bank.copy_(features[keep])
         patches_per_image = features.shape[0] // images.shape[0]
         memory.bank_sources = keep // patches_per_image
@@ -186,7 +200,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """(B, h, w) distance of every patch to its nearest bank entry."""
-        f = patch_features(encoder, _resize(images, self.config.image_size))
+        f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization)
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
         bank = self.bank if self._active is None else self.bank[self._active]
