@@ -33,6 +33,7 @@ class Inspector:
         self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
         self.has_memory = pipe.feature_memory is not None
+        self.modes = pipe.available_modes()
 
     def analyze(self, file, w: float, start_step: float, skip: float, mode: str = "ddad"):
         """Score one image. Returns input, reconstruction, heat-map overlay, defect outline, summary, details."""
@@ -43,8 +44,8 @@ class Inspector:
             image = open_image(path)
         except ImageLoadError as err:
             raise gr.Error(f"Could not read that file: {err}") from err
-        if mode == "d3ad" and not self.has_memory:
-            raise gr.Error("This model has no feature memory, so D3AD mode is not available; use DDAD.")
+        if mode not in self.modes:
+            raise gr.Error(f"This model has no {mode.upper()} mode; it offers {', '.join(self.modes)}.")
         start_step, skip = int(start_step), int(skip)
         if not 0 < skip <= start_step:
             raise gr.Error(f"skip ({skip}) must be between 1 and the start step ({start_step}).")
@@ -88,9 +89,9 @@ def build_demo(inspector: Inspector) -> gr.Blocks:
             with gr.Column(scale=1):
                 upload = gr.File(label="Image", file_types=["image"], type="filepath")
                 with gr.Accordion("Advanced settings", open=False):
-                    mode = gr.Radio(["ddad", "d3ad"], value=inspector.pipe.config.mode, label="mode",
-                                    info="D3AD picks the noise level per image" if inspector.has_memory
-                                    else "D3AD needs a model with a feature memory")
+                    mode = gr.Radio(inspector.modes, value=inspector.pipe.config.mode, label="mode",
+                                    info="D3AD picks the noise level per image; fused adds the nearest-neighbour "
+                                    "memory's map" if inspector.has_memory else "D3AD needs a feature memory")
                     w = gr.Slider(0, 12, value=float(sched.w), step=0.5, label="conditioning weight w")
                     start = gr.Slider(10, 900, value=int(sched.start_step), step=10, label="start step")
                     skip = gr.Slider(1, 100, value=int(sched.skip), step=1, label="skip")

@@ -1,4 +1,5 @@
-"""DDAD mode against D3AD mode per defect type, from the results.json files that training/evaluate.py writes.
+"""The modes side by side per defect type (DDAD, D3AD, fused, and the memory alone), from the results.json files
+that training/evaluate.py writes.
 
     python benchmarks/compare_modes.py models/ddad-transistor-cpu runs/latent/pipeline --names pixel latent
 
@@ -11,6 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
+MODES = ("ddad", "d3ad", "fused", "feature_memory")
+LABELS = {"ddad": "DDAD", "d3ad": "D3AD", "fused": "fused", "feature_memory": "memory"}
+
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,9 +25,9 @@ def main(argv: list[str] | None = None) -> str:
     if len(names) != len(args.folders):
         raise SystemExit("give one --names label per folder")
     results = [json.loads((Path(f) / "results.json").read_text()) for f in args.folders]
-    columns = [(name, mode) for name, r in zip(names, results) for mode in ("ddad", "d3ad") if mode in r]
-    subsets = sorted({s for r in results for m in ("ddad", "d3ad") for s in r.get(m, {})} - {"all"}) + ["all"]
-    head = "| defect type | " + " | ".join(f"{name} {mode.upper()}" for name, mode in columns) + " |"
+    columns = [(name, mode) for name, r in zip(names, results) for mode in MODES if mode in r]
+    subsets = sorted({s for r in results for m in MODES for s in r.get(m, {})} - {"all", "source"}) + ["all"]
+    head = "| defect type | " + " | ".join(f"{name} {LABELS[mode]}" for name, mode in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     by_name = dict(zip(names, results))
     for subset in subsets:

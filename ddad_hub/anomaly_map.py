@@ -80,3 +80,41 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return maps
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
+
+
+def map_statistics(maps: torch.Tensor) -> list[float]:
+    """``[mean, std]`` over every pixel of nominal ``maps``: the scale a map is normalised with before fusing."""
+    maps = torch.as_tensor(maps, dtype=torch.float64)
+    return [float(maps.mean()), float(maps.std().clamp(min=1e-12))]
+
+
+def normalize_map(maps: torch.Tensor, stats: list[float] | tuple[float, float]) -> torch.Tensor:
+    """``(maps - mean) / std`` with a nominal ``[mean, std]``: how many nominal deviations a pixel stands out."""
+    mean, std = stats
+    return (maps - mean) / std
+
+
+FUSION_RULES = ("sum", "max")
+
+
+def fuse_maps(
+    recon_maps: torch.Tensor,
+    memory_maps: torch.Tensor,
+    recon_stats: list[float],
+    memory_stats: list[float],
+    rule: str = "sum",
+    memory_weight: float = 0.5,
+) -> torch.Tensor:
+    """The fused map of a reconstruction map and a nearest-neighbour memory map, both normalised first.
+
+    ``rule="sum"``: ``(1 - memory_weight) * z_recon + memory_weight * z_memory``; ``rule="max"``: the pixel-wise
+    maximum of the two. Normalising puts both maps in units of their own nominal spread, so neither dominates by
+    its scale; where the two normalised maps agree, the fused map equals them under every rule.
+    """
+    z_r = normalize_map(recon_maps, recon_stats)
+    z_m = normalize_map(memory_maps, memory_stats)
+    if rule == "sum":
+        return (1 - memory_weight) * z_r + memory_weight * z_m
+    if rule == "max":
+        return torch.maximum(z_r, z_m)
+    raise ValueError(f"fusion rule must be one of {FUSION_RULES}, got {rule!r}")

@@ -78,7 +78,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         )
     if results:
         rows = ["| detector | subset | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
-        detectors = (("ddad", "DDAD mode"), ("d3ad", "D3AD mode"), ("feature_memory", "feature memory (kNN)"))
+        detectors = (("ddad", "DDAD mode"), ("d3ad", "D3AD mode"), ("fused", "fused mode"),
+                     ("feature_memory", "feature memory (kNN)"))
         for detector, label in detectors:
             for subset, vals in results.get(detector, {}).items():
                 rows.append(f"| {label} | {subset} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
@@ -107,9 +108,22 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                       else "per image (max D_f / max D_p)"),
         threshold=index.get("threshold"), mode=mode,
         d3ad_t_max=index.get("d3ad_t_max") if index.get("feature_memory", [None])[0] else "n/a (no feature memory)",
-        d3ad_threshold=index.get("d3ad_threshold"), selection_text=selection_text, training_text=training_text,
+        d3ad_threshold=index.get("d3ad_threshold"), fused_text=_fused_text(index, info),
+        selection_text=selection_text, training_text=training_text,
         results_text=results_text, data_text=data_text,
     )
     path = folder / "README.md"
     card.save(path)
     return path
+
+
+def _fused_text(index: dict, info: dict) -> str:
+    """Fused mode's settings in a line: n/a for pipelines fitted before it existed."""
+    if not index.get("fused_base") or not index.get("fused_stats"):
+        return "n/a (not fitted)"
+    rule = (f"{1 - index['fused_weight']:.1f} x reconstruction + {index['fused_weight']:.1f} x memory"
+            if index.get("fused_rule", "sum") == "sum" else "maximum of the two")
+    memory = info.get("d3ad", {}).get("memory", {})
+    bank = f"; bank {memory['bank_size']} patches of {memory['images']} images" if memory.get("bank_size") else ""
+    return (f"{index['fused_base'].upper()} map and memory map, each normalised by nominal mean and std, "
+            f"{rule}{bank}; threshold {index.get('fused_threshold')}")

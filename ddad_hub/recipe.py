@@ -6,7 +6,9 @@ training images and synthetic defects pasted into them; the threshold comes from
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DModel
 from tqdm.auto import tqdm
 
+from .anomaly_map import FUSION_RULES, fuse_maps, image_scores, map_statistics
 from .data import load_images, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc
@@ -152,55 +155,157 @@ def synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0
     return row
 
 
+def fit_memory(
+    pipe: DDADPipeline,
+    train: torch.Tensor,
+    nominal: torch.Tensor,
+    coreset_ratio: float = 0.1,
+    max_patches: int | None = None,
+    folds: int = 5,
+    max_candidates: int | None = None,
+    normalization: str = "none",
+) -> dict:
+    """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
+    nominal map statistics.
+
+    ``train`` and ``nominal`` are in [-1, 1], best at map size. The bank keeps every image (no image is held out of
+    it, which matters for small training sets); the statistics come from maps of each image scored against the bank
+    without its fold. Returns the fit's facts, with ``held_out_ids``: the held-out images' indices in the bank,
+    for :meth:`FeatureMemory.leaving_out` while the recipe scores them.
+    """
+    start = time.perf_counter()
+    images = pipe.resize_to_map(torch.cat([train, nominal]))
+    memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio, image_size=pipe.map_hw[0],
+                               blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
+                               max_candidates=max_candidates, normalization=normalization)
+    fit_seconds = time.perf_counter() - start
+    memory.register_to_config(cross_fitted=True)
+    pipe.register_modules(feature_memory=memory)
+    pipe.register_to_config(memory_at_map_size=True)
+    maps, _ = memory.out_of_fold_maps(pipe.feature_encoder, images, folds=folds, size=pipe.map_hw)
+    cross_fit_seconds = time.perf_counter() - start - fit_seconds
+    return {"bank_size": int(memory.bank.shape[0]), "images": int(images.shape[0]), "coreset_ratio": coreset_ratio,
+            "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds,
+            "normalization": normalization, "stats": map_statistics(maps),
+            "fit_seconds": round(fit_seconds, 1), "cross_fit_seconds": round(cross_fit_seconds, 1),
+            "held_out_ids": list(range(train.shape[0], images.shape[0])),
+            "how": "bank on all nominal training images; map statistics cross-fitted (each fold left out in turn)"}
+
+
 def fit_d3ad(
     pipe: DDADPipeline,
     train: torch.Tensor,
     nominal: torch.Tensor,
     coreset_ratio: float,
     t_max_grid: list[int],
-    max_patches: int | None = 4000,
+    max_patches: int | None = None,
+    folds: int = 5,
+    max_candidates: int | None = None,
+    normalization: str = "none",
 ) -> dict:
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
-    The feature memory is fitted on the training split, its histogram bins on the held-out nominal images'
-    scores, and ``t_max`` by the synthetic-defect objective.
+    The feature memory is fitted by :func:`fit_memory` (``info["memory"]``); its histogram bins come from the
+    held-out nominal images' scores and ``t_max`` from the synthetic-defect objective, both with the held-out images
+    left out of the bank. ``train`` and ``nominal`` are best at map size (the memory reads them at that size).
     """
-    memory = FeatureMemory.fit(pipe.feature_encoder, pipe.resize_to_map(train), coreset_ratio=coreset_ratio,
-                               image_size=pipe.map_hw[0], blur_sigma=pipe.config.blur_sigma, max_patches=max_patches)
-    pipe.register_modules(feature_memory=memory)
-    bins = score_bin_edges(pipe.first_estimate(nominal))
-    memory.register_to_config(score_bins=bins)
+    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates, normalization)
+    memory = pipe.feature_memory
     table = []
-    for t_max in t_max_grid:
-        pipe.register_to_config(d3ad_t_max=int(t_max))
-        table.append({"t_max": int(t_max), **synthetic_objective(pipe, nominal, mode="d3ad")})
-    best = max(table, key=lambda r: r["objective"])
-    pipe.register_to_config(d3ad_t_max=best["t_max"])
-    threshold, _ = calibrate_threshold(pipe, nominal, mode="d3ad")
+    with memory.leaving_out(memory_info["held_out_ids"]):
+        bins = score_bin_edges(pipe.first_estimate(pipe.resize_to_map(nominal)))
+        memory.register_to_config(score_bins=bins)
+        for t_max in t_max_grid:
+            pipe.register_to_config(d3ad_t_max=int(t_max))
+            table.append({"t_max": int(t_max), **synthetic_objective(pipe, nominal, mode="d3ad")})
+        best = max(table, key=lambda r: r["objective"])
+        pipe.register_to_config(d3ad_t_max=best["t_max"])
+        threshold, _ = calibrate_threshold(pipe, nominal, mode="d3ad")
     pipe.register_to_config(d3ad_threshold=threshold)
     return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio, "threshold": threshold,
-            "bank_size": int(memory.bank.shape[0]),
-            "how": "memory on the training split, bins on held-out nominal scores, t_max on synthetic defects"}
+            "bank_size": memory_info["bank_size"], "memory": memory_info,
+            "how": "memory on all nominal images; bins on held-out nominal scores and t_max on synthetic defects, "
+                   "with the held-out images left out of the bank"}
+
+
+def _objective(scores: np.ndarray, maps: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> dict:
+    row = {"image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks)}
+    row["objective"] = (row["image_auroc"] + row["pixel_auroc"]) / 2
+    return row
+
+
+@torch.no_grad()
+def fit_fused(
+    pipe: DDADPipeline,
+    nominal: torch.Tensor,
+    memory_stats: list[float],
+    weights: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    seed: int = 0,
+) -> dict:
+    """Choose fused mode's reconstruction mode, rule and weight on held-out nominal images and synthetic defects.
+
+    Each reconstruction mode's nominal statistics come from its maps of the held-out nominal images; the memory's
+    (``memory_stats``) from cross-fitting. Every (mode, rule, weight) is scored by the objective of the other modes
+    (mean of image and pixel AUROC); the best is saved in the config with its threshold (the highest fused score
+    among the held-out nominal images). Call it with the held-out images left out of the memory's bank. Also
+    returns the objective of each part alone, measured on the same images, for :func:`choose_mode`.
+    """
+    defective, all_masks, labels = _synthetic_set(pipe, nominal, seed)
+    both = torch.cat([nominal, defective])
+    n = nominal.shape[0]
+    memory_maps = torch.cat([pipe.memory_maps(both[s : s + 16])[0] for s in range(0, both.shape[0], 16)])
+    alone = {"memory": _objective(image_scores(memory_maps).numpy(), memory_maps.numpy(), labels, all_masks)}
+    stats, table = {"memory": list(memory_stats)}, []
+    recon_modes = [m for m in pipe.available_modes() if m in ("ddad", "d3ad")]
+    for base in recon_modes:
+        recon = pipe(to_unit_range(both), output_type="pt", batch_size=16, mode=base).anomaly_maps
+        alone[base] = _objective(recon.flatten(1).amax(1).numpy(), recon.numpy(), labels, all_masks)
+        stats[base] = map_statistics(recon[:n])
+        for rule in FUSION_RULES:
+            for w in weights if rule == "sum" else (0.5,):
+                fused = fuse_maps(recon, memory_maps, stats[base], stats["memory"], rule, w)
+                table.append({"base": base, "rule": rule, "memory_weight": w,
+                              **_objective(image_scores(fused).numpy(), fused.numpy(), labels, all_masks)})
+    # ties go to the even split, the choice that assumes least
+    best = max(table, key=lambda r: (r["objective"], -abs(r["memory_weight"] - 0.5)))
+    pipe.register_to_config(fused_base=best["base"], fused_stats=stats, fused_rule=best["rule"],
+                            fused_weight=float(best["memory_weight"]))
+    threshold, _ = calibrate_threshold(pipe, nominal, mode="fused")
+    pipe.register_to_config(fused_threshold=threshold)
+    return {"best": best, "table": table, "stats": stats, "threshold": threshold, "alone": alone,
+            "how": "reconstruction mode, rule and weight on held-out nominal images + synthetic defects; "
+                   "statistics of held-out nominal maps (the memory's cross-fitted)"}
 
 
 def choose_mode(
-    pipe: DDADPipeline, nominal: torch.Tensor, d3ad_objective: float, ddad_objective: float | None = None
+    pipe: DDADPipeline,
+    nominal: torch.Tensor,
+    d3ad_objective: float,
+    ddad_objective: float | None = None,
+    fused_objective: float | None = None,
 ) -> dict:
-    """Make the mode with the better synthetic-defect objective the pipeline's default (``config.mode``).
+    """Make the mode with the best synthetic-defect objective the pipeline's default (``config.mode``).
 
-    ``ddad_objective`` is measured here unless the settings search already did (its best row's objective).
+    ``ddad_objective`` is measured here unless the caller already did; fused competes when its objective is given.
     """
     if ddad_objective is None:
         ddad_objective = synthetic_objective(pipe, nominal, mode="ddad")["objective"]
     objectives = {"ddad": ddad_objective, "d3ad": d3ad_objective}
+    if fused_objective is not None:
+        objectives["fused"] = fused_objective
     chosen = max(objectives, key=objectives.get)
     pipe.register_to_config(mode=chosen)
     return {"chosen": chosen, "objectives": objectives,
             "how": "mean of image and pixel AUROC on held-out nominal images and synthetic defects"}
 
 
-def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor) -> dict:
-    """Refresh the calibrated pixel weight (if the pipeline uses one) and the thresholds, e.g. after adaptation."""
+def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor, held_out_ids: list[int] | None = None) -> dict:
+    """Refresh the calibrated pixel weight (if the pipeline uses one) and the thresholds, e.g. after adaptation.
+
+    When the memory's bank holds the held-out images too (``cross_fitted``), D3AD's and fused mode's thresholds
+    need them left out of it: pass ``held_out_ids`` right after :func:`fit_memory`. Without them (a reloaded
+    pipeline) those two thresholds are kept as they are, since in-bank scores would set them too low.
+    """
     if pipe.config.pixel_weight is not None:
         sched = pipe.scheduler.config
         f_n, p_n = _distances(pipe, nominal, sched.w, sched.start_step, sched.skip)
@@ -208,9 +313,16 @@ def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor) -> dict:
     threshold, scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
     result = {"threshold": threshold, "pixel_weight": pipe.config.pixel_weight, "nominal_scores": scores}
-    if pipe.feature_memory is not None and pipe.feature_memory.config.score_bins:
-        result["d3ad_threshold"], result["d3ad_nominal_scores"] = calibrate_threshold(pipe, nominal, mode="d3ad")
-        pipe.register_to_config(d3ad_threshold=result["d3ad_threshold"])
+    memory = pipe.feature_memory
+    memory_modes = [m for m in pipe.available_modes() if m != "ddad"]
+    if memory_modes and memory.config.cross_fitted and held_out_ids is None:
+        result["memory_modes"] = "thresholds kept: the bank holds the held-out images (re-run finalize.py)"
+        return result
+    context = memory.leaving_out(held_out_ids) if held_out_ids is not None else contextlib.nullcontext()
+    with context:
+        for mode in memory_modes:
+            result[f"{mode}_threshold"], result[f"{mode}_nominal_scores"] = calibrate_threshold(pipe, nominal, mode)
+            pipe.register_to_config(**{f"{mode}_threshold": result[f"{mode}_threshold"]})
     return result
 
 
@@ -252,14 +364,20 @@ def finalize_run(
         pipe.register_to_config(pixel_weight=best["pixel_weight"])
         info["selection"] = {"best": best, "table": table,
                              "how": "held-out nominal training images + synthetic defects pasted into them"}
+    # the pipeline's calls read images at map size, as test images come (the memory reads them at that size)
+    nominal_map = load_images(held_out, pipe.map_hw[0])
     if preset.get("d3ad") and train_paths:
-        d3ad = preset["d3ad"]
-        train = load_images(train_paths, preset["resolution"])
-        info["d3ad"] = fit_d3ad(pipe, train, nominal, d3ad["coreset_ratio"], d3ad["t_max"],
-                                d3ad.get("max_patches", 4000))
-        searched = info.get("selection", {}).get("best", {}).get("objective")
-        info["mode"] = choose_mode(pipe, nominal, info["d3ad"]["best"]["objective"], searched)
-    threshold, nominal_scores = calibrate_threshold(pipe, nominal)
+        d3ad, mem = preset["d3ad"], preset.get("memory", {})
+        train = load_images(train_paths, pipe.map_hw[0])
+        info["d3ad"] = fit_d3ad(pipe, train, nominal_map, mem.get("coreset_ratio", d3ad["coreset_ratio"]),
+                                d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")), mem.get("folds", 5),
+                                mem.get("max_candidates"), mem.get("normalization", "none"))
+        with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
+            info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
+        alone = info["fused"]["alone"]
+        info["mode"] = choose_mode(pipe, nominal_map, alone["d3ad"]["objective"], alone["ddad"]["objective"],
+                                   info["fused"]["best"]["objective"])
+    threshold, nominal_scores = calibrate_threshold(pipe, nominal_map)
     pipe.register_to_config(threshold=threshold)
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,
                            "how": "highest score among held-out nominal training images"}

@@ -185,7 +185,7 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
           "--memory-coreset", "0.5"])
     results = json.loads((folder / "results.json").read_text())
     assert info["d3ad"]["best"]["t_max"] in (40, 80) and len(info["d3ad"]["score_bins"]) == 11
-    for detector in ("ddad", "d3ad", "feature_memory"):
+    for detector in ("ddad", "d3ad", "fused", "feature_memory"):
         for subset in ("all", "scratch"):
             for metric in ("image_auroc", "pixel_auroc", "aupro"):
                 assert 0.0 <= results[detector][subset][metric] <= 1.0
@@ -196,8 +196,12 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     assert "model-index" in card and "image_auroc" in card and "D3AD mode" in card
     assert "non-commercial" not in card  # synthetic data: no data set licence to pass on
     assert 20 <= results["d3ad"]["all"]["mean_start_step"] <= info["d3ad"]["best"]["t_max"]
-    assert set(results["at_threshold"]) == {"ddad", "d3ad"}
+    assert set(results["at_threshold"]) == {"ddad", "d3ad", "fused"}
     assert results["at_threshold"]["d3ad"]["threshold"] == pytest.approx(index["d3ad_threshold"])
+    assert index["fused_threshold"] == pytest.approx(info["fused"]["threshold"])
+    assert index["fused_base"] in ("ddad", "d3ad") and set(objectives) == {"ddad", "d3ad", "fused"}
+    # the memory took every training image, the held-out ones too
+    assert info["d3ad"]["memory"]["images"] == len(list((dataset / "train" / "good").iterdir()))
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()

@@ -30,7 +30,7 @@ from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_chec
 from ddad_hub.data import list_train_images, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_model_card
-from ddad_hub.recipe import fit_d3ad, recalibrate
+from ddad_hub.recipe import fit_d3ad, fit_fused, recalibrate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,11 +125,17 @@ def main(argv: list[str] | None = None) -> Path:
     folder = out / "pipeline"
     if accelerator.is_main_process:
         pipe.feature_encoder = accelerator.unwrap_model(encoder).eval().requires_grad_(False)
-        held_images = load_images(held_paths, pipe.sample_size[0]) if held_paths else None
+        held_images = load_images(held_paths, pipe.map_hw[0]) if held_paths else None
+        held_ids = None
         if pipe.feature_memory is not None and held_images is not None:  # its bank holds the old features
             ratio = info.get("d3ad", {}).get("coreset_ratio", 0.02)
-            info["d3ad"] = fit_d3ad(pipe, images, held_images, ratio, [pipe.config.d3ad_t_max])
-        calibration = recalibrate(pipe, held_images) if held_images is not None else {}
+            info["d3ad"] = fit_d3ad(pipe, load_images(train_paths, pipe.map_hw[0]), held_images, ratio,
+                                    [pipe.config.d3ad_t_max])
+            held_ids = info["d3ad"]["memory"]["held_out_ids"]
+            if pipe.config.fused_base:  # the memory and the encoder changed, so did fused mode's statistics
+                with pipe.feature_memory.leaving_out(held_ids):
+                    info["fused"] = fit_fused(pipe, held_images, info["d3ad"]["memory"]["stats"])
+        calibration = recalibrate(pipe, held_images, held_ids) if held_images is not None else {}
         pipe.save_pretrained(folder)
         info["adaptation"] = {"epochs": args.epochs, "lambda": args.lam, "w_da": args.w_da,
                               "learning_rate": args.learning_rate, "history": history, "calibration": calibration}

@@ -2,6 +2,9 @@
 
     python training/evaluate.py --pipeline runs/transistor/pipeline --data ../shared/data/mvtec_ad_256/transistor
 
+Every mode the pipeline has (``DDADPipeline.available_modes()``: ddad, d3ad, fused) is scored side by side, with
+the nearest-neighbour memory alone: the pipeline's own memory when the recipe fitted it on all training images
+(the one D3AD and fused mode use), else one fitted here on the training split.
 Writes ``results.json`` (image AUROC, pixel AUROC, AUPRO at FPR 0.3, overall and per defect type) and
 ``evaluation.png`` (ROC curves and example maps) to ``--output-dir`` (default: the pipeline folder, whose model
 card is then re-rendered with the results). Maps are compared with the masks on the whole image at the map size
@@ -36,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
                    help="the networks' compute type (default: the pipeline's compute_dtype, bf16 where fast)")
     p.add_argument("--no-memory", action="store_true", help="skip the feature-memory baseline")
-    p.add_argument("--modes", nargs="+", default=None, choices=["ddad", "d3ad"],
-                   help="pipeline modes to evaluate (default: ddad, and d3ad if the pipeline has a feature memory)")
+    p.add_argument("--modes", nargs="+", default=None, choices=["ddad", "d3ad", "fused"],
+                   help="pipeline modes to evaluate (default: every mode the pipeline has, see available_modes())")
     p.add_argument("--memory-coreset", type=float, default=0.1)
     return p.parse_args(argv)
 
@@ -54,6 +57,18 @@ def run_pipeline(
         recons.append(out.reconstructions)
         starts.append(out.start_steps.numpy())
     return np.concatenate(maps), np.concatenate(scores), torch.cat(recons), np.concatenate(starts)
+
+
+def pipeline_memory_maps(pipe: DDADPipeline, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, float]:
+    """The pipeline's own memory maps of ``images`` (read at map size, as its calls do) and seconds per image."""
+    start = time.perf_counter()
+    maps = []
+    for s in tqdm(range(0, images.shape[0], batch_size), desc="feature memory"):
+        x = images[s : s + batch_size]
+        x = pipe.resize_to_map(x) if pipe.config.memory_at_map_size else pipe.resize_to_map(
+            pipe.preprocess(to_unit_range(x))[0])
+        maps.append(pipe.memory_maps(x)[0].numpy())
+    return np.concatenate(maps), (time.perf_counter() - start) / images.shape[0]
 
 
 def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
@@ -104,13 +119,24 @@ def main(argv: list[str] | None = None) -> dict:
     types = [it.defect_type for it in items]
     autocast = getattr(torch, args.compute_dtype) if args.compute_dtype else None
 
-    images = load_images([it.image for it in items], pipe.sample_size[0])
-    modes = args.modes or (["ddad", "d3ad"] if pipe.feature_memory is not None else ["ddad"])
+    # at the larger of the two sizes, as a user's image comes: the pipeline resizes it for each part
+    images = load_images([it.image for it in items], max(pipe.sample_size[0], size[0]))
+    modes = args.modes or pipe.available_modes()
     results, curves, timing, outputs = {}, {}, {}, {}
-    for mode in modes:
+    memory_maps = None
+    for mode in sorted(modes, key=lambda m: m == "fused"):  # fused last: it reuses its reconstruction mode's maps
         start = time.perf_counter()
-        outputs[mode] = run_pipeline(pipe, images, args.batch_size, autocast, mode)
-        timing[f"{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
+        if mode == "fused" and pipe.config.fused_base in outputs:
+            # the same maps a fused call makes (same per-image seeds), without reconstructing twice
+            pipe.check_mode("fused")
+            memory_maps, memory_seconds = pipeline_memory_maps(pipe, images, args.batch_size)
+            base = outputs[pipe.config.fused_base]
+            fused = pipe.fuse(torch.from_numpy(base[0]), torch.from_numpy(memory_maps)).numpy()
+            outputs[mode] = (fused, fused.reshape(len(fused), -1).max(1), base[2], base[3])
+            timing["fused_seconds_per_image"] = timing[f"{pipe.config.fused_base}_seconds_per_image"] + memory_seconds
+        else:
+            outputs[mode] = run_pipeline(pipe, images, args.batch_size, autocast, mode)
+            timing[f"{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
         maps_m, scores_m, _, starts = outputs[mode]
         results[mode] = summarize(scores_m, maps_m, masks, types)
         for kind in results[mode]:
@@ -119,7 +145,17 @@ def main(argv: list[str] | None = None) -> dict:
         curves[mode] = roc_points(scores_m, np.array(types) != "good")
     maps, scores, recons, _ = outputs[modes[0]]
 
-    if not args.no_memory:
+    own_memory = pipe.feature_memory is not None and pipe.feature_memory.config.cross_fitted
+    if not args.no_memory and own_memory:
+        if memory_maps is None:
+            memory_maps, timing["memory_seconds_per_image"] = pipeline_memory_maps(pipe, images, args.batch_size)
+        else:
+            timing["memory_seconds_per_image"] = memory_seconds
+        m_scores = memory_maps.reshape(len(memory_maps), -1).max(1)
+        results["feature_memory"] = summarize(m_scores, memory_maps, masks, types)
+        results["feature_memory"]["source"] = "the pipeline's own memory (all training images)"
+        curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
+    elif not args.no_memory:
         info_file = folder / "training_info.json"
         held = set(json.loads(info_file.read_text()).get("held_out_nominal", [])) if info_file.is_file() else set()
         train_paths = [p for p in list_train_images(data) if p.name not in held]
@@ -167,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot(out_dir / "evaluation.png", results, curves, examples)
     if out_dir == folder and (folder / "training_info.json").is_file():
         write_model_card(folder)
-    for name in ("ddad", "d3ad", "feature_memory"):
+    for name in ("ddad", "d3ad", "fused", "feature_memory"):
         if name in results:
             r = results[name]["all"]
             print(f"{name}: image AUROC {r['image_auroc']:.3f}  pixel AUROC {r['pixel_auroc']:.3f}  "

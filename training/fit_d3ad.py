@@ -1,10 +1,12 @@
-"""Give a trained DDAD pipeline its D3AD mode: fit the feature memory and the per-image noise-level rule.
+"""Give a trained DDAD pipeline its D3AD and fused modes: the feature memory, the per-image noise-level rule and
+the fusion of the maps.
 
     python training/fit_d3ad.py --pipeline runs/transistor/pipeline --data ../shared/data/mvtec_ad_256/transistor
 
-The memory is fitted on the training split, its histogram bins on the held-out good images' scores and the
+The memory's histogram bins come from the held-out good images' scores and the
 largest start step on held-out images with synthetic defects (the same recipe ``train_unet.py`` runs when its
-preset has a ``d3ad`` entry). The folder is updated in place.
+preset has a ``d3ad`` entry); fused mode's statistics, rule and threshold follow. The memory takes every training
+image, the held-out ones included (their statistics are cross-fitted). The folder is updated in place.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from ddad_hub import DDADPipeline
 from ddad_hub.data import list_train_images, load_images
 from ddad_hub.model_card import write_model_card
-from ddad_hub.recipe import fit_d3ad
+from ddad_hub.recipe import fit_d3ad, fit_fused
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,10 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     paths = list_train_images(args.data)
     pipe = DDADPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    size = pipe.sample_size[0]
+    size = pipe.map_hw[0]  # the memory reads images at map size
     train = load_images([q for q in paths if q.name not in held], size)
     nominal = load_images([q for q in paths if q.name in held], size)
     info["d3ad"] = fit_d3ad(pipe, train, nominal, args.coreset_ratio, args.t_max, args.max_patches)
+    with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
+        info["fused"] = fit_fused(pipe, nominal, info["d3ad"]["memory"]["stats"])
     pipe.save_pretrained(folder)
     (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
     write_model_card(folder)

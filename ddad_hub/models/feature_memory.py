@@ -1,10 +1,17 @@
 """A nearest-neighbour memory of nominal patch features (PatchCore-style), on DDAD's feature encoder.
 
-It serves two roles: a fast detector of its own, reported beside the diffusion model, and D3AD's cheap first
-estimate of how anomalous an image is. The bank is a buffer, so it saves and loads as safetensors.
+It serves three roles: a fast detector of its own, reported beside the diffusion model, D3AD's cheap first
+estimate of how anomalous an image is, and one half of fused mode's map. The bank is a buffer, so it saves and
+loads as safetensors.
+
+Every training image can go into the bank: statistics that need nominal images the bank has not seen (D3AD's
+score bins, fused mode's normalisation, thresholds) come from cross-fitting, each image scored against the bank
+without the patches of its own fold (:meth:`FeatureMemory.out_of_fold_maps`, :meth:`FeatureMemory.leaving_out`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -15,14 +22,24 @@ from tqdm.auto import tqdm
 from ..anomaly_map import gaussian_blur, image_scores
 from .feature_encoder import FeatureEncoder
 
+NORMALIZATIONS = ("none", "l2")
 
-def patch_features(encoder: FeatureEncoder, images: torch.Tensor) -> torch.Tensor:
-    """Locally averaged multi-scale features, (B, C, h, w) at the finest configured stride."""
+
+def patch_features(encoder: FeatureEncoder, images: torch.Tensor, normalization: str = "none") -> torch.Tensor:
+    """Locally averaged multi-scale features, (B, C, h, w) at the finest configured stride.
+
+    ``normalization="l2"`` scales each stage's averaged feature vector to unit length at every position, so the
+    distance compares the direction of the features (what is there) and not their magnitude (how strongly).
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     feats = encoder(images)
     size = feats[0].shape[-2:]
     pooled = []
     for f in feats:
         f = F.avg_pool2d(f.float(), 3, stride=1, padding=1, count_include_pad=False)
+        if normalization == "l2":
+            f = F.normalize(f, dim=1)
         if f.shape[-2:] != size:
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         pooled.append(f)
@@ -43,16 +60,21 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
         reduced = features @ proj
     else:
         reduced = features
-    reduced = reduced.float().contiguous()
-    sq_norms = (reduced * reduced).sum(dim=1)
+    # features along the rows of a (dim, n) matrix: the per-pick product c @ X then runs 2-3x faster on CPU than
+    # X @ c on the (n, dim) layout (measured at n = 218k, dim 128, one thread: 28 vs 75 ms)
+    columns = reduced.float().t().contiguous()
+    sq_norms = (columns * columns).sum(dim=0)
     # squared distances through |x|^2 - 2 x.c + |c|^2: a matrix-vector product per pick, 10x faster than cdist
     first = int(torch.randint(n, (1,), generator=g))
     selected = [first]
-    min_dist = sq_norms - 2 * (reduced @ reduced[first]) + sq_norms[first]
+    dist = torch.empty(1, n)
+    min_dist = sq_norms - 2 * (columns[:, first] @ columns) + sq_norms[first]
     for _ in tqdm(range(n_select - 1), desc="coreset", leave=False, mininterval=2):
         idx = int(torch.argmax(min_dist))
         selected.append(idx)
-        torch.minimum(min_dist, sq_norms - 2 * (reduced @ reduced[idx]) + sq_norms[idx], out=min_dist)
+        torch.mm(columns[:, idx : idx + 1].t(), columns, out=dist)
+        dist.mul_(-2).add_(sq_norms).add_(sq_norms[idx])
+        torch.minimum(min_dist, dist[0], out=min_dist)
     return torch.tensor(selected)
 
 
@@ -65,6 +87,13 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         blur_sigma: Gaussian blur of the map, in image pixels.
         score_bins: the 11 edges of D3AD's 10-bin histogram of held-out good images' scores, set by
             ``ddad_hub.recipe.fit_d3ad``; empty when D3AD mode is not fitted.
+        cross_fitted: the bank holds the recipe's held-out nominal images too (``ddad_hub.recipe.fit_memory``), so
+            statistics of those images need them left out of it.
+        normalization: how patch features are normalised before distances (:func:`patch_features`); "none" in
+            memories saved before the option existed.
+
+    After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
+    saved: only the recipe that fitted the memory needs it, for cross-fitting).
     """
 
     @register_to_config
@@ -75,9 +104,29 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         image_size: int = 256,
         blur_sigma: float = 4.0,
         score_bins: tuple[float, ...] = (),
+        cross_fitted: bool = False,
+        normalization: str = "none",
     ):
         super().__init__()
         self.register_buffer("bank", torch.zeros(num_patches, feature_dim))
+        self.bank_sources: torch.Tensor | None = None
+        self._active: torch.Tensor | None = None  # boolean mask over the bank while images are left out
+
+    @contextlib.contextmanager
+    def leaving_out(self, image_ids):
+        """Within the block, score against the bank without the patches of the training images ``image_ids``
+        (indices into the images :meth:`fit` was given): nominal images scored there are unseen by the bank."""
+        if self.bank_sources is None:
+            raise RuntimeError("leaving images out needs the bank's sources, known only right after fit()")
+        ids = torch.as_tensor(list(image_ids), dtype=torch.long)
+        active = ~torch.isin(self.bank_sources, ids)
+        if not active.any():
+            raise ValueError("leaving these images out would empty the bank")
+        previous, self._active = self._active, active.to(self.bank.device)
+        try:
+            yield self
+        finally:
+            self._active = previous
 
     @classmethod
     @torch.no_grad()
@@ -91,31 +140,71 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         batch_size: int = 16,
         seed: int = 0,
         max_patches: int | None = None,
+        max_candidates: int | None = None,
+        normalization: str = "none",
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
-        ``max_patches`` caps the bank (and the coreset's cost, linear in its size) for large training sets.
+        The coreset costs one pass over the candidate patches per pick, ``O(candidates x picks)``: ``max_patches``
+        caps the picks (the bank) and ``max_candidates`` the candidates, a random subset of the patches when there
+        are more, so large training sets stay within minutes (see the README's "feature memory" section).
         """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
             x = _resize(images[start : start + batch_size], image_size)
-            f = patch_features(encoder, x)
+            f = patch_features(encoder, x, normalization)
             chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         features = torch.cat(chunks)
         n_keep = max(1, int(coreset_ratio * features.shape[0]))
-        keep = greedy_coreset(features, min(n_keep, max_patches) if max_patches else n_keep, seed=seed)
+        n_keep = min(n_keep, max_patches) if max_patches else n_keep
+        candidates = torch.arange(features.shape[0])
+        if max_candidates and features.shape[0] > max(max_candidates, n_keep):
+            g = torch.Generator().manual_seed(seed)
+            candidates = torch.randperm(features.shape[0], generator=g)[:max_candidates].sort().values
+        keep = candidates[greedy_coreset(features[candidates], n_keep, seed=seed)]
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
-                     blur_sigma=blur_sigma)
+                     blur_sigma=blur_sigma, normalization=normalization)
         memory.bank.copy_(features[keep])
+        patches_per_image = features.shape[0] // images.shape[0]
+        memory.bank_sources = keep // patches_per_image
         return memory.eval()
+
+    @torch.no_grad()
+    def out_of_fold_maps(
+        self,
+        encoder: FeatureEncoder,
+        images: torch.Tensor,
+        folds: int = 5,
+        size: tuple[int, int] | None = None,
+        batch_size: int = 16,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Cross-fitted maps of the images :meth:`fit` was given (same order): image ``i`` of fold ``i % folds``
+        is scored against the bank without any patch of that fold's images.
+
+        Returns the (N, H, W) maps and the folds' image indices. Their statistics stand in for those of unseen
+        nominal images without keeping any image out of the shipped bank.
+        """
+        n = images.shape[0]
+        fold_ids = [torch.arange(k, n, folds) for k in range(min(folds, n))]
+        maps = None
+        for ids in fold_ids:
+            with self.leaving_out(ids.tolist()):
+                for s in range(0, len(ids), batch_size):
+                    idx = ids[s : s + batch_size]
+                    m, _ = self.anomaly_maps(encoder, images[idx], size)
+                    if maps is None:
+                        maps = m.new_empty((n, *m.shape[1:]))
+                    maps[idx] = m
+        return maps, fold_ids
 
     @torch.no_grad()
     def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """(B, h, w) distance of every patch to its nearest bank entry."""
-        f = patch_features(encoder, _resize(images, self.config.image_size))
+        f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization)
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
-        nearest = torch.cat([torch.cdist(flat[i : i + chunk], self.bank).amin(dim=1)
+        bank = self.bank if self._active is None else self.bank[self._active]
+        nearest = torch.cat([torch.cdist(flat[i : i + chunk], bank).amin(dim=1)
                              for i in range(0, flat.shape[0], chunk)])
         return nearest.view(b, h, w)
 

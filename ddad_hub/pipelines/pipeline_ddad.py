@@ -15,7 +15,15 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..anomaly_map import combine_maps, feature_distance, image_scores, latent_distance, pixel_distance, resize_maps
+from ..anomaly_map import (
+    combine_maps,
+    feature_distance,
+    fuse_maps,
+    image_scores,
+    latent_distance,
+    pixel_distance,
+    resize_maps,
+)
 from ..backends import pop_backend
 from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
@@ -40,7 +48,8 @@ class DDADPipelineOutput(BaseOutput):
         reconstructions: the defect-free reconstructions, in ``output_type``.
         is_anomalous: (B,) booleans, ``image_scores > threshold``; ``None`` when the pipeline has no threshold.
         masks: (B, H, W) booleans at map resolution, ``anomaly_maps > threshold``; ``None`` without a threshold.
-        start_steps: (B,) the noise level each image started from (differs per image in D3AD mode).
+        start_steps: (B,) the noise level each image started from (differs per image in D3AD mode; in fused mode,
+            its reconstruction mode's).
         threshold: the threshold the call's mode was calibrated with (``None`` if it was not).
     """
 
@@ -71,9 +80,19 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         threshold: image-score threshold of DDAD mode, calibrated on nominal images only; ``None`` if not calibrated.
         d3ad_threshold: the same for D3AD mode, whose maps differ (other start steps, no noise).
         seed: seed of the per-image noise when no generator is passed, so a given image always gets the same score.
-        mode: "ddad" (fixed start step, noised start) or "d3ad" (per-image start step from the feature memory's
-            first estimate, noise-free scaled start; needs ``feature_memory``).
+        mode: "ddad" (fixed start step, noised start), "d3ad" (per-image start step from the feature memory's
+            first estimate, noise-free scaled start; needs ``feature_memory``) or "fused" (the reconstruction map
+            of ``fused_base`` and the feature memory's nearest-neighbour map, each normalised, then combined).
         d3ad_t_max / d3ad_w / d3ad_eta: D3AD's largest start step, conditioning weight and stochasticity.
+        fused_base: the reconstruction mode ("ddad" or "d3ad") whose map fused mode uses; ``None``: fused mode is
+            not fitted (pipelines saved before it existed).
+        fused_stats: nominal ``[mean, std]`` of the maps, per source ("ddad", "d3ad", "memory"), that fused mode
+            normalises them with; measured on held-out nominal images (the memory's cross-fitted).
+        fused_rule / fused_weight: how the two normalised maps combine (``ddad_hub.anomaly_map.fuse_maps``).
+        fused_threshold: the calibrated image-score threshold of fused mode.
+        memory_at_map_size: the feature memory reads each input resized to the map size, rather than the U-Net's
+            input upsampled (which loses a latent pipeline's detail). ``False`` in pipelines saved before it existed,
+            whose D3AD score bins were fitted that way.
         compute_dtype: "auto" (bf16 autocast where the hardware is fast at it, else fp32), "float32" or
             "bfloat16". The scheduler's arithmetic and the maps are always fp32.
 
@@ -108,6 +127,12 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         compute_dtype: str = "auto",
         vae: AutoencoderKL | None = None,
         d3ad_threshold: float | None = None,
+        fused_base: str | None = None,
+        fused_stats: dict | None = None,
+        fused_rule: str = "sum",
+        fused_weight: float = 0.5,
+        fused_threshold: float | None = None,
+        memory_at_map_size: bool = False,
     ):
         super().__init__()
         unet.eval()  # inference only: a pipeline never trains its components
@@ -123,14 +148,38 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         self.register_to_config(
             v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight, threshold=threshold, seed=seed,
             mode=mode, d3ad_t_max=d3ad_t_max, d3ad_w=d3ad_w, d3ad_eta=d3ad_eta, compute_dtype=compute_dtype,
-            d3ad_threshold=d3ad_threshold,
+            d3ad_threshold=d3ad_threshold, fused_base=fused_base, fused_stats=fused_stats, fused_rule=fused_rule,
+            fused_weight=fused_weight, fused_threshold=fused_threshold, memory_at_map_size=memory_at_map_size,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
 
     def threshold_for(self, mode: str | None = None) -> float | None:
         """The calibrated image-score threshold of ``mode`` (default ``config.mode``); ``None`` if uncalibrated."""
         mode = mode or self.config.mode
-        return self.config.d3ad_threshold if mode == "d3ad" else self.config.threshold
+        thresholds = {"d3ad": self.config.d3ad_threshold, "fused": self.config.fused_threshold}
+        return thresholds.get(mode, self.config.threshold)
+
+    def available_modes(self) -> list[str]:
+        """The modes this pipeline can run: "ddad" always, "d3ad" and "fused" once the recipe fitted them."""
+        modes = ["ddad"]
+        memory = self.feature_memory
+        if memory is not None and memory.config.score_bins:
+            modes.append("d3ad")
+        if memory is not None and self.config.fused_base in modes and self.config.fused_stats:
+            modes.append("fused")
+        return modes
+
+    def check_mode(self, mode: str) -> None:
+        """Raise a ``ValueError`` that says why ``mode`` cannot run on this pipeline."""
+        if mode not in ("ddad", "d3ad", "fused"):
+            raise ValueError(f"mode must be 'ddad', 'd3ad' or 'fused', got {mode!r}")
+        if mode in self.available_modes():
+            return
+        if mode == "d3ad":
+            raise ValueError("D3AD mode needs a fitted feature_memory with score_bins; see ddad_hub.recipe.fit_d3ad")
+        raise ValueError("fused mode is not fitted in this pipeline (it needs a feature_memory, fused_base and "
+                         "fused_stats; pipelines saved before fused mode existed lack them): re-run the recipe with "
+                         "training/finalize.py --pipeline <folder> --output-dir <new folder>")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -144,8 +193,10 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return (self.config.map_size,) * 2 if self.config.map_size else self.sample_size
 
     # ------------------------------------------------------------------ pre-processing
-    def preprocess(self, images: ImageInput) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Images of any size and mode -> a (B, 3, H, W) tensor in [-1, 1] at the U-Net's resolution.
+    def preprocess(
+        self, images: ImageInput, size: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Images of any size and mode -> a (B, 3, H, W) tensor in [-1, 1] at the U-Net's resolution (or ``size``).
 
         Returns the tensor and each input's original (height, width).
         """
@@ -170,7 +221,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                     image = image.float() / 255
                 sizes.extend([tuple(image.shape[-2:])] * image.shape[0])
             items.append(image)
-        h, w = self.sample_size
+        h, w = size or self.sample_size
         tensors = []
         for item in items:
             if isinstance(item, PIL.Image.Image):
@@ -273,22 +324,31 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return images_out
 
     @torch.no_grad()
+    def memory_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature memory's (maps at map resolution, image scores) for images in [-1, 1]."""
+        maps, scores = self.feature_memory.anomaly_maps(self.feature_encoder, self.resize_to_map(images), self.map_hw)
+        return maps.float().cpu(), scores.float().cpu()
+
+    @torch.no_grad()
     def first_estimate(self, images: torch.Tensor) -> torch.Tensor:
         """D3AD's cheap anomaly estimate: the feature memory's image score of each image (in [-1, 1])."""
-        return self.feature_memory.anomaly_maps(self.feature_encoder, self.resize_to_map(images))[1]
+        return self.memory_maps(images)[1]
 
     @torch.no_grad()
     def reconstruct_dynamic(
-        self, images: torch.Tensor, generator=None, autocast_dtype: torch.dtype | None = None
+        self,
+        images: torch.Tensor,
+        generator=None,
+        autocast_dtype: torch.dtype | None = None,
+        first_estimate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """D3AD: each image starts, without noise, from the step its first estimate's histogram bin picks.
 
         Returns the reconstructions, the start steps and ``(z, z_r)`` as :meth:`reconstruct` does. Images sharing
-        a start step are denoised together.
+        a start step are denoised together. ``first_estimate`` passes scores already computed (fused mode).
         """
-        t_hat, skips = dynamic_start_steps(
-            self.first_estimate(images), self.feature_memory.config.score_bins, self.config.d3ad_t_max
-        )
+        scores = self.first_estimate(images) if first_estimate is None else first_estimate
+        t_hat, skips = dynamic_start_steps(scores, self.feature_memory.config.score_bins, self.config.d3ad_t_max)
         generators = self._generators(generator, images.shape[0])
         out = torch.empty_like(images, dtype=torch.float32)
         latents, recon_latents = None, None
@@ -343,6 +403,15 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         """The blurred combined map from the two distances, with this pipeline's ``v`` and calibration."""
         return combine_maps(d_feature, d_pixel, self.config.v, self.config.pixel_weight, self.config.blur_sigma)
 
+    def fuse(self, recon_maps: torch.Tensor, memory_maps: torch.Tensor, base: str | None = None,
+             rule: str | None = None, memory_weight: float | None = None) -> torch.Tensor:
+        """Fused mode's map from maps of reconstruction mode ``base`` and of the memory, with this pipeline's
+        nominal statistics and (unless given) its rule and weight."""
+        stats = self.config.fused_stats
+        base = base or self.config.fused_base
+        return fuse_maps(recon_maps, memory_maps, stats[base], stats["memory"], rule or self.config.fused_rule,
+                         self.config.fused_weight if memory_weight is None else memory_weight)
+
     @torch.no_grad()
     def compute_anomaly_maps(
         self, images: torch.Tensor, reconstructions: torch.Tensor, autocast_dtype: torch.dtype | None = None
@@ -378,17 +447,19 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             output_type: "pil", "np" or "pt" for the reconstructions; maps and scores are numpy unless "pt".
             autocast_dtype: the networks' compute type for this call (``torch.float32`` forces full precision);
                 ``None`` follows ``config.compute_dtype``.
-            mode: "ddad" or "d3ad"; ``None`` takes ``config.mode``. In D3AD mode ``w``, ``start_step``, ``skip``
-                and ``eta`` are ignored: each image's start step comes from the feature memory.
+            mode: "ddad", "d3ad" or "fused" (see :meth:`available_modes`); ``None`` takes ``config.mode``. In D3AD
+                mode ``w``, ``start_step``, ``skip`` and ``eta`` are ignored: each image's start step comes from the
+                feature memory. Fused mode runs its ``fused_base`` mode and the memory and fuses their maps.
         """
         mode = mode or self.config.mode
-        if mode not in ("ddad", "d3ad"):
-            raise ValueError(f"mode must be 'ddad' or 'd3ad', got {mode!r}")
-        if mode == "d3ad" and (self.feature_memory is None or not self.feature_memory.config.score_bins):
-            raise ValueError("D3AD mode needs a fitted feature_memory with score_bins; see ddad_hub.recipe.fit_d3ad")
+        self.check_mode(mode)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         x, sizes = self.preprocess(image)
+        uses_memory = mode != "ddad"
+        x_map = x
+        if uses_memory and self.config.memory_at_map_size and self.map_hw != self.sample_size:
+            x_map = self.preprocess(image, size=self.map_hw)[0]
         if isinstance(generator, list) and len(generator) != x.shape[0]:
             raise ValueError(f"got {len(generator)} generators for {x.shape[0]} images")
         generators = self._generators(generator, x.shape[0])
@@ -397,13 +468,16 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start : start + batch_size]
             gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
-            if mode == "d3ad":
-                r, t_hat, latents = self.reconstruct_dynamic(chunk, gen, autocast_dtype)
+            recon_mode = self.config.fused_base if mode == "fused" else mode
+            memory_maps, first = self.memory_maps(x_map[start : start + batch_size]) if uses_memory else (None, None)
+            if recon_mode == "d3ad":
+                r, t_hat, latents = self.reconstruct_dynamic(chunk, gen, autocast_dtype, first_estimate=first)
             else:
                 r, latents = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
                                               autocast_dtype=autocast_dtype, return_latents=True)
                 t_hat = torch.full((chunk.shape[0],), self.scheduler.start_step)
-            maps.append(self.combine(*self.compute_distances(chunk, r, autocast_dtype, latents)))
+            chunk_maps = self.combine(*self.compute_distances(chunk, r, autocast_dtype, latents)).float().cpu()
+            maps.append(self.fuse(chunk_maps, memory_maps) if mode == "fused" else chunk_maps)
             recons.append(r)
             starts.append(t_hat)
         start_steps = torch.cat(starts)

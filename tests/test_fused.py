@@ -1,0 +1,179 @@
+"""Fused mode (reconstruction map + nearest-neighbour memory map) and the cross-fitted feature memory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+
+from ddad_hub import DDADPipeline
+from ddad_hub.anomaly_map import fuse_maps, map_statistics, normalize_map
+from ddad_hub.models.feature_memory import FeatureMemory, greedy_coreset
+from ddad_hub.recipe import fit_d3ad, fit_fused
+
+EMBEDDED_PIXEL = Path(__file__).resolve().parents[1] / "models" / "ddad-transistor-cpu"
+
+
+def _nominal(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Smooth grey parts with a little noise, in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(-0.6, 0.2, size).view(1, 1, 1, size).expand(n, 3, size, size)
+    return (base + 0.03 * torch.randn(n, 3, size, size, generator=g)).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def fused_pipe():
+    """A tiny pipeline through the recipe's memory, D3AD and fused fits (random networks, 64 px maps)."""
+    pipe = make_tiny_pipeline(threshold=0.5)
+    train, held = _nominal(8, seed=1), _nominal(6, seed=2)
+    d3ad = fit_d3ad(pipe, train, held, coreset_ratio=0.2, t_max_grid=[80], folds=4)
+    with pipe.feature_memory.leaving_out(d3ad["memory"]["held_out_ids"]):
+        fused = fit_fused(pipe, held, d3ad["memory"]["stats"], weights=(0.3, 0.5))
+    return pipe, d3ad, fused
+
+
+def _copy(pipe: DDADPipeline) -> DDADPipeline:
+    """Another pipeline on the same components, whose config a test may change."""
+    config = {k: v for k, v in pipe.config.items() if not k.startswith("_") and k not in pipe.components}
+    copy = DDADPipeline(**pipe.components, **config)
+    copy.set_progress_bar_config(disable=True)
+    return copy
+
+
+def test_fused_map_of_agreeing_parts_equals_their_normalised_map(fused_pipe, monkeypatch):
+    pipe = _copy(fused_pipe[0])
+    pipe.register_to_config(fused_base="ddad")
+    images = _nominal(2, seed=5)
+    images[1, :, 20:36, 20:36] = 0.9
+    recon = torch.from_numpy(pipe(images, output_type="np", mode="ddad").anomaly_maps)
+    r_stats = map_statistics(recon)
+    # a memory whose map is an affine copy of the reconstruction map: the same map in other units
+    a, b = 3.0, 7.0
+    monkeypatch.setattr(pipe, "memory_maps", lambda x: (a * recon + b, (a * recon + b).flatten(1).amax(1)))
+    stats = {**pipe.config.fused_stats, "ddad": r_stats, "memory": [a * r_stats[0] + b, a * r_stats[1]]}
+    pipe.register_to_config(fused_stats=stats)
+    expected = normalize_map(recon, r_stats)
+    for rule, weight in (("sum", 0.5), ("sum", 0.2), ("max", 0.5)):
+        pipe.register_to_config(fused_rule=rule, fused_weight=weight)
+        fused = pipe(images, output_type="pt", mode="fused")
+        torch.testing.assert_close(fused.anomaly_maps, expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(fused.image_scores, fused.anomaly_maps.flatten(1).amax(1))
+
+
+def test_fuse_maps_rules():
+    r, m = torch.tensor([[[0.0, 2.0]]]), torch.tensor([[[4.0, 0.0]]])
+    assert torch.equal(fuse_maps(r, m, [0.0, 1.0], [0.0, 2.0], "sum", 0.25), torch.tensor([[[0.5, 1.5]]]))
+    assert torch.equal(fuse_maps(r, m, [0.0, 1.0], [0.0, 2.0], "max"), torch.tensor([[[2.0, 2.0]]]))
+    with pytest.raises(ValueError, match="rule"):
+        fuse_maps(r, m, [0.0, 1.0], [0.0, 1.0], "product")
+
+
+def test_recipe_fits_fused_and_the_statistics_round_trip(fused_pipe, tmp_path):
+    pipe, d3ad, fused = fused_pipe
+    pipe = _copy(pipe)
+    assert pipe.available_modes() == ["ddad", "d3ad", "fused"]
+    assert fused["best"]["base"] in ("ddad", "d3ad") and pipe.config.fused_threshold is not None
+    assert set(pipe.config.fused_stats) == {"ddad", "d3ad", "memory"}
+    assert d3ad["memory"]["images"] == 14 and pipe.feature_memory.config.cross_fitted  # held-out images in the bank
+    images = _nominal(2, seed=9)
+    images[0, :, 10:30, 30:50] = -1.0
+    before = pipe(images, output_type="np", mode="fused")
+    pipe.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "model_index.json").read_text())
+    assert saved["fused_stats"] == {k: list(v) for k, v in pipe.config.fused_stats.items()}
+    loaded = DDADPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    for key in ("fused_base", "fused_rule", "fused_weight", "fused_threshold", "memory_at_map_size"):
+        assert loaded.config[key] == pipe.config[key], key
+    assert {k: list(v) for k, v in loaded.config.fused_stats.items()} == saved["fused_stats"]
+    after = loaded(images, output_type="np", mode="fused")
+    np.testing.assert_array_equal(before.anomaly_maps, after.anomaly_maps)
+    assert after.threshold == pipe.config.fused_threshold
+    # the fused map is the fusion of its two parts' maps, as evaluate.py computes it
+    base = loaded(images, output_type="pt", mode=loaded.config.fused_base).anomaly_maps
+    memory = loaded.memory_maps(loaded.resize_to_map(images))[0]
+    torch.testing.assert_close(torch.from_numpy(after.anomaly_maps), loaded.fuse(base, memory), rtol=0, atol=1e-6)
+
+
+def _strip_fused_keys(folder: Path) -> None:
+    index = json.loads((folder / "model_index.json").read_text())
+    for key in ("fused_base", "fused_stats", "fused_rule", "fused_weight", "fused_threshold", "memory_at_map_size"):
+        index.pop(key, None)
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
+def test_a_pipeline_saved_before_fused_mode_loads_runs_and_says_fused_is_unavailable(fused_pipe, tmp_path):
+    pipe, _, _ = fused_pipe
+    pipe.save_pretrained(tmp_path)
+    _strip_fused_keys(tmp_path)  # model_index.json as it was written before fused mode existed
+    old = DDADPipeline.from_pretrained(tmp_path)
+    old.set_progress_bar_config(disable=True)
+    assert old.available_modes() == ["ddad", "d3ad"] and old.config.memory_at_map_size is False
+    out = old(_nominal(1), output_type="np", mode="d3ad")
+    assert np.isfinite(out.anomaly_maps).all()
+    with pytest.raises(ValueError, match="fused mode is not fitted"):
+        old(_nominal(1), mode="fused")
+
+
+@pytest.mark.skipif(not EMBEDDED_PIXEL.is_dir(), reason="the embedded pixel model is not in this checkout")
+def test_the_embedded_pixel_model_as_saved_still_loads_and_runs(tmp_path):
+    folder = shutil.copytree(EMBEDDED_PIXEL, tmp_path / "old")
+    _strip_fused_keys(folder)
+    pipe = DDADPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert "fused" not in pipe.available_modes()
+    out = pipe(_nominal(1, size=64), output_type="np", mode=pipe.available_modes()[-1])
+    assert out.anomaly_maps.shape[0] == 1 and np.isfinite(out.image_scores).all()
+    with pytest.raises(ValueError, match="finalize.py"):
+        pipe(_nominal(1, size=64), mode="fused")
+
+
+def test_cross_fitting_leaves_each_image_out_of_the_bank_it_is_scored_against():
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = _nominal(6, seed=3)
+    images[4, :, 16:48, 16:48] = 0.95  # seen by the bank only through image 4
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=1.0, image_size=64)
+    assert memory.bank_sources.tolist() == sorted(memory.bank_sources.tolist())  # every patch, in image order
+    maps, folds = memory.out_of_fold_maps(encoder, images, folds=3)
+    assert [f.tolist() for f in folds] == [[0, 3], [1, 4], [2, 5]]
+    in_bank, _ = memory.anomaly_maps(encoder, images)
+    assert float(in_bank.abs().max()) < 1e-2  # scored against a bank holding its own patches: ~0
+    assert float(maps[4, 24:40, 24:40].mean()) > 10 * float(maps[[0, 1, 2, 3, 5]].mean())
+    with memory.leaving_out([1, 4]):  # what out_of_fold_maps did for image 4's fold
+        assert not torch.isin(memory.bank_sources[memory._active], torch.tensor([1, 4])).any()
+        torch.testing.assert_close(memory.anomaly_maps(encoder, images[[4]])[0][0], maps[4])
+    assert memory._active is None
+    with pytest.raises(ValueError, match="empty"), memory.leaving_out(range(6)):
+        pass
+
+
+def test_fast_coreset_picks_what_the_plain_greedy_rule_picks():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=g)
+    picked = greedy_coreset(x, 20).tolist()
+    expected = [picked[0]]
+    for _ in range(19):  # farthest point from those already picked, by exact distances
+        expected.append(int(torch.cdist(x, x[expected]).amin(1).argmax()))
+    assert picked == expected
+
+
+def test_capped_candidates_keep_bank_sources_right():
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+    from ddad_hub.models.feature_memory import patch_features
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = _nominal(4, seed=6)
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.25, image_size=64, max_candidates=100)
+    assert memory.bank.shape[0] == 64  # 25% of 4 x 8 x 8 patches, picked among 100 random candidates
+    feats = patch_features(encoder, images).permute(0, 2, 3, 1).reshape(4, 64, -1)
+    for entry, source in zip(memory.bank, memory.bank_sources.tolist()):
+        assert torch.cdist(entry[None], feats[source]).min() < 1e-4  # the entry is a patch of its source image
