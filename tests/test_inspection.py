@@ -47,8 +47,10 @@ def test_extract_zip_keeps_images_and_refuses_escapes_and_bombs(tmp_path, monkey
     monkeypatch.setattr(inspection, "MAX_ZIP_BYTES", 1_000_000)
     with pytest.raises(ValueError, match="would expand"):
         inspection.extract_zip(bomb, tmp_path / "out3")
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(_png(tmp_path / "fake.png").read_bytes())
     with pytest.raises(ValueError, match="not a zip archive"):
-        inspection.extract_zip(_png(tmp_path / "fake.zip"), tmp_path / "out4")
+        inspection.extract_zip(fake, tmp_path / "out4")
 
 
 def test_rows_verdicts_and_csv(tmp_path):
