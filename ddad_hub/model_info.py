@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+from .metrics import METRICS
 
 
 def find_pipelines(folder: str | os.PathLike) -> list[Path]:
