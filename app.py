@@ -145,7 +145,8 @@ class Inspector:
                     picture = anomaly_picture(item.image, item.anomaly_map, threshold, colour=(255, 0, 0))
                     flagged.append((picture, f"{item.row.file}: {item.row.score:.3f}"))
             seconds = time.perf_counter() - began
-        table = [[r.file, r.score, r.verdict, r.start_step, r.error] for r in rows]
+        table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict, r.start_step, r.error]
+                 for r in rows]
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="ddad-csv-")) / "scores.csv")
         scored = sum(r.score is not None for r in rows)
         unread = len(rows) - scored
@@ -261,14 +262,14 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                             "test images, CC BY-NC-SA 4.0)")
         with gr.Tab("Many images"):
             batch_files = gr.File(label="Images, or a zip of a folder of images", file_count="multiple",
-                                  file_types=["image", ".zip"], type="filepath", elem_id="batch-input")
+                                  file_types=["image", ".zip"], type="filepath", elem_id="batch-input", height=240)
             batch_button = gr.Button("Score all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary")
             table = gr.Dataframe(headers=TABLE_COLUMNS, datatype=["str", "number", "str", "number", "str"],
                                  interactive=False, label="scores (click a column to sort)", elem_id="batch-table")
             with gr.Row():
-                gallery = gr.Gallery(label="flagged defective", columns=5, height=320, scale=3)
-                csv_file = gr.File(label="CSV", scale=1)
+                gallery = gr.Gallery(label="flagged defective", columns=5, height=320, scale=3, elem_id="batch-gallery")
+                csv_file = gr.File(label="CSV", scale=1, elem_id="batch-csv")
 
         def analyze(upload, w, start, skip, mode, model):
             return shelf.get(model).analyze(upload, w, start, skip, mode)
