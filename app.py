@@ -75,7 +75,7 @@ class Inspector:
 
     def settings(self) -> dict[str, float]:
         """The scheduler's w, start step and skip (the advanced settings' starting values)."""
-        sched = self.pipe.scheduler.config
+        sched = getattr(getattr(self.pipe, "scheduler", None), "config", None)
         return {"w": float(getattr(sched, "w", 0.0) or 0.0), "start_step": int(getattr(sched, "start_step", 250)),
                 "skip": int(getattr(sched, "skip", 25))}
 
@@ -137,10 +137,10 @@ class Inspector:
                 raise gr.Error("No images found in the upload (PNG, JPEG, BMP or TIFF, or a zip of them).")
             report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
             began = time.perf_counter()
-            rows, flagged = list(problems), []
-            threshold = self.pipe.threshold_for(mode)
+            rows, flagged, threshold = list(problems), [], None
             for item in inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode):
                 rows.append(item.row)
+                threshold = item.threshold if item.image is not None else threshold
                 if item.row.verdict == "defective":
                     picture = anomaly_picture(item.image, item.anomaly_map, threshold, colour=(255, 0, 0))
                     flagged.append((picture, f"{item.row.file}: {item.row.score:.3f}"))
@@ -152,7 +152,7 @@ class Inspector:
         unread = len(rows) - scored
         summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
                    + (f"**{len(flagged)} flagged defective** (threshold {threshold:.4f})" if threshold is not None
-                      else "no verdicts: this model has no calibrated threshold")
+                      else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
                    + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else ""))
         return table, flagged, str(csv_path), summary
 

@@ -50,6 +50,7 @@ class Inspected:
     row: InspectionRow
     image: Image.Image | None = None
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    threshold: float | None = None  # the one the verdict was made with
 
 
 def verdict(score: float, threshold: float | None) -> str:
@@ -109,7 +110,6 @@ def inspect_files(
     names = [str(f) for f in files] if names is None else list(names)
     if len(names) != len(files):
         raise ValueError(f"{len(names)} names for {len(files)} files")
-    threshold = pipe.threshold_for(call_kwargs.get("mode"))
     total = len(files)
     for start in range(0, total, batch_size):
         loaded: list[tuple[str, Image.Image]] = []
@@ -119,7 +119,7 @@ def inspect_files(
                 loaded.append((names[i], open_image(files[i])))
             except ImageLoadError as err:
                 failed[i] = Inspected(InspectionRow(names[i], error=str(err)))
-        results = iter(())
+        results, threshold = iter(()), None
         if loaded:
             out = pipe([image for _, image in loaded], output_type="np", batch_size=batch_size, **call_kwargs)
             threshold = out.threshold
@@ -130,7 +130,7 @@ def inspect_files(
                 continue
             (name, image), score, full, step = next(results)
             score = float(score)
-            yield Inspected(InspectionRow(name, score, verdict(score, threshold), int(step)), image, full)
+            yield Inspected(InspectionRow(name, score, verdict(score, threshold), int(step)), image, full, threshold)
         if progress is not None:
             progress(min(start + batch_size, total), total)
 

@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
     pipe = load_pipeline(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    threshold = pipe.threshold_for(args.mode)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
         if item.image is not None:
             rel = Path(item.row.file).relative_to(root).with_suffix("")
             target = out / f"{str(rel).replace('/', '__')}_map.png"
-            anomaly_picture(item.image, item.anomaly_map, threshold).save(target)
+            anomaly_picture(item.image, item.anomaly_map, item.threshold).save(target)
     bar.close()
     write_csv(rows, out / "scores.csv")
     print(f"{len(rows)} rows written to {out / 'scores.csv'}")
