@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the models with PyTorch (default) or OpenVINO")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--threads", type=int, default=int(os.environ.get("DDAD_THREADS", "0")),
-                   help="torch threads (default: every core of the machine)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("DDAD_THREADS", "1")),
+                   help="torch threads (default 1, so the server does not fight other work; 0: torch's choice)")
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("DDAD_CONCURRENCY", "1")),
                    help="requests processed at once; others wait in the queue")
     args = p.parse_args(argv)
