@@ -63,7 +63,8 @@ def _parts(tmp_path: Path, n: int) -> list[Path]:
 
 
 def test_image_input_previews_and_shows_heatmap_and_score(page, tmp_path):
-    image = _parts(tmp_path, 3)[2]  # a defective example where present
+    parts = _parts(tmp_path, 6)
+    image = next((p for p in parts if "misplaced" in p.name), parts[0])  # a defective example where present
     page.locator("#image-input input[type=file]").set_input_files(str(image))
     preview = page.locator("#image-input img").first
     preview.wait_for(timeout=30_000)  # the image input shows the picture, not a file name
