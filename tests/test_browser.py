@@ -31,7 +31,7 @@ def _free_port() -> int:
 def page(tiny_pipeline_dir):
     """The demo (embedded model when present) open in headless Chromium."""
     model = app.DEFAULT_MODEL if app.DEFAULT_MODEL.is_dir() else tiny_pipeline_dir
-    demo = app.build_demo(app.ModelShelf({Path(model).name: str(model)}))
+    demo = app.build_demo(app.ModelShelf({Path(model).name: str(model), "tiny": str(tiny_pipeline_dir)}))
     demo.queue(default_concurrency_limit=1)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size=app.MAX_UPLOAD)
@@ -107,3 +107,21 @@ def test_batch_tab_shows_table_gallery_and_csv(page, tmp_path):
     page.locator("#batch-csv").get_by_text("scores").wait_for(timeout=30_000)  # the CSV to download
     if os.environ.get("DDAD_SCREENSHOT"):
         page.screenshot(path=os.environ["DDAD_SCREENSHOT"].replace(".png", "_batch.png"), full_page=True)
+
+
+def test_a_broken_file_in_the_image_input_gets_the_message(page, tmp_path):
+    page.get_by_role("tab", name="One image").click()
+    broken = tmp_path / "notes.png"
+    broken.write_bytes(b"this is text, not a picture")
+    page.locator("#image-input input[type=file]").set_input_files(str(broken))
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Find defects").click()
+    page.get_by_text("not an image").first.wait_for(timeout=60_000)  # gradio's error message, from open_image
+
+
+def test_choosing_another_model_shows_its_card_and_modes(page):
+    info = page.locator("#model-info")
+    page.get_by_label("model", exact=True).click()
+    page.get_by_role("option", name="tiny").click()
+    info.get_by_text("not recorded").wait_for(timeout=60_000)  # the tiny random model has no training_info.json
+    assert page.get_by_role("radio", name="d3ad").count() == 0  # no feature memory: DDAD only
