@@ -23,7 +23,7 @@ import torch
 
 import ddad_hub
 from ddad_hub import ImageLoadError, open_image
-from ddad_hub.inspection import anomaly_picture, extract_zip, inspect_files, write_csv
+from ddad_hub.inspection import InspectionRow, anomaly_picture, extract_zip, inspect_files, write_csv
 from ddad_hub.model_info import describe, find_pipelines
 from ddad_hub.visualize import outline, overlay
 
@@ -159,8 +159,6 @@ class Inspector:
 
 def _expand_uploads(uploads: list, scratch: Path):
     """Uploaded files -> (image files, their shown names, rows for uploads that failed); zips are extracted."""
-    from ddad_hub.inspection import InspectionRow
-
     files, names, problems = [], [], []
     for k, upload in enumerate(uploads):
         path = Path(_upload_path(upload))

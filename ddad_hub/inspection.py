@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,7 +75,13 @@ def extract_zip(archive: str | os.PathLike, target: str | os.PathLike) -> list[P
     name = os.path.basename(os.fspath(archive))
     if not zipfile.is_zipfile(archive):
         raise ValueError(f"{name} is not a zip archive")
-    target = Path(target)
+    try:
+        return _extract_images(archive, Path(target), name)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ValueError(f"{name} is a damaged zip archive ({err})") from err
+
+
+def _extract_images(archive: str | os.PathLike, target: Path, name: str) -> list[Path]:
     with zipfile.ZipFile(archive) as zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
         if len(members) > MAX_ZIP_FILES:

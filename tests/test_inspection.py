@@ -47,6 +47,11 @@ def test_extract_zip_keeps_images_and_refuses_escapes_and_bombs(tmp_path, monkey
     monkeypatch.setattr(inspection, "MAX_ZIP_BYTES", 1_000_000)
     with pytest.raises(ValueError, match="would expand"):
         inspection.extract_zip(bomb, tmp_path / "out3")
+    damaged = tmp_path / "damaged.zip"
+    data = good.read_bytes()
+    damaged.write_bytes(data[:40] + bytes(len(data) - 80) + data[-40:])  # members gone, directory kept
+    with pytest.raises(ValueError, match="damaged zip"):
+        inspection.extract_zip(damaged, tmp_path / "out5")
     fake = tmp_path / "fake.zip"
     fake.write_bytes(_png(tmp_path / "fake.png").read_bytes())
     with pytest.raises(ValueError, match="not a zip archive"):
