@@ -62,7 +62,8 @@ class Inspector:
 
     def __init__(self, pipe):
         self.pipe = pipe
-        self.pipe.set_progress_bar_config(disable=True)
+        if hasattr(pipe, "set_progress_bar_config"):  # diffusers pipelines; a backend's wrapper may have none
+            pipe.set_progress_bar_config(disable=True)
         self.has_memory = getattr(pipe, "feature_memory", None) is not None
         available = getattr(pipe, "available_modes", None)
         self.modes = list(available()) if callable(available) else ["ddad"] + (["d3ad"] if self.has_memory else [])
