@@ -1,7 +1,8 @@
-"""ddad-hub demo: upload a picture of a part and see where the defect is.
+"""ddad-hub demo: upload a picture of a part (or many) and see where the defect is.
 
-    python app.py                              # the embedded latent transistor model, http://127.0.0.1:7860
-    python app.py --model path/or/hub-repo-id  # another DDADPipeline (also: DDAD_MODEL=...)
+    python app.py                              # the embedded models, http://127.0.0.1:7860
+    python app.py --model path/or/hub-repo-id  # add a pipeline to the drop-down, chosen first (also: DDAD_MODEL=...)
+    python app.py --model a --model b          # several; --backend openvino runs them through OpenVINO
 
 Runs as a Hugging Face Space too (see the README's front matter). Bad uploads get a message; the app keeps serving.
 """
@@ -9,7 +10,10 @@ Runs as a Hugging Face Space too (see the README's front matter). Bad uploads ge
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,40 +21,86 @@ import gradio as gr
 import numpy as np
 import torch
 
-from ddad_hub import DDADPipeline, ImageLoadError, open_image
+import ddad_hub
+from ddad_hub import ImageLoadError, open_image
+from ddad_hub.inspection import InspectionRow, anomaly_picture, extract_zip, inspect_files, write_csv
+from ddad_hub.model_info import describe, find_pipelines
 from ddad_hub.visualize import outline, overlay
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MODEL = HERE / "models" / "ddad-transistor-cpu-latent"
+MODELS_DIR = HERE / "models"
+DEFAULT_MODEL = MODELS_DIR / "ddad-transistor-cpu-latent"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
-MAX_UPLOAD = "25mb"
+MAX_UPLOAD = "100mb"  # per file; a zip of a folder counts as one
+BATCH_SIZE = 10  # images the batch tab reconstructs at once
+MAX_BATCH_FILES = 1000  # images one batch request may hold (zips counted by their contents)
+TABLE_COLUMNS = ["file", "score", "verdict", "start step", "error"]
+
+
+def load_pipeline(model: str | os.PathLike, backend: str = "pytorch"):
+    """``ddad_hub.load_pipeline`` with a clear exit when the embedded default model is missing."""
+    model = str(model)
+    if model == str(DEFAULT_MODEL) and not DEFAULT_MODEL.is_dir():
+        raise SystemExit(f"the embedded model is missing ({DEFAULT_MODEL}); pass --model <folder or Hub repo id>")
+    return ddad_hub.load_pipeline(model, **({} if backend == "pytorch" else {"backend": backend}))
+
+
+def _upload_path(upload) -> str | bytes:
+    """The file behind an input value: a path, gradio's file payload (a dict), or a base64 data URL's bytes."""
+    if isinstance(upload, str | os.PathLike):
+        return os.fspath(upload)
+    url = upload.get("url") or ""
+    if not upload.get("path") and url.startswith("data:"):
+        import base64
+
+        return base64.b64decode(url.split(",", 1)[-1])
+    return upload["path"]
 
 
 class Inspector:
-    """Holds one pipeline and turns an uploaded file into the pictures and numbers the page shows."""
+    """Holds one pipeline and turns uploads into the pictures, tables and numbers the page shows."""
 
-    def __init__(self, pipe: DDADPipeline):
+    def __init__(self, pipe):
         self.pipe = pipe
-        self.pipe.set_progress_bar_config(disable=True)
-        self.has_memory = pipe.feature_memory is not None
-        self.modes = pipe.available_modes()
+        if hasattr(pipe, "set_progress_bar_config"):  # diffusers pipelines; a backend's wrapper may have none
+            pipe.set_progress_bar_config(disable=True)
+        self.has_memory = getattr(pipe, "feature_memory", None) is not None
+        available = getattr(pipe, "available_modes", None)
+        self.modes = list(available()) if callable(available) else ["ddad"] + (["d3ad"] if self.has_memory else [])
+        self._accepts = set(inspect.signature(pipe.__call__).parameters)
 
-    def analyze(self, file, w: float, start_step: float, skip: float, mode: str = "ddad"):
+    @property
+    def default_mode(self) -> str:
+        mode = getattr(self.pipe.config, "mode", None)
+        return mode if mode in self.modes else self.modes[0]
+
+    def settings(self) -> dict[str, float]:
+        """The scheduler's w, start step and skip (the advanced settings' starting values)."""
+        sched = getattr(getattr(self.pipe, "scheduler", None), "config", None)
+        return {"w": float(getattr(sched, "w", 0.0) or 0.0), "start_step": int(getattr(sched, "start_step", 250)),
+                "skip": int(getattr(sched, "skip", 25))}
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in self.modes:
+            raise gr.Error(f"{str(mode).upper()} mode is not available with this model; it offers "
+                           f"{', '.join(m.upper() for m in self.modes)}.")
+
+    def analyze(self, upload, w: float, start_step: float, skip: float, mode: str = "ddad"):
         """Score one image. Returns input, reconstruction, heat-map overlay, defect outline, summary, details."""
-        if file is None:
+        if upload is None:
             raise gr.Error("Upload an image first (PNG, JPEG, BMP or TIFF).")
-        path = file if isinstance(file, str) else getattr(file, "name", None) or file["path"]
         try:
-            image = open_image(path)
+            image = open_image(_upload_path(upload))
         except ImageLoadError as err:
             raise gr.Error(f"Could not read that file: {err}") from err
-        if mode not in self.modes:
-            raise gr.Error(f"This model has no {mode.upper()} mode; it offers {', '.join(self.modes)}.")
+        self._check_mode(mode)
         start_step, skip = int(start_step), int(skip)
         if not 0 < skip <= start_step:
             raise gr.Error(f"skip ({skip}) must be between 1 and the start step ({start_step}).")
+        settings = {k: v for k, v in {"w": float(w), "start_step": start_step, "skip": skip}.items()
+                    if k in self._accepts}
         began = time.perf_counter()
-        out = self.pipe(image, w=float(w), start_step=start_step, skip=skip, mode=mode, output_type="pil")
+        out = self.pipe(image, mode=mode, output_type="pil", **settings)
         seconds = time.perf_counter() - began
         threshold = out.threshold  # the one calibrated for this mode
 
@@ -62,8 +112,7 @@ class Inspector:
         if threshold is None:
             verdict, mask_view = "not calibrated (this model has no threshold)", view
         else:
-            defective = score > threshold
-            verdict = "DEFECTIVE" if defective else "good"
+            verdict = "DEFECTIVE" if score > threshold else "good"
             mask_view = outline(view, amap > threshold, colour=(255, 0, 0))
         start_used = int(out.start_steps[0])
         shown_threshold = "none" if threshold is None else f"{threshold:.4f}"
@@ -76,9 +125,105 @@ class Inspector:
                    "mode": mode, "start_step": start_used, "image_size": list(image.size)}
         return image, out.reconstructions[0].resize(view.size), heat, mask_view, summary, details
 
+    def analyze_batch(self, uploads: list | None, mode: str, progress=None):
+        """Score many images (or zips of them). Returns the table, the flagged images, a CSV and a summary."""
+        if not uploads:
+            raise gr.Error("Upload one or more images, or a zip of a folder of images.")
+        self._check_mode(mode)
+        with tempfile.TemporaryDirectory(prefix="ddad-batch-") as scratch:
+            files, names, problems = _expand_uploads(uploads, Path(scratch))
+            if len(files) > MAX_BATCH_FILES:
+                raise gr.Error(f"{len(files)} images is more than the {MAX_BATCH_FILES} one batch takes; split it.")
+            if not files and not problems:
+                raise gr.Error("No images found in the upload (PNG, JPEG, BMP or TIFF, or a zip of them).")
+            report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
+            began = time.perf_counter()
+            rows, flagged, threshold = list(problems), [], None
+            for item in inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode):
+                rows.append(item.row)
+                threshold = item.threshold if item.image is not None else threshold
+                if item.row.verdict == "defective":
+                    picture = anomaly_picture(item.image, item.anomaly_map, threshold, colour=(255, 0, 0))
+                    flagged.append((picture, f"{item.row.file}: {item.row.score:.3f}"))
+            seconds = time.perf_counter() - began
+        table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict, r.start_step, r.error]
+                 for r in rows]
+        csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="ddad-csv-")) / "scores.csv")
+        scored = sum(r.score is not None for r in rows)
+        unread = len(rows) - scored
+        summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
+                   + (f"**{len(flagged)} flagged defective** (threshold {threshold:.4f})" if threshold is not None
+                      else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
+                   + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else ""))
+        return table, flagged, str(csv_path), summary
 
-def build_demo(inspector: Inspector) -> gr.Blocks:
-    sched = inspector.pipe.scheduler.config
+
+def _expand_uploads(uploads: list, scratch: Path):
+    """Uploaded files -> (image files, their shown names, rows for uploads that failed); zips are extracted."""
+    files, names, problems = [], [], []
+    for k, upload in enumerate(uploads):
+        path = Path(_upload_path(upload))
+        if path.suffix.lower() == ".zip":
+            target = scratch / f"{k}"
+            try:
+                found = extract_zip(path, target)
+            except (ValueError, OSError) as err:
+                problems.append(InspectionRow(path.name, error=str(err)))
+                continue
+            files += found
+            names += [f"{path.name}/{f.relative_to(target)}" for f in found]
+        else:
+            files.append(path)
+            names.append(path.name)
+    return files, names, problems
+
+
+class ModelShelf:
+    """The drop-down's models by name: each loaded on first use and kept."""
+
+    def __init__(self, sources: dict[str, str], default: str | None = None, backend: str = "pytorch"):
+        if not sources:
+            raise SystemExit("no models: models/ holds no pipeline folder and no --model was given")
+        self.sources = dict(sources)
+        self.default = default if default in self.sources else next(iter(self.sources))
+        self.backend = backend
+        self._loaded: dict[str, Inspector] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_args(cls, extra: list[str] | None, backend: str = "pytorch") -> ModelShelf:
+        """The embedded models under ``models/`` plus each ``--model``; the first ``--model`` is the default."""
+        sources = {p.name: str(p) for p in find_pipelines(MODELS_DIR)}
+        for model in extra or []:
+            sources[Path(model).name if os.path.isdir(model) else model] = model
+        default = Path(extra[0]).name if extra and os.path.isdir(extra[0]) else (extra[0] if extra else None)
+        return cls(sources, default or (DEFAULT_MODEL.name if DEFAULT_MODEL.is_dir() else None), backend)
+
+    def get(self, name: str | None) -> Inspector:
+        name = name or self.default
+        if name not in self.sources:
+            raise gr.Error(f"unknown model {name!r}; choose one of {', '.join(self.sources)}")
+        with self._lock:
+            if name not in self._loaded:
+                try:
+                    self._loaded[name] = Inspector(load_pipeline(self.sources[name], self.backend))
+                except (OSError, ValueError) as err:
+                    raise gr.Error(f"could not load {name}: {err}") from err
+            return self._loaded[name]
+
+    def describe(self, name: str | None) -> str:
+        name = name or self.default
+        source = self.sources.get(name, "")
+        where = source if os.path.isdir(source) else None
+        if where is None and name in self._loaded:  # a Hub id: its downloaded snapshot
+            folder = getattr(self._loaded[name].pipe, "name_or_path", None)
+            where = folder if folder and os.path.isdir(folder) else None
+        return describe(where) if where else f"`{source}` (Hub repository: its card is shown once it is loaded)"
+
+
+def build_demo(shelf: ModelShelf) -> gr.Blocks:
+    first = shelf.get(shelf.default)
+    settings = first.settings()
     with gr.Blocks(title="ddad-hub: find the defect") as demo:
         gr.Markdown(
             "# ddad-hub: find the defect\n"
@@ -86,31 +231,64 @@ def build_demo(inspector: Inspector) -> gr.Blocks:
             "would look; where the picture and the rebuild differ is the defect (DDAD)."
         )
         with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(label="Image", file_types=["image"], type="filepath")
-                with gr.Accordion("Advanced settings", open=False):
-                    mode = gr.Radio(inspector.modes, value=inspector.pipe.config.mode, label="mode",
-                                    info="D3AD picks the noise level per image; fused adds the nearest-neighbour "
-                                    "memory's map" if inspector.has_memory else "D3AD needs a feature memory")
-                    w = gr.Slider(0, 12, value=float(sched.w), step=0.5, label="conditioning weight w")
-                    start = gr.Slider(10, 900, value=int(sched.start_step), step=10, label="start step")
-                    skip = gr.Slider(1, 100, value=int(sched.skip), step=1, label="skip")
-                button = gr.Button("Find defects", variant="primary")
-                summary = gr.Markdown(elem_id="summary")
-                details = gr.JSON(label="details", visible=False)
-            with gr.Column(scale=2):
-                with gr.Row():
-                    shown = gr.Image(label="input", type="pil", interactive=False, height=280)
-                    recon = gr.Image(label="reconstruction", type="pil", interactive=False, height=280)
-                with gr.Row():
-                    heat = gr.Image(label="anomaly map", type="pil", interactive=False, elem_id="heatmap", height=280)
-                    mask = gr.Image(label="predicted defect", type="pil", interactive=False, height=280)
-        outputs = [shown, recon, heat, mask, summary, details]
-        inputs = [upload, w, start, skip, mode]
-        button.click(inspector.analyze, inputs, outputs, api_name="analyze")
-        if EXAMPLES:
-            gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload], label="Examples (MVTec AD transistor test "
-                        "images, CC BY-NC-SA 4.0)")
+            model = gr.Dropdown(list(shelf.sources), value=shelf.default, label="model", scale=1,
+                                info="loaded on first use")
+            mode = gr.Radio(first.modes, value=first.default_mode, label="mode", scale=1,
+                            info="D3AD picks the noise level per image from the feature memory")
+            model_info = gr.Markdown(shelf.describe(shelf.default), elem_id="model-info")
+        with gr.Tab("One image"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    upload = gr.Image(label="Image (drop, paste or take a picture)", type="filepath",
+                                      sources=["upload", "clipboard", "webcam"], height=280, elem_id="image-input")
+                    with gr.Accordion("Advanced settings (DDAD mode)", open=False):
+                        w = gr.Slider(0, 12, value=settings["w"], step=0.5, label="conditioning weight w")
+                        start = gr.Slider(10, 900, value=settings["start_step"], step=10, label="start step")
+                        skip = gr.Slider(1, 100, value=settings["skip"], step=1, label="skip")
+                    button = gr.Button("Find defects", variant="primary")
+                    summary = gr.Markdown(elem_id="summary")
+                    details = gr.JSON(label="details", visible=False)
+                with gr.Column(scale=2):
+                    with gr.Row():
+                        shown = gr.Image(label="input as analysed", type="pil", interactive=False, height=280)
+                        recon = gr.Image(label="reconstruction", type="pil", interactive=False, height=280)
+                    with gr.Row():
+                        heat = gr.Image(label="anomaly map", type="pil", interactive=False, elem_id="heatmap",
+                                        height=280)
+                        mask = gr.Image(label="predicted defect", type="pil", interactive=False, height=280)
+            if EXAMPLES:
+                gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload], label="Examples (MVTec AD transistor "
+                            "test images, CC BY-NC-SA 4.0)")
+        with gr.Tab("Many images"):
+            batch_files = gr.File(label="Images, or a zip of a folder of images", file_count="multiple",
+                                  file_types=["image", ".zip"], type="filepath", elem_id="batch-input", height=240)
+            batch_button = gr.Button("Score all", variant="primary")
+            batch_summary = gr.Markdown(elem_id="batch-summary")
+            table = gr.Dataframe(headers=TABLE_COLUMNS, datatype=["str", "number", "str", "number", "str"],
+                                 interactive=False, label="scores (click a column to sort)", elem_id="batch-table")
+            with gr.Row():
+                gallery = gr.Gallery(label="flagged defective", columns=5, height=320, scale=3, elem_id="batch-gallery")
+                csv_file = gr.File(label="CSV", scale=1, elem_id="batch-csv")
+
+        def analyze(upload, w, start, skip, mode, model):
+            return shelf.get(model).analyze(upload, w, start, skip, mode)
+
+        def analyze_batch(files, mode, model, progress=gr.Progress()):  # noqa: B008 - gradio's documented form
+            return shelf.get(model).analyze_batch(files, mode, progress)
+
+        def choose_model(model):
+            chosen = shelf.get(model)
+            s = chosen.settings()
+            return (gr.Radio(choices=chosen.modes, value=chosen.default_mode), shelf.describe(model),
+                    s["w"], s["start_step"], s["skip"])
+
+        # preprocess=False: the upload reaches analyze() as gradio's file payload, so files PIL cannot open get
+        # this app's own message instead of a failure inside gr.Image's decoding.
+        button.click(analyze, [upload, w, start, skip, mode, model], [shown, recon, heat, mask, summary, details],
+                     api_name="analyze", preprocess=False)
+        batch_button.click(analyze_batch, [batch_files, mode, model], [table, gallery, csv_file, batch_summary],
+                           api_name="analyze_batch")
+        model.change(choose_model, [model], [mode, model_info, w, start, skip], api_name=False)
         gr.Markdown(
             "The threshold was calibrated on good training images only. Example images: MVTec AD (Bergmann et al., "
             "CVPR 2019), CC BY-NC-SA 4.0, non-commercial research use."
@@ -118,27 +296,27 @@ def build_demo(inspector: Inspector) -> gr.Blocks:
     return demo
 
 
-def load_pipeline(model: str | os.PathLike) -> DDADPipeline:
-    model = str(model)
-    if model == str(DEFAULT_MODEL) and not DEFAULT_MODEL.is_dir():
-        raise SystemExit(f"the embedded model is missing ({DEFAULT_MODEL}); pass --model <folder or Hub repo id>")
-    return DDADPipeline.from_pretrained(model)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.environ.get("DDAD_MODEL", str(DEFAULT_MODEL)),
-                   help="a DDADPipeline folder or Hub repo id (default: the embedded latent transistor model; "
-                   "models/ddad-transistor-cpu is the smaller pixel-space one)")
+    env_model = os.environ.get("DDAD_MODEL")
+    p.add_argument("--model", action="append", default=None,
+                   help="a pipeline folder or Hub repo id to offer besides the embedded models in models/; "
+                   "repeat for several; the first is selected at start (default: ddad-transistor-cpu-latent)")
+    p.add_argument("--backend", choices=["pytorch", "openvino"], default=os.environ.get("DDAD_BACKEND", "pytorch"),
+                   help="run the models with PyTorch (default) or OpenVINO")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     p.add_argument("--threads", type=int, default=int(os.environ.get("DDAD_THREADS", "1")),
-                   help="torch threads (default 1, so the server does not fight other work)")
+                   help="torch threads (default 1, so the server does not fight other work; 0: torch's choice)")
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("DDAD_CONCURRENCY", "1")),
                    help="requests processed at once; others wait in the queue")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
-    demo = build_demo(Inspector(load_pipeline(args.model)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.model or ([env_model] if env_model else None)
+    if not models and not DEFAULT_MODEL.is_dir():
+        load_pipeline(DEFAULT_MODEL)  # explains that the embedded model is missing
+    demo = build_demo(ModelShelf.from_args(models, args.backend))
     demo.queue(default_concurrency_limit=args.concurrency, max_size=32)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=True)
 

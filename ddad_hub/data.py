@@ -23,7 +23,8 @@ class DatasetLayoutError(ValueError):
 class TestItem:
     image: Path
     defect_type: str  # "good" for nominal images
-    mask: Path | None  # None for nominal images (all-zero mask)
+    mask: Path | None  # None for nominal images (all-zero mask) and for defect types without masks
+    has_pixel_labels: bool = True  # False for a defect type with image-level labels only (no ground_truth folder)
 
     @property
     def is_anomalous(self) -> bool:
@@ -50,20 +51,26 @@ def list_train_images(root: str | os.PathLike) -> list[Path]:
 
 
 def list_test_items(root: str | os.PathLike) -> list[TestItem]:
-    """The test images with their defect type and mask path, ``<root>/test/<type>/*``."""
+    """The test images with their defect type and mask path, ``<root>/test/<type>/*``.
+
+    A defect type without a ``ground_truth/<type>/`` folder (or with an empty one) has image-level labels only:
+    its items have no mask and ``has_pixel_labels`` False. Where the folder holds masks, each image needs its own.
+    """
     root = Path(root)
     test_dir = root / "test"
     if not test_dir.is_dir():
         raise DatasetLayoutError(f"{test_dir} is missing: an MVTec-style category has test/<defect_type>/ folders")
     items = []
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        mask_dir = root / "ground_truth" / type_dir.name
+        labelled = type_dir.name == "good" or (mask_dir.is_dir() and any(mask_dir.iterdir()))
         for image in _images_in(type_dir):
             mask = None
-            if type_dir.name != "good":
-                mask = root / "ground_truth" / type_dir.name / f"{image.stem}_mask.png"
+            if type_dir.name != "good" and labelled:
+                mask = mask_dir / f"{image.stem}_mask.png"
                 if not mask.is_file():
                     raise DatasetLayoutError(f"mask for {image} is missing: expected {mask}")
-            items.append(TestItem(image, type_dir.name, mask))
+            items.append(TestItem(image, type_dir.name, mask, labelled))
     if not items:
         raise DatasetLayoutError(f"{test_dir} holds no images")
     return items

@@ -6,6 +6,8 @@ import numpy as np
 from skimage.measure import label
 from sklearn.metrics import roc_auc_score, roc_curve
 
+METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))  # key, short label
+
 
 def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC of image scores, defective = positive."""
@@ -55,20 +57,36 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def summarize(
-    image_scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, defect_types: list[str]
-) -> dict[str, dict[str, float]]:
-    """Metrics overall and per defect type (each type scored against all nominal test images)."""
+    image_scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, defect_types: list[str],
+    pixel_labelled: np.ndarray | None = None,
+) -> dict[str, dict]:
+    """Metrics overall and per defect type (each type scored against all nominal test images).
+
+    ``pixel_labelled`` marks the images whose mask is known (default: all). Defect types without masks get image
+    AUROC only, their pixel metrics ``None`` and a ``pixel_metrics`` note; "all" computes pixel metrics on the
+    nominal images and the types with masks, and says so.
+    """
     types = np.asarray(defect_types)
     labels = types != "good"
-    out = {"all": _metrics(image_scores, maps, masks, labels)}
+    known = np.ones(len(types), bool) if pixel_labelled is None else np.asarray(pixel_labelled, bool)
+    maskless = sorted(set(types[~known]))
+    out = {"all": _metrics(image_scores, maps, masks, labels, known)}
+    if maskless:
+        out["all"]["pixel_metrics"] = (f"on nominal images and types with masks only; none for {', '.join(maskless)}"
+                                       if (known & labels).any() else "skipped: no defect type has masks")
     for kind in sorted(set(defect_types) - {"good"}):
         sel = (types == "good") | (types == kind)
-        out[kind] = _metrics(image_scores[sel], maps[sel], masks[sel], labels[sel])
+        out[kind] = _metrics(image_scores[sel], maps[sel], masks[sel], labels[sel], known[sel])
+        if kind in maskless:
+            out[kind]["pixel_metrics"] = "skipped: this type has no masks"
     return out
 
 
-def _metrics(scores, maps, masks, labels) -> dict[str, float]:
-    result = {"image_auroc": image_auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks)}
-    result["aupro"] = aupro(maps, masks) if masks.any() else float("nan")
+def _metrics(scores, maps, masks, labels, known) -> dict:
+    """Image AUROC on every image; pixel AUROC and AUPRO on the pixel-labelled ones (None without defect masks)."""
+    result = {"image_auroc": image_auroc(scores, labels), "pixel_auroc": None, "aupro": None}
+    if (known & labels).any():
+        result["pixel_auroc"] = pixel_auroc(maps[known], masks[known])
+        result["aupro"] = aupro(maps[known], masks[known]) if masks[known].any() else float("nan")
     result["n_images"] = int(len(labels))
     return result

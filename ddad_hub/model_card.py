@@ -82,8 +82,9 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                      ("feature_memory", "feature memory (kNN)"))
         for detector, label in detectors:
             for subset, vals in results.get(detector, {}).items():
-                rows.append(f"| {label} | {subset} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
-                            f"{vals['aupro']:.3f} |")
+                shown = ["n/a (no masks)" if vals.get(k) is None else f"{vals[k]:.3f}"
+                         for k in ("image_auroc", "pixel_auroc", "aupro")]
+                rows.append(f"| {label} | {subset} | {' | '.join(shown)} |")
         results_text = (f"On the {ds_name} test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows))
     else:
         results_text = "Not evaluated yet: run `training/evaluate.py` on this folder."

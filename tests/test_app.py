@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import socket
+import subprocess
+import sys
 import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -27,9 +31,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_pipeline_dir):
-    """The app on a free localhost port, with the embedded model when present (else a tiny random one)."""
+    """The app on a free localhost port, with the embedded model selected when present; "tiny" is a random one."""
     model = EMBEDDED if EMBEDDED.is_dir() else tiny_pipeline_dir
-    demo = app.build_demo(app.Inspector(app.load_pipeline(model)))
+    sources = {"default": str(model), "tiny": str(tiny_pipeline_dir)}
+    demo = app.build_demo(app.ModelShelf(sources, default="default"))
     demo.queue(default_concurrency_limit=1, max_size=32)
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size=app.MAX_UPLOAD)
@@ -116,6 +121,96 @@ def test_two_users_at_once_both_get_answers(server):
         t.join(timeout=300)
     assert not errors and len(results) == 2
     assert results[0] == pytest.approx(results[1])  # the same image gets the same score
+
+
+def _images(folder, n, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray((rng.random((48, 40 + 4 * i, 3)) * 255).astype(np.uint8)).save(folder / f"part_{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def _batch(client, paths, model="tiny", mode="ddad"):
+    return client.predict([gradio_client.handle_file(str(p)) for p in paths], mode, model, api_name="/analyze_batch")
+
+
+def test_batch_api_scores_images_and_zips_and_lists_bad_files(server, tmp_path):
+    client, _ = server
+    images = _images(tmp_path / "parts", 3)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    archive = tmp_path / "folder.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in images[:2]:
+            zf.write(p, f"line_a/{p.name}")
+        zf.writestr("line_a/readme.txt", "ignored")
+    table, gallery, csv_file, summary = _batch(client, [*images, broken, archive])
+    rows = {r[0]: r for r in table["data"]}
+    assert set(rows) == {"part_0.png", "part_1.png", "part_2.png", "broken.png", "folder.zip/line_a/part_0.png",
+                         "folder.zip/line_a/part_1.png"}
+    assert "not an image" in rows["broken.png"][4] and rows["broken.png"][1] in (None, "")
+    for name in ("part_0.png", "folder.zip/line_a/part_0.png"):
+        assert np.isfinite(rows[name][1]) and rows[name][2] in ("good", "defective") and rows[name][3] > 0
+    assert rows["part_0.png"][1] == pytest.approx(rows["folder.zip/line_a/part_0.png"][1])  # same file, same score
+    assert len(gallery) == sum(r[2] == "defective" for r in table["data"])
+    with open(csv_file) as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["file"] for r in written] == [r[0] for r in table["data"]]
+    assert "5 image(s) scored" in summary and "could not be read" in summary
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"PK not really")
+    table, gallery, _, summary = _batch(client, [fake])
+    assert table["data"][0][0] == "fake.zip" and "not a zip archive" in table["data"][0][4] and not gallery
+    with pytest.raises(Exception, match="Upload one or more images"):
+        _batch(client, [])
+
+
+def test_predict_cli_and_batch_tab_give_the_same_scores(server, tiny_pipeline_dir, tmp_path):
+    """training/predict.py and the batch tab score through ddad_hub.inspection: the same files, the same scores."""
+    client, _ = server
+    folder = tmp_path / "parts"
+    images = _images(folder, 12, seed=3)  # more than one batch of either
+    out = tmp_path / "pred"
+    subprocess.run([sys.executable, "training/predict.py", "--pipeline", str(tiny_pipeline_dir), "--input-dir",
+                    str(folder), "--output-dir", str(out), "--batch-size", "5", "--mode", "ddad", "--threads", "1"],
+                   cwd=app.HERE, check=True, capture_output=True, timeout=600)
+    with open(out / "scores.csv") as handle:
+        cli = {r["file"].split("/")[-1]: r for r in csv.DictReader(handle)}
+    table, _, batch_csv, _ = _batch(client, images)
+    with open(batch_csv) as handle:
+        tab = {r["file"]: r for r in csv.DictReader(handle)}
+    assert len(cli) == len(tab) == len(table["data"]) == 12
+    for name, row in tab.items():  # the CSVs agree to the last written digit
+        assert {k: row[k] for k in ("score", "verdict", "start_step", "error")} == \
+            {k: cli[name][k] for k in ("score", "verdict", "start_step", "error")}, name
+    for name, score, *_ in table["data"]:  # and the table shows those scores
+        assert score == pytest.approx(float(tab[name]["score"]), abs=1e-4)
+    assert len(list((tmp_path / "pred").glob("*_map.png"))) == 12
+
+
+def test_model_dropdown_offers_embedded_models_and_passed_ones(tiny_pipeline_dir, monkeypatch):
+    shelf = app.ModelShelf.from_args([str(tiny_pipeline_dir)])
+    embedded = {p.parent.name for p in app.MODELS_DIR.glob("*/model_index.json")}
+    assert embedded | {tiny_pipeline_dir.name} == set(shelf.sources)
+    assert shelf.default == tiny_pipeline_dir.name
+    if "ddad-transistor-cpu-latent" in embedded:
+        text = shelf.describe("ddad-transistor-cpu-latent")
+        assert "transistor" in text and "image AUROC 0.981" in text
+    loads = []
+    monkeypatch.setattr(app, "load_pipeline", lambda source, backend: loads.append((source, backend)) or
+                        app.ddad_hub.load_pipeline(source))
+    first = shelf.get(tiny_pipeline_dir.name)
+    assert shelf.get(tiny_pipeline_dir.name) is first and len(loads) == 1  # loaded once, then kept
+    assert first.modes == ["ddad"]  # no feature memory, no available_modes(): DDAD only
+
+
+def test_backend_is_passed_only_when_not_pytorch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(app.ddad_hub, "load_pipeline", lambda model, **kw: calls.append(kw))
+    app.load_pipeline("some/model", "openvino")
+    app.load_pipeline("some/model", "pytorch")
+    assert calls == [{"backend": "openvino"}, {}]
 
 
 def test_missing_default_model_is_explained(monkeypatch, tmp_path):

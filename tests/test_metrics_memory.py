@@ -52,6 +52,21 @@ def test_summarize_per_defect_type():
     assert out["cut"]["n_images"] == 3 and out["all"]["image_auroc"] == 1.0
 
 
+def test_summarize_without_masks_for_some_types():
+    masks = _masks()
+    maps = masks.astype(float) + 0.01
+    scores = maps.reshape(4, -1).max(1)
+    known = np.array([True, False, True, True])  # "bent" has image-level labels only
+    out = summarize(scores, maps, np.where(known[:, None, None], masks, False), ["cut", "bent", "good", "good"],
+                    pixel_labelled=known)
+    assert out["bent"]["image_auroc"] == 1.0 and out["bent"]["pixel_auroc"] is None and out["bent"]["aupro"] is None
+    assert "no masks" in out["bent"]["pixel_metrics"] and "pixel_metrics" not in out["cut"]
+    assert out["all"]["pixel_auroc"] == pytest.approx(out["cut"]["pixel_auroc"])
+    assert "bent" in out["all"]["pixel_metrics"]
+    none = summarize(scores, maps, np.zeros_like(masks), ["cut", "bent", "good", "good"], np.array([0, 0, 1, 1]))
+    assert none["all"]["pixel_auroc"] is None and "skipped" in none["all"]["pixel_metrics"]
+
+
 def test_coreset_covers_clusters():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])

@@ -52,7 +52,12 @@ def test_wrong_layout_is_explained(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (16, 16)).save(tmp_path / "test" / "crack" / "000.png")
-    with pytest.raises(DatasetLayoutError, match="000_mask.png"):
+    Image.new("RGB", (16, 16)).save(tmp_path / "test" / "crack" / "001.png")
+    # no ground_truth/crack: the type has image-level labels only
+    assert [(it.mask, it.has_pixel_labels) for it in list_test_items(tmp_path)] == [(None, False)] * 2
+    (tmp_path / "ground_truth" / "crack").mkdir(parents=True)
+    Image.new("L", (16, 16)).save(tmp_path / "ground_truth" / "crack" / "001_mask.png")
+    with pytest.raises(DatasetLayoutError, match="000_mask.png"):  # masks for some images: each needs one
         list_test_items(tmp_path)
 
 

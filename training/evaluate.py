@@ -5,10 +5,12 @@
 Every mode the pipeline has (``DDADPipeline.available_modes()``: ddad, d3ad, fused) is scored side by side, with
 the nearest-neighbour memory alone: the pipeline's own memory when the recipe fitted it on all training images
 (the one D3AD and fused mode use), else one fitted here on the training split.
-Writes ``results.json`` (image AUROC, pixel AUROC, AUPRO at FPR 0.3, overall and per defect type) and
-``evaluation.png`` (ROC curves and example maps) to ``--output-dir`` (default: the pipeline folder, whose model
-card is then re-rendered with the results). Maps are compared with the masks on the whole image at the map size
-(no centre crop). Nothing is tuned here: the pipeline's settings were fixed before it saw the test set.
+Writes ``results.json`` (image AUROC, pixel AUROC, AUPRO at FPR 0.3, overall and per defect type; the share of
+each type flagged at the calibrated threshold) and ``evaluation.png`` (ROC curves and example maps) to
+``--output-dir`` (default: the pipeline folder, whose model card is then re-rendered with the results). Defect
+types without masks (no ``ground_truth/<type>/`` folder) get image-level metrics only; the report says so. Maps
+are compared with the masks on the whole image at the map size (no centre crop). Nothing is tuned here: the
+pipeline's settings were fixed before it saw the test set.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
 from ddad_hub.data import list_test_items, list_train_images, load_images, load_mask, to_unit_range
-from ddad_hub.metrics import roc_points, summarize
+from ddad_hub.metrics import METRICS, roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
 
@@ -103,6 +105,10 @@ def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
     plt.close(fig)
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -117,6 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     size = pipe.map_hw
     masks = np.stack([load_mask(it.mask, size) for it in items])
     types = [it.defect_type for it in items]
+    pixel_labelled = np.array([it.has_pixel_labels for it in items])
+    maskless = sorted({it.defect_type for it in items if not it.has_pixel_labels})
+    if maskless:
+        print(f"no masks for {', '.join(maskless)}: image-level metrics only for these types")
     autocast = getattr(torch, args.compute_dtype) if args.compute_dtype else None
 
     # at the larger of the two sizes, as a user's image comes: the pipeline resizes it for each part
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
             outputs[mode] = run_pipeline(pipe, images, args.batch_size, autocast, mode)
             timing[f"{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
         maps_m, scores_m, _, starts = outputs[mode]
-        results[mode] = summarize(scores_m, maps_m, masks, types)
+        results[mode] = summarize(scores_m, maps_m, masks, types, pixel_labelled)
         for kind in results[mode]:
             sel = np.ones(len(types), bool) if kind == "all" else np.array(types) == kind
             results[mode][kind]["mean_start_step"] = float(starts[sel].mean())
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             timing["memory_seconds_per_image"] = memory_seconds
         m_scores = memory_maps.reshape(len(memory_maps), -1).max(1)
-        results["feature_memory"] = summarize(m_scores, memory_maps, masks, types)
+        results["feature_memory"] = summarize(m_scores, memory_maps, masks, types, pixel_labelled)
         results["feature_memory"]["source"] = "the pipeline's own memory (all training images)"
         curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
     elif not args.no_memory:
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             m_scores.append(ms.numpy())
         timing["memory_seconds_per_image"] = (time.perf_counter() - start) / len(items)
         m_maps, m_scores = np.concatenate(m_maps), np.concatenate(m_scores)
-        results["feature_memory"] = summarize(m_scores, m_maps, masks, types)
+        results["feature_memory"] = summarize(m_scores, m_maps, masks, types, pixel_labelled)
         curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
 
     results["protocol"] = (f"{len(items)} test images, maps and masks at {size[0]} px, whole image, "
@@ -186,9 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
         threshold = pipe.threshold_for(mode)
         if threshold is not None:
             flagged = outputs[mode][1] > threshold
-            results["at_threshold"][mode] = {"threshold": threshold,
-                                             "true_positive_rate": float(flagged[labels].mean()),
-                                             "false_positive_rate": float(flagged[~labels].mean())}
+            results["at_threshold"][mode] = {
+                "threshold": threshold, "true_positive_rate": float(flagged[labels].mean()),
+                "false_positive_rate": float(flagged[~labels].mean()),
+                "flagged_rate": {kind: float(flagged[np.array(types) == kind].mean()) for kind in sorted(set(types))}}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
 
     examples = []
@@ -206,8 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("ddad", "d3ad", "fused", "feature_memory"):
         if name in results:
             r = results[name]["all"]
-            print(f"{name}: image AUROC {r['image_auroc']:.3f}  pixel AUROC {r['pixel_auroc']:.3f}  "
-                  f"AUPRO {r['aupro']:.3f}")
+            shown = "  ".join(f"{label} {_fmt(r[key])}" for key, label in METRICS)
+            print(f"{name}: {shown}" + (f"  (pixel metrics {r['pixel_metrics']})" if "pixel_metrics" in r else ""))
+            if name in results["at_threshold"]:
+                rates = results["at_threshold"][name]["flagged_rate"]
+                print(f"  flagged at threshold: {', '.join(f'{k} {v:.1%}' for k, v in rates.items())}")
     return results
 
 

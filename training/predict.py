@@ -1,22 +1,22 @@
-"""Score a folder of your own images with a DDADPipeline: a heat-map PNG per image and a CSV of scores.
+"""Score a folder of your own images with a pipeline: a heat-map PNG per image and a CSV of scores.
 
     python training/predict.py --pipeline runs/transistor/pipeline --input-dir my_parts/ --output-dir predictions/
 
-Files that cannot be read as images are listed in the CSV with the reason and do not stop the run.
+Files that cannot be read as images are listed in the CSV with the reason and do not stop the run. The demo's
+batch tab scores through the same code (``ddad_hub.inspection``), so both give the same scores for a file.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ddad_hub import DDADPipeline, ImageLoadError, open_image
+from ddad_hub import load_pipeline
 from ddad_hub.data import IMAGE_SUFFIXES
-from ddad_hub.visualize import outline, overlay
+from ddad_hub.inspection import anomaly_picture, image_files, inspect_files, write_csv
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -25,44 +25,30 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--input-dir", required=True)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mode", default=None, help="the pipeline's mode (default: the model's own, config.mode)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    files = sorted(f for f in Path(args.input_dir).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    root = Path(args.input_dir)
+    files = image_files(root)
     if not files:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
-    pipe = DDADPipeline.from_pretrained(args.pipeline)
+    pipe = load_pipeline(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    threshold = pipe.threshold_for()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for start in tqdm(range(0, len(files), args.batch_size), desc="predict"):
-        batch, names = [], []
-        for f in files[start : start + args.batch_size]:
-            try:
-                batch.append(open_image(f))
-                names.append(f)
-            except ImageLoadError as err:
-                rows.append({"file": str(f), "score": "", "verdict": "", "error": str(err)})
-        if not batch:
-            continue
-        result = pipe(batch, output_type="np")
-        for f, image, score, full in zip(names, batch, result.image_scores, result.anomaly_maps_input_size):
-            rel = f.relative_to(args.input_dir).with_suffix("")
+    bar = tqdm(total=len(files), desc="predict")
+    progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
+    for item in inspect_files(pipe, files, args.batch_size, progress=progress, mode=args.mode):
+        rows.append(item.row)
+        if item.image is not None:
+            rel = Path(item.row.file).relative_to(root).with_suffix("")
             target = out / f"{str(rel).replace('/', '__')}_map.png"
-            scale = {"vmin": 0.0, "vmax": 2 * threshold} if threshold else {}
-            picture = overlay(image, full, **scale)
-            if threshold is not None:
-                picture = outline(picture, full > threshold, colour=(255, 255, 255))
-            picture.save(target)
-            verdict = "" if threshold is None else ("defective" if score > threshold else "good")
-            rows.append({"file": str(f), "score": f"{float(score):.6f}", "verdict": verdict, "error": ""})
-    with open(out / "scores.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "score", "verdict", "error"])
-        writer.writeheader()
-        writer.writerows(rows)
+            anomaly_picture(item.image, item.anomaly_map, item.threshold).save(target)
+    bar.close()
+    write_csv(rows, out / "scores.csv")
     print(f"{len(rows)} rows written to {out / 'scores.csv'}")
     return out
 

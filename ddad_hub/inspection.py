@@ -1,0 +1,160 @@
+"""Scoring many image files with a pipeline: the one path the demo's batch tab and ``training/predict.py`` share.
+
+Files that cannot be read become rows with the reason and do not stop the run; the rest are scored in batches
+with each image's own seeded noise, so a file's score does not depend on what it was batched with.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import IMAGE_SUFFIXES
+from .image_utils import ImageLoadError, open_image
+from .visualize import outline, overlay
+
+CSV_FIELDS = ("file", "score", "verdict", "start_step", "error")
+# A zip upload may not expand to more than this many bytes or files (a zip bomb is small on disk).
+MAX_ZIP_BYTES = 2_000_000_000
+MAX_ZIP_FILES = 10_000
+
+
+@dataclass
+class InspectionRow:
+    """One file's result: its score and verdict, or why it could not be scored."""
+
+    file: str
+    score: float | None = None
+    verdict: str = ""  # "defective", "good", "" (no threshold, or an error)
+    start_step: int | None = None
+    error: str = ""
+
+    def as_csv(self) -> dict[str, str]:
+        row = asdict(self)
+        row["score"] = "" if self.score is None else f"{self.score:.6f}"
+        row["start_step"] = "" if self.start_step is None else str(self.start_step)
+        return row
+
+
+@dataclass
+class Inspected:
+    """A scored file with the pictures made from it (``image`` is the decoded input, ``anomaly_map`` at its size)."""
+
+    row: InspectionRow
+    image: Image.Image | None = None
+    anomaly_map: np.ndarray | None = field(default=None, repr=False)
+    threshold: float | None = None  # the one the verdict was made with
+
+
+def verdict(score: float, threshold: float | None) -> str:
+    """"defective" above the calibrated threshold, else "good"; "" for a model without a threshold."""
+    return "" if threshold is None else ("defective" if score > threshold else "good")
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under ``folder`` whose suffix is an image type, sorted; hidden files and folders are skipped."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+
+
+def extract_zip(archive: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
+    """Extract a zip of images into ``target`` (a fresh folder) and return its image files.
+
+    Refuses archives that are not zips, that would expand beyond ``MAX_ZIP_BYTES`` or ``MAX_ZIP_FILES``, or whose
+    member names leave the target folder; raises ``ValueError`` with the reason.
+    """
+    name = os.path.basename(os.fspath(archive))
+    if not zipfile.is_zipfile(archive):
+        raise ValueError(f"{name} is not a zip archive")
+    try:
+        return _extract_images(archive, Path(target), name)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ValueError(f"{name} is a damaged zip archive ({err})") from err
+
+
+def _extract_images(archive: str | os.PathLike, target: Path, name: str) -> list[Path]:
+    with zipfile.ZipFile(archive) as zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > MAX_ZIP_FILES:
+            raise ValueError(f"{name} holds {len(members)} files, more than the {MAX_ZIP_FILES} this tool takes")
+        total = sum(m.file_size for m in members)
+        if total > MAX_ZIP_BYTES:
+            raise ValueError(f"{name} would expand to {total:,} bytes, more than the {MAX_ZIP_BYTES:,} allowed")
+        root = target.resolve()
+        for m in members:
+            dest = (target / m.filename).resolve()
+            if root not in dest.parents:
+                raise ValueError(f"{name}: the member {m.filename!r} would be written outside the folder")
+            if Path(m.filename).suffix.lower() in IMAGE_SUFFIXES:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(m) as src, open(dest, "wb") as out:
+                    out.write(src.read(MAX_ZIP_BYTES))
+    return image_files(target)
+
+
+def inspect_files(
+    pipe,
+    files: Sequence[str | os.PathLike],
+    batch_size: int = 8,
+    names: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **call_kwargs,
+) -> Iterator[Inspected]:
+    """Score ``files`` with ``pipe`` ``batch_size`` at a time, yielding one :class:`Inspected` per file in order.
+
+    ``names`` are what the rows call the files (default: the paths). ``progress(done, total)`` is called after
+    each batch. Other keyword arguments (``mode``, ``w``, ...) go to the pipeline call.
+    """
+    names = [str(f) for f in files] if names is None else list(names)
+    if len(names) != len(files):
+        raise ValueError(f"{len(names)} names for {len(files)} files")
+    total = len(files)
+    for start in range(0, total, batch_size):
+        loaded: list[tuple[str, Image.Image]] = []
+        failed: dict[int, Inspected] = {}
+        for i in range(start, min(start + batch_size, total)):
+            try:
+                loaded.append((names[i], open_image(files[i])))
+            except ImageLoadError as err:
+                failed[i] = Inspected(InspectionRow(names[i], error=str(err)))
+        results, threshold = iter(()), None
+        if loaded:
+            out = pipe([image for _, image in loaded], output_type="np", batch_size=batch_size, **call_kwargs)
+            threshold = out.threshold
+            results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps))
+        for i in range(start, min(start + batch_size, total)):
+            if i in failed:
+                yield failed[i]
+                continue
+            (name, image), score, full, step = next(results)
+            score = float(score)
+            yield Inspected(InspectionRow(name, score, verdict(score, threshold), int(step)), image, full, threshold)
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+
+
+def anomaly_picture(image: Image.Image, anomaly_map: np.ndarray, threshold: float | None,
+                    alpha: float = 0.5, colour: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """The map as a heat-map over the image (scaled 0 to twice the threshold), the region above it outlined."""
+    scale = {"vmin": 0.0, "vmax": 2 * threshold} if threshold else {}
+    picture = overlay(image, anomaly_map, alpha=alpha, **scale)
+    return picture if threshold is None else outline(picture, anomaly_map > threshold, colour=colour)
+
+
+def write_csv(rows: Sequence[InspectionRow], path: str | os.PathLike) -> Path:
+    """The rows as a CSV with the columns ``CSV_FIELDS``."""
+    path = Path(path)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        writer.writerows(row.as_csv() for row in rows)
+    return path

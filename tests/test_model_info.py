@@ -1,0 +1,30 @@
+"""ddad_hub.model_info: what the demo's drop-down says about each model, from the files in its folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ddad_hub.model_info import card_metrics, describe, find_pipelines, trained_on
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "models" / "ddad-transistor-cpu-latent"
+
+
+def test_metrics_from_results_json_or_the_card(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    assert find_pipelines(tmp_path) == [folder]
+    assert "not recorded" in trained_on(folder) and "no test metrics" in describe(folder)
+    (folder / "training_info.json").write_text(json.dumps(
+        {"categories": ["bottle", "cable"], "data": "/data/mvtec_ad/", "training": {"minutes": 40}}))
+    (folder / "results.json").write_text(json.dumps(
+        {"ddad": {"all": {"image_auroc": 0.9, "pixel_auroc": None, "aupro": 0.5}}, "protocol": "x"}))
+    assert trained_on(folder).startswith("bottle, cable") and "40 min" in trained_on(folder)
+    assert card_metrics(folder) == {"ddad": {"image_auroc": 0.9, "aupro": 0.5}}  # no pixel metric: not shown
+    assert "ddad: image AUROC 0.900, AUPRO 0.500" in describe(folder)
+    if EMBEDDED.is_dir():  # a card's model-index alone, as a Hub snapshot without results.json has
+        (folder / "results.json").unlink()
+        shutil.copy(EMBEDDED / "README.md", folder / "README.md")
+        assert "model card: image AUROC 0.981, pixel AUROC 0.935, AUPRO 0.885" in describe(folder)
