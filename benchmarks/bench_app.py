@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     sched = inspector.pipe.scheduler.config
     repeats = 2 if args.quick else args.repeats
     rows = []
-    for mode in ("ddad", "d3ad") if inspector.has_memory else ("ddad",):
+    for mode in inspector.modes:  # every mode the model offers (ddad; d3ad and fused with a fitted memory)
         def call(m: str = mode):
             return inspector.analyze(args.image, sched.w, sched.start_step, sched.skip, m)
 
