@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_pipeline
 from PIL import Image
 
-from conftest import make_tiny_pipeline
 from ddad_hub.data import DatasetLayoutError, find_categories, split_categories
 from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork, unet_forward_with_residuals
 
@@ -92,8 +92,8 @@ def test_sff_mixes_the_previous_level_into_the_deepest_outputs():
 # ---------------------------------------------------------------------------- pipeline, training, save/load
 def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     from ddad_hub.pipelines.loading import load_pipeline
-    from ddad_hub.pipelines.pipeline_diad import DiADPipeline
     from ddad_hub.pipelines.pipeline_ddad import DDADPipelineOutput
+    from ddad_hub.pipelines.pipeline_diad import DiADPipeline
     from training.train_diad import main as train_diad
 
     cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
@@ -118,6 +118,16 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     info = json.loads((folder / "training_info.json").read_text())
     assert set(info["calibration"]["per_category"]) == {"alpha", "beta"}
     assert pipe.config.threshold == pytest.approx(max(info["calibration"]["nominal_scores"]))
+    card = (folder / "README.md").read_text()
+    assert "DiADPipeline" in card and "alpha, beta" in card and "Not evaluated yet" in card
+    from training.evaluate_multiclass import main as evaluate
+
+    evaluate(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir", str(folder), "--holdout", "0.34"])
+    from huggingface_hub import ModelCard
+
+    results = ModelCard.load(folder / "README.md").data.eval_results  # the model-index: 3 metrics per category
+    assert sorted((r.dataset_name, r.metric_type) for r in results) == sorted(
+        (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
 
     # resuming continues from the newest checkpoint (step 3 was written at the end)
     assert train_diad([*args, "--max-steps", "4", "--resume"]) == folder
@@ -193,3 +203,19 @@ def test_the_four_shared_categories_are_one_set():
     assert list(found) == ["transistor", "bottle", "tire", "magnetic_tile"]
     assert len(train) + len(held) == 213 + 209 + 210 + 762
     assert all(len(v) > 0 for v in by_category.values())
+
+
+def test_multiclass_evaluation_reports_each_category_and_their_mean(tmp_path, tiny_pipeline_dir):
+    from training.evaluate_multiclass import main as evaluate
+
+    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    results = evaluate(["--pipeline", str(tiny_pipeline_dir), "--data", str(tmp_path / "data"), "--output-dir",
+                        str(tmp_path / "eval"), "--memory", "--memory-patches", "50", "--memory-size", "64"])
+    assert list(results["per_category"]) == [c.name for c in cats]
+    for detector in ("ddad", "feature_memory"):
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            values = [results["per_category"][c.name][detector]["all"][metric] for c in cats]
+            assert results["mean_over_categories"][detector][metric] == pytest.approx(np.mean(values))
+    rates = results["per_category"]["alpha"]["ddad"]["at_threshold"]
+    assert rates["one_threshold"]["threshold"] == 0.5 and "per_category_threshold" in rates
+    assert (tmp_path / "eval" / "table.md").is_file()
