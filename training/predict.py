@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ddad_hub import DDADPipeline, ImageLoadError, open_image
+from ddad_hub import ImageLoadError, open_image
 from ddad_hub.data import IMAGE_SUFFIXES
+from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.visualize import outline, overlay
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> Path:
     files = sorted(f for f in Path(args.input_dir).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
-    pipe = DDADPipeline.from_pretrained(args.pipeline)
+    pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     threshold = pipe.threshold_for()
     out = Path(args.output_dir)
