@@ -67,6 +67,16 @@ def flagged_rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> d
             "true_positive_rate": float(flagged[labels].mean()), "false_positive_rate": float(flagged[~labels].mean())}
 
 
+def per_category_thresholds(folder: str) -> dict[str, float]:
+    """Per-category thresholds that training already computed for the default mode (``train_diad.py`` keeps them
+    in ``training_info.json``), so the held-out images are not scored again; empty if there are none."""
+    info = Path(folder) / "training_info.json"
+    if not info.is_file():
+        return {}
+    per_category = json.loads(info.read_text()).get("calibration", {}).get("per_category", {})
+    return {name: entry["threshold"] for name, entry in per_category.items()}
+
+
 def mean_over_categories(results: dict, categories: list[str], detector: str) -> dict:
     return {m: float(np.mean([results[c][detector]["all"][m] for c in categories])) for m in METRICS}
 
@@ -97,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
     global_thresholds = {m: pipe.threshold_for(m) for m in modes}
+    known_thresholds = per_category_thresholds(args.pipeline) if pipe is not None else {}
     for name, folder in categories.items():
         items = list_test_items(folder)
         types = [it.defect_type for it in items]
@@ -105,13 +116,15 @@ def main(argv: list[str] | None = None) -> dict:
         entry: dict = {"n_test_images": len(items)}
         if pipe is not None:
             images = load_images([it.image for it in items], pipe.sample_size[0])
-            held = load_images(held_by_category[name], pipe.sample_size[0])
+            held = load_images(held_by_category[name], pipe.sample_size[0])  # only scored without known thresholds
         for mode in modes:
             start = time.perf_counter()
             maps, scores = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
             timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
             entry[mode] = summarize(scores, maps, masks, types)
-            own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out")[1].max())
+            own = known_thresholds.get(name)
+            if own is None or mode != pipe.config.mode:
+                own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out")[1].max())
             entry[mode]["at_threshold"] = {
                 "one_threshold": (flagged_rates(scores, labels, global_thresholds[mode])
                                   if global_thresholds[mode] is not None else None),
