@@ -219,3 +219,15 @@ def test_multiclass_evaluation_reports_each_category_and_their_mean(tmp_path, ti
     rates = results["per_category"]["alpha"]["ddad"]["at_threshold"]
     assert rates["one_threshold"]["threshold"] == 0.5 and "per_category_threshold" in rates
     assert (tmp_path / "eval" / "table.md").is_file()
+
+
+def test_test_subsets_keep_every_defect_type_in_proportion():
+    from ddad_hub.data import TestItem
+    from training.evaluate_multiclass import subsample_items
+
+    items = [TestItem(Path(f"{k}{i}.png"), k, None) for k, n in (("good", 60), ("crack", 30), ("hole", 3))
+             for i in range(n)]
+    kept = subsample_items(items, 31)
+    counts = {k: sum(it.defect_type == k for it in kept) for k in ("good", "crack", "hole")}
+    assert counts == {"good": 20, "crack": 10, "hole": 1}
+    assert subsample_items(items, 1000) == items

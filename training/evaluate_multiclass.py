@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-patches", type=int, default=10000, help="the bank's size (greedy coreset)")
     p.add_argument("--memory-size", type=int, default=256, help="image side for the memory's features")
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share of train/good (as in training)")
+    p.add_argument("--max-test-images", type=int, default=None,
+                   help="per category, at most about this many test images: an evenly spaced subset of each defect "
+                        "type (and of the good ones), for a CPU budget; every category's count is reported")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="the split seed used in training")
@@ -59,6 +62,18 @@ def score(pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str) -> 
         maps.append(out.anomaly_maps.numpy())
         scores.append(out.image_scores.numpy())
     return np.concatenate(maps), np.concatenate(scores)
+
+
+def subsample_items(items: list, limit: int | None) -> list:
+    """An evenly spaced subset of each defect type with the same share of every type, about ``limit`` in all."""
+    if limit is None or len(items) <= limit:
+        return items
+    kept = []
+    for kind in sorted({it.defect_type for it in items}):
+        group = [it for it in items if it.defect_type == kind]
+        k = max(1, round(len(group) * limit / len(items)))
+        kept += [group[i] for i in np.unique(np.linspace(0, len(group) - 1, k).round().astype(int))]
+    return kept
 
 
 def flagged_rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
@@ -109,11 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     global_thresholds = {m: pipe.threshold_for(m) for m in modes}
     known_thresholds = per_category_thresholds(args.pipeline) if pipe is not None else {}
     for name, folder in categories.items():
-        items = list_test_items(folder)
+        all_items = list_test_items(folder)
+        items = subsample_items(all_items, args.max_test_images)
         types = [it.defect_type for it in items]
         labels = np.array(types) != "good"
         masks = np.stack([load_mask(it.mask, map_hw) for it in items])
-        entry: dict = {"n_test_images": len(items)}
+        entry: dict = {"n_test_images": len(items), "n_test_images_in_category": len(all_items)}
         if pipe is not None:
             images = load_images([it.image for it in items], pipe.sample_size[0])
             held = load_images(held_by_category[name], pipe.sample_size[0])  # only scored without known thresholds
@@ -150,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
                                     "training images of all categories); per category: the same per category"}
     results["protocol"] = (f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3; memory: one bank of "
                            f"{args.memory_patches} patches (greedy coreset) over all categories' training split")
+    if args.max_test_images:
+        results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
+                                "within each defect type)")
     results["timing"] = timing
     results["pipeline"] = args.pipeline
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -22,11 +22,17 @@ from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
 
 
+def _setting(text: str) -> dict:
+    key, _, value = text.partition("=")
+    return {key: json.loads(value)}
+
+
 def from_checkpoint(args: argparse.Namespace) -> Path:
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.run_dir) / "checkpoints")
     if ckpt is None:
         raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints")
     unet, vae, state, preset = unet_from_checkpoint(ckpt, args.vae)
+    preset.update(args.set or {})
     categories = find_categories(args.data or state.get("categories") or state.get("data"))
     data = next(iter(categories.values())) if len(categories) == 1 else ", ".join(map(str, categories.values()))
     train_paths, held_out, _ = split_categories(categories, preset["holdout"], seed=state.get("seed", 0))
@@ -62,7 +68,11 @@ def main(argv: list[str] | None = None) -> Path:
                    help="the category folder(s) (default: the ones the run trained on)")
     p.add_argument("--output-dir", default=None, help="where to write pipeline/ (default: --run-dir)")
     p.add_argument("--vae", default=None, help="with --run-dir: the run's autoencoder (default: the one it used)")
+    p.add_argument("--set", nargs="+", default=None, type=_setting, metavar="KEY=JSON",
+                   help="with --run-dir: override preset entries, e.g. w=4 start_step=400 skip=40 d3ad=null to skip "
+                        "the settings search and the D3AD fit (a cheaper finalisation)")
     args = p.parse_args(argv)
+    args.set = dict(item for pair in args.set for item in pair.items()) if args.set else None
     folder = from_pipeline(args) if args.pipeline else from_checkpoint(args)
     print(f"pipeline written to {folder}")
     return folder
