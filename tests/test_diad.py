@@ -116,7 +116,9 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     assert any(not torch.equal(trained[k], base.unet.state_dict()[k]) for k in trained if k.startswith("up_blocks"))
     assert any(torch.count_nonzero(p) for p in pipe.sg_network.zero_convs.parameters()), "the SG network trained"
     info = json.loads((folder / "training_info.json").read_text())
-    assert set(info["calibration"]["per_category"]) == {"alpha", "beta"}
+    per_category = info["calibration"]["per_category"]
+    assert set(per_category) == {"alpha", "beta"}
+    assert max(v["threshold"] for v in per_category.values()) == pipe.config.threshold
     assert pipe.config.threshold == pytest.approx(max(info["calibration"]["nominal_scores"]))
     card = (folder / "README.md").read_text()
     assert "DiADPipeline" in card and "alpha, beta" in card and "Not evaluated yet" in card

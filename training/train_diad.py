@@ -180,10 +180,11 @@ def main(argv: list[str] | None = None) -> Path:
         pipe.set_progress_bar_config(disable=True)
         threshold, scores = calibrate_threshold(pipe, load_images(held_out, preset["resolution"]), mode="diad")
         pipe.register_to_config(threshold=threshold)
-        per_category = {}
+        per_category, start = {}, 0  # held_out lists the categories' held-out images in order
         for name, paths in held_by_category.items():
-            cat_threshold, cat_scores = calibrate_threshold(pipe, load_images(paths, preset["resolution"]), "diad")
-            per_category[name] = {"threshold": cat_threshold, "nominal_scores": cat_scores}
+            cat_scores = scores[start : start + len(paths)]
+            per_category[name] = {"threshold": max(cat_scores), "nominal_scores": cat_scores}
+            start += len(paths)
         folder = out / "pipeline"
         pipe.save_pretrained(folder)
         info = {
