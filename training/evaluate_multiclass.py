@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory", action="store_true", help="also evaluate a one-bank feature memory")
     p.add_argument("--memory-patches", type=int, default=10000, help="the bank's size (greedy coreset)")
     p.add_argument("--memory-size", type=int, default=256, help="image side for the memory's features")
+    p.add_argument("--memory-every", type=int, default=1,
+                   help="fit the memory on every n-th training image only (the coreset's cost grows with the pool)")
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share of train/good (as in training)")
     p.add_argument("--max-test-images", type=int, default=None,
                    help="per category, at most about this many test images: an evenly spaced subset of each defect "
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory:
         encoder = FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16))
         start = time.perf_counter()
-        memory = FeatureMemory.fit(encoder, load_images(train_paths, args.memory_size), coreset_ratio=1.0,
+        pool = train_paths[:: args.memory_every]
+        memory = FeatureMemory.fit(encoder, load_images(pool, args.memory_size), coreset_ratio=1.0,
                                    image_size=args.memory_size, max_patches=args.memory_patches)
         timing["memory_fit_seconds"] = time.perf_counter() - start
 
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "how": "one: the pipeline's calibrated threshold (highest score among held-out nominal "
                                     "training images of all categories); per category: the same per category"}
     results["protocol"] = (f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3; memory: one bank of "
-                           f"{args.memory_patches} patches (greedy coreset) over all categories' training split")
+                           f"{args.memory_patches} patches (greedy coreset) over all categories' training split"
+                           + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
     if args.max_test_images:
         results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
                                 "within each defect type)")
