@@ -109,3 +109,63 @@ def split_nominal(paths: list[Path], holdout: float, seed: int = 0) -> tuple[lis
     held = sorted(paths[i] for i in order[:n_hold])
     train = sorted(paths[i] for i in order[n_hold:])
     return train, held
+
+
+# ---------------------------------------------------------------------------- several categories as one set
+def is_category_folder(folder: Path) -> bool:
+    """A folder that looks like one MVTec category (it has ``train/`` or ``test/``), not a parent of several."""
+    return (folder / "train").is_dir() or (folder / "test").is_dir()
+
+
+def find_categories(paths: list[str | os.PathLike] | str | os.PathLike) -> dict[str, Path]:
+    """Category name -> folder, from category folders and parent folders of categories, in the given order.
+
+    Every category is checked for ``train/good`` images here, so a broken one is named before any training starts.
+    Names must be unique: they label the per-category results.
+    """
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not paths:
+        raise DatasetLayoutError("no data folder given")
+    found: dict[str, Path] = {}
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise DatasetLayoutError(f"data folder {path} does not exist")
+        if is_category_folder(path):
+            folders = [path]
+        else:
+            folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not folders:
+                raise DatasetLayoutError(f"{path} is neither an MVTec-style category (train/, test/) nor a folder "
+                                         "of categories")
+        for folder in folders:
+            if folder.name in found:
+                raise DatasetLayoutError(f"two categories are named {folder.name!r}: {found[folder.name]} and "
+                                         f"{folder}")
+            try:
+                list_train_images(folder)
+            except DatasetLayoutError as err:
+                raise DatasetLayoutError(f"category {folder.name!r} ({folder}) is broken: {err}") from err
+            found[folder.name] = folder
+    return found
+
+
+def split_categories(
+    categories: dict[str, Path], holdout: float, seed: int = 0
+) -> tuple[list[Path], list[Path], dict[str, list[Path]]]:
+    """The nominal training images of all categories as one set: (train, held-out, held-out per category).
+
+    Each category is split on its own with :func:`split_nominal`, so every category has held-out images (for
+    thresholds and settings) and a single category splits exactly as before.
+    """
+    train, held, held_by_category = [], [], {}
+    for name, folder in categories.items():
+        t, h = split_nominal(list_train_images(folder), holdout, seed=seed)
+        train += t
+        held += h
+        held_by_category[name] = h
+    return train, held, held_by_category
+
+
+def categories_label(categories: dict[str, Path]) -> str:
+    """A short name for a set of categories: the category itself, or ``multiclass-<n>``."""
+    return next(iter(categories)) if len(categories) == 1 else f"multiclass-{len(categories)}"

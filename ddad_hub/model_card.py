@@ -1,4 +1,4 @@
-"""Model cards for saved pipelines, rendered from ``model_cards/ddad_template.md`` with Hub metadata."""
+"""Model cards for saved pipelines, rendered from ``model_cards/*_template.md`` with Hub metadata."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .models.autoencoder import latent_factor
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "ddad_template.md"
+DIAD_TEMPLATE = TEMPLATE.with_name("diad_template.md")
 
 DATASETS = {
     "transistor": ("MVTec AD transistor", "mvtec_ad", "cc-by-nc-sa-4.0",
                    "MVTec AD, category transistor (Bergmann et al., CVPR 2019 / IJCV 2021; CC BY-NC-SA 4.0)"),
+    "bottle": ("MVTec AD bottle", "mvtec_ad", "cc-by-nc-sa-4.0",
+               "MVTec AD, category bottle (Bergmann et al., CVPR 2019 / IJCV 2021; CC BY-NC-SA 4.0)"),
+    "tire": ("MVTec 3D-AD tire (RGB)", "mvtec_3d_ad", "cc-by-nc-sa-4.0",
+             "MVTec 3D-AD, category tire, RGB images only (Bergmann et al., VISAPP 2022; CC BY-NC-SA 4.0)"),
     "magnetic_tile": ("Magnetic Tile Defect", "magnetic_tile_defect", "other",
                       "the Magnetic Tile Defect data set (Huang et al., The Visual Computer 2020; free for research "
                       "use), with this project's own 80/20 split of the defect-free images"),
@@ -128,3 +133,80 @@ def _fused_text(index: dict, info: dict) -> str:
     bank = f"; bank {memory['bank_size']} patches of {memory['images']} images" if memory.get("bank_size") else ""
     return (f"{index['fused_base'].upper()} map and memory map, each normalised by nominal mean and std, "
             f"{rule}{bank}; threshold {index.get('fused_threshold')}")
+
+
+def write_diad_model_card(folder: str | Path, repo_id: str | None = None, template: Path = DIAD_TEMPLATE) -> Path:
+    """Render ``README.md`` of a multi-class ``DiADPipeline`` folder from its ``training_info.json`` and, if present,
+    the ``results.json`` of ``training/evaluate_multiclass.py``: the model-index has one entry per category."""
+    folder = Path(folder)
+    info = json.loads((folder / "training_info.json").read_text())
+    results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else None
+    index = json.loads((folder / "model_index.json").read_text())
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    encoder = json.loads((folder / "feature_encoder" / "config.json").read_text())
+    preset, names = info["preset"], list(info["categories"])
+    model_name = f"diad-multiclass-{preset['name']}".replace("_", "-")
+    mode = index.get("mode", "diad")
+    eval_results, licenses = [], set()
+    for name in names:
+        ds_name, ds_type, license_id, _ = DATASETS.get(name, (name, name, "other", name))
+        licenses.add(license_id)
+        values = (results or {}).get("per_category", {}).get(name, {}).get(mode, {}).get("all", {})
+        for key, label in METRIC_NAMES.items():
+            if values.get(key) is not None and values[key] == values[key]:
+                eval_results.append(EvalResult(
+                    task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
+                    dataset_name=ds_name, dataset_split="test", metric_type=key, metric_name=label,
+                    metric_value=round(float(values[key]), 4)))
+    card_data = ModelCardData(
+        license=licenses.pop() if len(licenses) == 1 else "other", library_name="ddad-hub",
+        tags=["anomaly-detection", "diffusion", "diad", "multi-class", "diffusers"], model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    training = info["training"]
+    training_text = (
+        f"The SG network and the U-Net's up path trained {training.get('steps')} steps of batch "
+        f"{preset['diad']['batch_size']} in {training.get('minutes')} minutes"
+        + (f" on {training['cpu']}" if training.get("cpu") else "")
+        + f", on the nominal training images of all categories, starting from the multi-class U-Net "
+        f"`{info.get('base_denoiser')}` (its input layers, down path and middle block frozen)."
+    )
+    vae_training = info.get("autoencoder", {}).get("training")
+    if vae_training:
+        training_text += (f" The {info['autoencoder']['params']} autoencoder trained {vae_training['steps']} steps in "
+                          f"{vae_training['minutes']} minutes on the same images.")
+    if results:
+        rows = ["| category | detector | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
+        for name in names:
+            for detector, vals in results["per_category"][name].items():
+                if isinstance(vals, dict) and "all" in vals:
+                    rows.append(f"| {name} | {detector} | {vals['all']['image_auroc']:.3f} | "
+                                f"{vals['all']['pixel_auroc']:.3f} | {vals['all']['aupro']:.3f} |")
+        for detector, vals in results.get("mean_over_categories", {}).items():
+            rows.append(f"| **mean** | {detector} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
+                        f"{vals['aupro']:.3f} |")
+        results_text = f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
+    else:
+        results_text = "Not evaluated yet: run `training/evaluate_multiclass.py` with `--output-dir` this folder."
+    per_category = info.get("calibration", {}).get("per_category", {})
+    threshold_text = ("The threshold is the highest score among held-out nominal training images of all categories, "
+                      "so it needs no labels and no category. Per-category thresholds (the same rule per category): "
+                      + ", ".join(f"{k} {v['threshold']:.4f}" for k, v in per_category.items()) + ".")
+    credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in names)
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    side = preset["resolution"] // latent_factor(vae)
+    card = ModelCard.from_template(
+        card_data, template_path=str(template), model_name=model_name, categories=", ".join(names),
+        repo_id=repo_id or f"<user>/{model_name}", preset_name=preset["name"],
+        resolution=f"{preset['resolution']} px images as {side}x{side}x{vae['latent_channels']} latents",
+        unet_params=info.get("unet_params", "n/a"), sg_params=info.get("sg_params", "n/a"),
+        backbone=encoder["backbone"], strides=", ".join(map(str, encoder["feature_strides"])),
+        map_size=index.get("map_size"), blur_sigma=index.get("blur_sigma"), start_step=scheduler["start_step"],
+        skip=scheduler["skip"], threshold=index.get("threshold"), threshold_text=threshold_text,
+        training_text=training_text, results_text=results_text,
+        data_text=f"Trained on the nominal training images of {credits}. The data's terms carry over to this model: "
+                  "it is for non-commercial research use.",
+    )
+    path = folder / "README.md"
+    card.save(path)
+    return path

@@ -346,13 +346,17 @@ def finalize_run(
     encoder: FeatureEncoder | None = None,
     train_paths: list[Path] | None = None,
     vae: AutoencoderKL | None = None,
+    category: str | None = None,
 ) -> Path:
-    """Assemble, select settings, calibrate and save the pipeline to ``<out>/pipeline`` with its model card."""
+    """Assemble, select settings, calibrate and save the pipeline to ``<out>/pipeline`` with its model card.
+
+    ``category`` names what was trained on (default: the data folder's name).
+    """
     out = Path(out)
     pipe = assemble_pipeline(unet, preset, encoder, vae)
     pipe.set_progress_bar_config(disable=True)
     nominal = load_images(held_out, preset["resolution"])
-    info: dict = {"preset": preset, "data": str(data), "category": Path(data).name, "training": training,
+    info: dict = {"preset": preset, "data": str(data), "category": category or Path(data).name, "training": training,
                   "held_out_nominal": [p.name for p in held_out],
                   "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}
     if vae is not None:

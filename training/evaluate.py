@@ -29,6 +29,7 @@ from ddad_hub.data import list_test_items, list_train_images, load_images, load_
 from ddad_hub.metrics import METRICS, roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
+from ddad_hub.pipelines.loading import load_pipeline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16"],
                    help="the networks' compute type (default: the pipeline's compute_dtype, bf16 where fast)")
     p.add_argument("--no-memory", action="store_true", help="skip the feature-memory baseline")
-    p.add_argument("--modes", nargs="+", default=None, choices=["ddad", "d3ad", "fused"],
+    p.add_argument("--modes", nargs="+", default=None, choices=["ddad", "d3ad", "fused", "diad"],
                    help="pipeline modes to evaluate (default: every mode the pipeline has, see available_modes())")
     p.add_argument("--memory-coreset", type=float, default=0.1)
     return p.parse_args(argv)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = DDADPipeline.from_pretrained(args.pipeline)
+    pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     folder = Path(args.pipeline)
     out_dir = Path(args.output_dir) if args.output_dir else folder
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             "DDAD map": maps[i], "ground truth": masks[i],  # first mode's
         })
     plot(out_dir / "evaluation.png", results, curves, examples)
-    if out_dir == folder and (folder / "training_info.json").is_file():
+    if out_dir == folder and (folder / "training_info.json").is_file() and pipe.config.mode != "diad":
         write_model_card(folder)
     for name in ("ddad", "d3ad", "fused", "feature_memory"):
         if name in results:

@@ -14,39 +14,32 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
-from ddad_hub.data import list_train_images, split_nominal
-from ddad_hub.models.autoencoder import load_vae
-from ddad_hub.models.unet import build_unet
-from ddad_hub.presets import PRESETS, load_preset
+from ddad_hub.data import categories_label, find_categories, list_train_images, split_categories
+from ddad_hub.models.unet import unet_from_checkpoint
+from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
 
 
-def _fill_preset(preset: dict) -> dict:
-    """Settings added to a named preset since the run started fill the gaps."""
-    return {**load_preset(preset["name"]), **preset} if preset.get("name") in PRESETS else preset
+def _setting(text: str) -> dict:
+    key, _, value = text.partition("=")
+    return {key: json.loads(value)}
 
 
 def from_checkpoint(args: argparse.Namespace) -> Path:
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.run_dir) / "checkpoints")
     if ckpt is None:
         raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints")
-    state = json.loads((ckpt / "state.json").read_text())
-    preset = _fill_preset(state["preset"])
-    data = Path(args.data or state.get("data") or "")
-    vae_path = args.vae or state.get("vae")
-    vae = load_vae(vae_path) if vae_path else None
-    unet = build_unet(preset, in_channels=vae.config.latent_channels if vae is not None else 3)
-    weights = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").exists() else "unet.safetensors")
-    unet.load_state_dict(load_file(str(weights)))
-    train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=state.get("seed", 0))
+    unet, vae, state, preset = unet_from_checkpoint(ckpt, args.vae)
+    preset.update(args.set or {})
+    categories = find_categories(args.data or state.get("categories") or state.get("data"))
+    data = next(iter(categories.values())) if len(categories) == 1 else ", ".join(map(str, categories.values()))
+    train_paths, held_out, _ = split_categories(categories, preset["holdout"], seed=state.get("seed", 0))
     training = {"steps": state["step"], "minutes": round(state["elapsed_seconds"] / 60, 2),
                 "processes": state.get("processes", 1), "checkpoint": ckpt.name}
-    return finalize_run(args.output_dir or args.run_dir, unet.eval(), preset, data, held_out, training,
-                        train_paths=train_paths, vae=vae)
+    return finalize_run(args.output_dir or args.run_dir, unet, preset, data, held_out, training,
+                        train_paths=train_paths, vae=vae, category=categories_label(categories))
 
 
 def from_pipeline(args: argparse.Namespace) -> Path:
@@ -55,13 +48,13 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     folder = Path(args.pipeline)
     info = json.loads((folder / "training_info.json").read_text())
     pipe = DDADPipeline.from_pretrained(folder)
-    data = Path(args.data or info["data"])
+    data = Path(args.data[0] if args.data else info["data"])
     held = set(info["held_out_nominal"])
     paths = list_train_images(data)
     train_paths = [p for p in paths if p.name not in held]
     held_out = [p for p in paths if p.name in held]
     training = {**info["training"], "refinalized_from": str(folder)}
-    return finalize_run(args.output_dir, pipe.unet, _fill_preset(info["preset"]), data, held_out, training,
+    return finalize_run(args.output_dir, pipe.unet, fill_preset(info["preset"]), data, held_out, training,
                         encoder=pipe.feature_encoder, train_paths=train_paths, vae=pipe.vae)
 
 
@@ -71,10 +64,15 @@ def main(argv: list[str] | None = None) -> Path:
     source.add_argument("--run-dir", help="a train_unet.py output folder (its checkpoints/)")
     source.add_argument("--pipeline", help="a saved pipeline folder with training_info.json")
     p.add_argument("--checkpoint", default=None, help="with --run-dir: a step_* folder (default: the newest)")
-    p.add_argument("--data", default=None, help="the category folder (default: the one the run trained on)")
+    p.add_argument("--data", default=None, nargs="+",
+                   help="the category folder(s) (default: the ones the run trained on)")
     p.add_argument("--output-dir", default=None, help="where to write pipeline/ (default: --run-dir)")
     p.add_argument("--vae", default=None, help="with --run-dir: the run's autoencoder (default: the one it used)")
+    p.add_argument("--set", nargs="+", default=None, type=_setting, metavar="KEY=JSON",
+                   help="with --run-dir: override preset entries, e.g. w=4 start_step=400 skip=40 d3ad=null to skip "
+                        "the settings search and the D3AD fit (a cheaper finalisation)")
     args = p.parse_args(argv)
+    args.set = dict(item for pair in args.set for item in pair.items()) if args.set else None
     folder = from_pipeline(args) if args.pipeline else from_checkpoint(args)
     print(f"pipeline written to {folder}")
     return folder

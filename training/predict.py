@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
     files = image_files(root)
     if not files:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
-    pipe = load_pipeline(args.pipeline)
+    pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
 
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from ddad_hub.data import list_train_images, load_images, split_nominal
+from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
 from ddad_hub.models.unet import build_unet
@@ -34,7 +34,9 @@ from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="an MVTec-layout category folder (with train/good)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="MVTec-layout category folders (with train/good), or parent folders of categories; several "
+                        "categories are one nominal set (the multi-class U-Net)")
     p.add_argument("--output-dir", required=True, help="where checkpoints and the final pipeline go")
     p.add_argument("--preset", default="cpu", help=f"{' or '.join(PRESETS)}, or a preset .json file")
     p.add_argument("--category", default=None, help="category name for the paper's settings (default: folder name)")
@@ -61,8 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    data = Path(args.data)
-    category = args.category or data.name
+    categories = find_categories(args.data)
+    data = next(iter(categories.values())) if len(categories) == 1 else ", ".join(map(str, categories.values()))
+    category = args.category or categories_label(categories)
     preset = load_preset(
         args.preset,
         category,
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"preset {preset['name']!r} trains on autoencoder latents: train one first with "
                          f"training/train_vae.py and pass its folder with --vae")
     vae = load_vae(args.vae) if args.vae else None
-    train_paths, held_out = split_nominal(list_train_images(data), preset["holdout"], seed=args.seed)
+    train_paths, held_out, _ = split_categories(categories, preset["holdout"], seed=args.seed)
     images = load_images(train_paths, preset["resolution"])
     if vae is not None:  # the U-Net learns the latents; they are computed once
         preset["latent_resolution"] = preset["resolution"] // latent_factor(vae.config)
@@ -125,8 +128,8 @@ def main(argv: list[str] | None = None) -> Path:
             plain = accelerator.unwrap_model(unet)
             modules: dict = {"unet": plain}
             state = {"elapsed_seconds": progress.elapsed, "preset": preset, "category": category, "seed": args.seed,
-                     "data": str(data), "processes": accelerator.num_processes, "vae": args.vae,
-                     "machine": accelerator.run_info}
+                     "data": str(data), "categories": [str(p) for p in categories.values()],
+                     "processes": accelerator.num_processes, "vae": args.vae, "machine": accelerator.run_info}
             if ema is not None:
                 names = [name for name, _ in plain.named_parameters()]
                 modules["ema"] = dict(zip(names, ema.shadow_params))
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
         finalize_run(
             out, final_unet.eval().float(), preset, data, held_out,
             training={"steps": step, "minutes": round(elapsed / 60, 2), **accelerator.run_info},
-            train_paths=train_paths, vae=vae,
+            train_paths=train_paths, vae=vae, category=category,
         )
     accelerator.wait_for_everyone()
     accelerator.end_training()

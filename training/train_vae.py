@@ -23,7 +23,7 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from ddad_hub.data import list_train_images, load_images, split_nominal
+from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset
@@ -32,7 +32,9 @@ from ddad_hub.training import AutoencoderObjective, TrainingProgress, autoencode
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="an MVTec-layout category folder (with train/good)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="MVTec-layout category folders (with train/good), or parent folders of categories; several "
+                        "categories are trained on as one nominal set")
     p.add_argument("--output-dir", required=True, help="where checkpoints and the autoencoder (vae/) go")
     p.add_argument("--preset", default="cpu_latent", help=f"one of {PRESETS} with a 'vae' entry, or a .json file")
     p.add_argument("--max-steps", type=int, default=None)
@@ -48,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    data = Path(args.data)
-    preset = load_preset(args.preset, data.name, mixed_precision=args.mixed_precision)
+    categories = find_categories(args.data)
+    data = ", ".join(str(p) for p in categories.values())
+    preset = load_preset(args.preset, categories_label(categories), mixed_precision=args.mixed_precision)
     if "vae" not in preset:
         raise SystemExit(f"preset {preset['name']!r} has no 'vae' entry: use --preset cpu_latent or add one")
     spec = dict(preset["vae"])
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt_dir = out / "vae_checkpoints"
 
     # The same split as train_unet.py, so the held-out images stay unseen by every component.
-    train_paths, _ = split_nominal(list_train_images(data), preset["holdout"], seed=args.seed)
+    train_paths, _, _ = split_categories(categories, preset["holdout"], seed=args.seed)
     images = load_images(train_paths, preset["resolution"])
     max_steps = args.max_steps
     budget_s = spec["max_minutes"] * 60 if spec.get("max_minutes") else None

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-PRESETS = ("cpu", "cpu_latent", "paper")
+PRESETS = ("cpu", "cpu_latent", "cpu_diad", "paper")
 
 
 def load_preset(name: str, category: str | None = None, **overrides) -> dict:
@@ -32,3 +32,8 @@ def load_preset(name: str, category: str | None = None, **overrides) -> dict:
             preset.update(table[category])
     preset.update({k: v for k, v in overrides.items() if v is not None})
     return preset
+
+
+def fill_preset(preset: dict) -> dict:
+    """A run's stored preset, with settings added to its named preset since the run started filling the gaps."""
+    return {**load_preset(preset["name"]), **preset} if preset.get("name") in PRESETS else preset

@@ -1,0 +1,176 @@
+"""DiADPipeline: one latent diffusion model for many product classes, steered by a semantic-guided network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.feature_encoder import FeatureEncoder
+from ..models.semantic_guided import SemanticGuidedNetwork, unet_forward_with_residuals
+from ..schedulers.scheduling_ddad import DDADScheduler
+from .pipeline_ddad import DDADPipeline, DDADPipelineOutput, ImageInput
+
+
+class DiADPipeline(DDADPipeline):
+    """Anomaly detection with DiAD (He et al., AAAI 2024): reconstruct from full noise, guided by the input.
+
+    The input's latent is noised to the scheduler's ``start_step`` (999: full noise) and rebuilt in DDIM steps of
+    ``skip`` (100: ten steps; ``eta`` 0), while the SG network sees the input image and feeds the denoiser's skip
+    connections. The map is the feature distance of input and reconstruction (``feature_encoder``'s stages, e.g.
+    strides 4, 8 and 16), upsampled and blurred; ``v > 0`` would add the latent distance as in DDAD.
+
+    It is a :class:`DDADPipeline` with one more component, so preprocessing, the autoencoder, the feature distance,
+    the map, the output type, thresholds and checked safetensors loading are the same code. The model never sees
+    a class label: one pipeline serves every category it was trained on.
+
+    Components:
+        unet: the denoiser (``UNet2DModel``), its up path fine-tuned together with the SG network.
+        sg_network: :class:`SemanticGuidedNetwork`.
+        scheduler: :class:`DDADScheduler`; ``start_step``, ``skip``, ``eta`` (and ``w``, 0 in DiAD) of the run.
+        feature_encoder: :class:`FeatureEncoder` for the map.
+        vae: the ``AutoencoderKL`` whose latents are denoised (optional: without it the U-Net works on pixels).
+    """
+
+    model_cpu_offload_seq = "vae->sg_network->unet->feature_encoder"
+    _optional_components = ["vae"]
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        sg_network: SemanticGuidedNetwork,
+        scheduler: DDADScheduler,
+        feature_encoder: FeatureEncoder,
+        vae: AutoencoderKL | None = None,
+        v: float = 0.0,
+        blur_sigma: float = 4.0,
+        map_size: int | None = None,
+        pixel_weight: float | None = None,
+        threshold: float | None = None,
+        seed: int = 0,
+        compute_dtype: str = "auto",
+        mode: str = "diad",
+    ):
+        DiffusionPipeline.__init__(self)  # not DDADPipeline's: its D3AD components and settings do not apply
+        for module in (unet, sg_network, feature_encoder, vae):
+            if module is not None:
+                module.eval()
+        if mode != "diad":
+            raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
+        self.register_modules(unet=unet, sg_network=sg_network, scheduler=scheduler, feature_encoder=feature_encoder,
+                              vae=vae)
+        self.register_to_config(v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight,
+                                threshold=threshold, seed=seed, compute_dtype=compute_dtype, mode=mode)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
+
+    @property
+    def feature_memory(self):
+        """DiAD has no feature memory (DDADPipeline's D3AD first estimate); scripts test for ``None``."""
+        return None
+
+    def hint_images(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The input images at the size the SG network's conv stack maps onto the latent grid."""
+        size = tuple(s * self.sg_network.hint_scale() for s in latents.shape[-2:])
+        if tuple(images.shape[-2:]) == size:
+            return images
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def guided_noise_prediction(self, sample: torch.Tensor, timestep: torch.Tensor, hint: torch.Tensor):
+        """The denoiser's noise estimate with the SG network's residuals added."""
+        sample = sample.contiguous(memory_format=torch.channels_last)
+        down, mid = self.sg_network(sample, timestep, hint)
+        return unet_forward_with_residuals(self.unet, sample, timestep, down, mid).sample
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor | None = None,
+        w: float | None = None,
+        start_step: int | None = None,
+        skip: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        noise_free_start: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        show_progress: bool = True,
+        return_latents: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Noise the latents of ``images`` (in [-1, 1]) to ``start_step`` and denoise them, guided by the images.
+
+        Unlike DDAD's schedule, the first step evaluates the model at ``start_step`` itself (the noise level the
+        sample is at): 999, 899, ..., 99, then the clean estimate. ``w`` (default 0) adds DDAD's conditioning on
+        ``target``; ``noise_free_start`` is D3AD's start, not used by DiAD.
+        """
+        scheduler = self.scheduler
+        scheduler.set_timesteps(start_step=start_step, skip=skip, device=self.device)  # validates and records them
+        w = scheduler.config.w if w is None else w
+        eta = scheduler.config.eta if eta is None else eta
+        x0 = self.encode(images, autocast_dtype)
+        target = x0 if target is None else self.encode(target, autocast_dtype)
+        hint = self.hint_images(images.to(self.device, torch.float32), x0)
+        generator = self._generators(generator, x0.shape[0])
+        if noise_free_start:
+            sample = scheduler.scale_noise_free(x0, scheduler.start_step)
+        else:
+            noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+            sample = scheduler.add_noise(x0, noise, scheduler.start_step)
+        steps = torch.arange(scheduler.start_step, -1, -scheduler.skip, device=self.device)
+        reconstruction = sample
+        for i in self.progress_bar(range(len(steps))) if show_progress else range(len(steps)):
+            t = steps[i]
+            prev = steps[i + 1] if i + 1 < len(steps) else torch.tensor(-1, device=self.device)
+            with self._autocast(autocast_dtype):
+                eps = self.guided_noise_prediction(sample, t.expand(sample.shape[0]), hint)
+            sample, reconstruction = scheduler.step(eps.float(), t, sample, target=target, w=w, eta=eta,
+                                                    prev_timestep=prev, generator=generator, return_dict=False)
+        images_out = self.decode(reconstruction, autocast_dtype)
+        if return_latents:
+            return images_out, (x0, reconstruction if self.vae is not None else images_out)
+        return images_out
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        start_step: int | None = None,
+        skip: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_size: int = 16,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+        mode: str | None = None,
+        w: float | None = None,
+    ) -> DDADPipelineOutput | tuple:
+        """Score images for anomalies; arguments and output as :meth:`DDADPipeline.__call__`.
+
+        ``mode`` may only be ``None`` or ``"diad"``. ``start_steps`` in the output are all ``start_step``.
+        """
+        if mode not in (None, "diad"):
+            raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
+        # DDADPipeline's fixed-start-step path runs self.reconstruct (DiAD's, above) and builds the same output
+        return super().__call__(image, w=w, start_step=start_step, skip=skip, eta=eta, generator=generator,
+                                batch_size=batch_size, output_type=output_type, return_dict=return_dict,
+                                autocast_dtype=autocast_dtype, mode="ddad")
+
+    def available_modes(self) -> list[str]:
+        """DiAD's one mode (what the app and ``evaluate.py`` offer for this pipeline)."""
+        return ["diad"]
+
+    def check_mode(self, mode: str) -> None:
+        """Accept "diad", and "ddad": the fixed-start-step path of :meth:`DDADPipeline.__call__` it runs on."""
+        if mode not in ("diad", "ddad"):
+            raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
+
+    def to_openvino(self, *args, **kwargs):
+        """Not available yet: the OpenVINO stand-ins cover the plain U-Net call, not the SG network's residuals."""
+        raise NotImplementedError("the OpenVINO backend does not cover DiAD's semantic-guided network yet; load "
+                                  "this pipeline with the default backend (backend='pytorch')")
+
+    def threshold_for(self, mode: str | None = None) -> float | None:
+        """The calibrated image-score threshold (one for the single mode)."""
+        return self.config.threshold

@@ -1,0 +1,235 @@
+"""DiAD: the semantic-guided network, the pipeline, its training script, and several categories read as one set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+from PIL import Image
+
+from ddad_hub.data import DatasetLayoutError, find_categories, split_categories
+from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork, unet_forward_with_residuals
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def _write_category(root: Path, name: str, n_train: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """A tiny MVTec-layout category of smooth random images, one defect type with masks."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    for sub in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
+        (folder / sub).mkdir(parents=True)
+    base = rng.integers(40, 200, size=3)
+    for i in range(n_train):
+        img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "train" / "good" / f"{i:03d}.png")
+    for i in range(2):
+        img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "test" / "good" / f"{i:03d}.png")
+        img[8:14, 4:28] = 255
+        Image.fromarray(img).save(folder / "test" / "scratch" / f"{i:03d}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:14, 4:28] = 255
+        Image.fromarray(mask).save(folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    return folder
+
+
+def _tiny_unet():
+    return make_tiny_pipeline(latent=True).unet
+
+
+# ---------------------------------------------------------------------------- the SG network
+def test_zero_initialised_sg_outputs_leave_the_denoiser_unchanged():
+    unet = _tiny_unet().eval()
+    sg = SemanticGuidedNetwork.from_unet(unet, hint_channels=(4, 8), hint_strides=(1, 2))
+    torch.manual_seed(1)
+    x, image, t = torch.randn(2, 4, 16, 16), torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([3, 700])
+    down, mid = sg(x, t, image)
+    assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
+    plain = unet(x, t).sample
+    assert torch.equal(unet_forward_with_residuals(unet, x, t).sample, plain)
+    assert torch.equal(GuidedDenoiser(unet, sg)(x, t, image).sample, plain)
+
+
+def test_residuals_reach_every_skip_and_the_middle_block():
+    """Once the zero convs are not zero, each residual changes the prediction (none is silently dropped)."""
+    unet = _tiny_unet().eval()
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([10])
+    plain = unet(x, t).sample
+    skips = [unet.conv_in(x)]  # shapes of the skips, from a plain run of the down path
+    emb = unet.time_embedding(unet.time_proj(t))
+    h = skips[0]
+    for block in unet.down_blocks:
+        h, res = block(hidden_states=h, temb=emb)
+        skips += list(res)
+    mid = unet.mid_block(h, emb)
+    for i in range(len(skips)):
+        residuals = [torch.zeros_like(s) for s in skips]
+        residuals[i] = torch.ones_like(skips[i])
+        out = unet_forward_with_residuals(unet, x, t, tuple(residuals), None).sample
+        assert not torch.allclose(out, plain), f"skip {i} had no effect"
+    out = unet_forward_with_residuals(unet, x, t, None, torch.ones_like(mid)).sample
+    assert not torch.allclose(out, plain)
+    with pytest.raises(ValueError, match="skip residuals"):
+        unet_forward_with_residuals(unet, x, t, tuple(skips[:-1]), None)
+
+
+def test_sff_mixes_the_previous_level_into_the_deepest_outputs():
+    sg = SemanticGuidedNetwork.from_unet(_tiny_unet(), hint_channels=(4, 8), hint_strides=(1, 2))
+    assert sg.sff_convs is not None and len(sg.sff_convs) == len(sg.deep_index)
+    for conv in sg.sff_convs:  # make the SFF path non-zero, everything else stays zero-initialised
+        torch.nn.init.normal_(conv.weight)
+    for conv in sg.zero_convs:
+        torch.nn.init.normal_(conv.weight)
+    down, _ = sg(torch.randn(1, 4, 16, 16), torch.tensor([5]), torch.rand(1, 3, 32, 32))
+    assert all((down[d] >= -0.2785).all() for d in sg.deep_index)  # SiLU's minimum: the fused outputs went through it
+
+
+# ---------------------------------------------------------------------------- pipeline, training, save/load
+def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
+    from ddad_hub.pipelines.loading import load_pipeline
+    from ddad_hub.pipelines.pipeline_ddad import DDADPipelineOutput
+    from ddad_hub.pipelines.pipeline_diad import DiADPipeline
+    from training.train_diad import main as train_diad
+
+    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    make_tiny_pipeline(latent=True).save_pretrained(tmp_path / "base")
+    preset = {"name": "tiny_diad", "resolution": 32, "holdout": 0.34, "mixed_precision": "no", "map_size": 64,
+              "feature_backbone": "efficientnet_lite0",
+              "diad": {"sg_hint_channels": [4, 8], "sg_hint_strides": [1, 2], "learning_rate": 1e-3, "batch_size": 2,
+                       "checkpoint_every": 2, "start_step": 999, "skip": 100, "feature_strides": [4, 8, 16]}}
+    (tmp_path / "tiny_diad.json").write_text(json.dumps(preset))
+    base = load_pipeline(tmp_path / "base")
+    frozen = {k: v.clone() for k, v in base.unet.state_dict().items() if not k.startswith(("up_blocks", "conv_out",
+                                                                                            "conv_norm_out"))}
+    args = ["--pipeline", str(tmp_path / "base"), "--data", *map(str, cats), "--output-dir", str(tmp_path / "run"),
+            "--preset", str(tmp_path / "tiny_diad.json"), "--threads", "1"]
+    folder = train_diad([*args, "--max-steps", "3"])
+    pipe = load_pipeline(folder)
+    assert isinstance(pipe, DiADPipeline)
+    trained = pipe.unet.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in frozen.items()), "the denoiser's down path must stay frozen"
+    assert any(not torch.equal(trained[k], base.unet.state_dict()[k]) for k in trained if k.startswith("up_blocks"))
+    assert any(torch.count_nonzero(p) for p in pipe.sg_network.zero_convs.parameters()), "the SG network trained"
+    info = json.loads((folder / "training_info.json").read_text())
+    per_category = info["calibration"]["per_category"]
+    assert set(per_category) == {"alpha", "beta"}
+    assert max(v["threshold"] for v in per_category.values()) == pipe.config.threshold
+    assert pipe.config.threshold == pytest.approx(max(info["calibration"]["nominal_scores"]))
+    card = (folder / "README.md").read_text()
+    assert "DiADPipeline" in card and "alpha, beta" in card and "Not evaluated yet" in card
+    from training.evaluate_multiclass import main as evaluate
+
+    evaluate(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir", str(folder), "--holdout", "0.34"])
+    from huggingface_hub import ModelCard
+
+    results = ModelCard.load(folder / "README.md").data.eval_results  # the model-index: 3 metrics per category
+    assert sorted((r.dataset_name, r.metric_type) for r in results) == sorted(
+        (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
+
+    # resuming continues from the newest checkpoint (step 3 was written at the end)
+    assert train_diad([*args, "--max-steps", "4", "--resume"]) == folder
+
+    pipe.set_progress_bar_config(disable=True)
+    x = torch.rand(3, 3, 40, 40)
+    out = pipe(x, output_type="pt", autocast_dtype=torch.float32)
+    assert isinstance(out, DDADPipelineOutput)
+    assert out.anomaly_maps.shape == (3, 64, 64) and out.image_scores.shape == (3,)
+    assert out.is_anomalous is not None and out.masks is not None and out.threshold == pipe.config.threshold
+    assert out.start_steps.tolist() == [999] * 3
+    assert out.anomaly_maps_input_size[0].shape == (40, 40)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert not list((tmp_path / "saved").rglob("*.bin"))
+    again = load_pipeline(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    out2 = again(x, output_type="pt", autocast_dtype=torch.float32)
+    assert torch.equal(out.anomaly_maps, out2.anomaly_maps)
+    assert torch.equal(out.reconstructions, out2.reconstructions)
+    with pytest.raises(ValueError, match="one mode"):
+        pipe(x, mode="d3ad")
+
+
+def test_diad_runs_ten_ddim_steps_from_full_noise(monkeypatch):
+    from ddad_hub import DDADScheduler
+    from ddad_hub.pipelines.pipeline_diad import DiADPipeline
+
+    base = make_tiny_pipeline(latent=True)
+    sg = SemanticGuidedNetwork.from_unet(base.unet, hint_channels=(4, 8), hint_strides=(1, 2))
+    pipe = DiADPipeline(base.unet, sg, DDADScheduler(start_step=999, skip=100, eta=0.0, w=0.0),
+                        base.feature_encoder, vae=base.vae, map_size=64)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    original = pipe.guided_noise_prediction
+    monkeypatch.setattr(pipe, "guided_noise_prediction", lambda s, t, h: seen.append(int(t[0])) or original(s, t, h))
+    pipe(torch.rand(1, 3, 32, 32), output_type="pt")
+    assert seen == list(range(999, 0, -100))
+
+
+# ---------------------------------------------------------------------------- several categories as one set
+def test_a_folder_of_categories_is_read_as_one_set(tmp_path):
+    _write_category(tmp_path, "alpha", n_train=5)
+    _write_category(tmp_path, "beta", n_train=7)
+    (tmp_path / "license.txt").write_text("files beside the categories are ignored")
+    found = find_categories(tmp_path)
+    assert list(found) == ["alpha", "beta"]
+    train, held, by_category = split_categories(found, holdout=0.2)
+    assert len(train) + len(held) == 12
+    assert set(by_category) == {"alpha", "beta"} and all(by_category.values())
+    assert {p.parent.parent.parent.name for p in train} == {"alpha", "beta"}
+    # category folders and parents mix; the order given is kept
+    mixed = find_categories([tmp_path / "beta", tmp_path / "alpha"])
+    assert list(mixed) == ["beta", "alpha"]
+
+
+def test_a_broken_category_folder_is_named(tmp_path):
+    _write_category(tmp_path, "alpha")
+    (tmp_path / "gamma" / "train").mkdir(parents=True)  # no train/good
+    with pytest.raises(DatasetLayoutError, match="category 'gamma'"):
+        find_categories(tmp_path)
+    _write_category(tmp_path / "other", "alpha")
+    with pytest.raises(DatasetLayoutError, match="two categories are named 'alpha'"):
+        find_categories([tmp_path / "alpha", tmp_path / "other"])
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        find_categories(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="the shared real data (../shared/data) is not here")
+def test_the_four_shared_categories_are_one_set():
+    found = find_categories([DATA / "mvtec_ad_256" / "transistor", DATA / "mvtec_ad_256" / "bottle",
+                             DATA / "mvtec3d_256" / "tire", DATA / "mtd" / "magnetic_tile"])
+    train, held, by_category = split_categories(found, holdout=0.1)
+    assert list(found) == ["transistor", "bottle", "tire", "magnetic_tile"]
+    assert len(train) + len(held) == 213 + 209 + 210 + 762
+    assert all(len(v) > 0 for v in by_category.values())
+
+
+def test_multiclass_evaluation_reports_each_category_and_their_mean(tmp_path, tiny_pipeline_dir):
+    from training.evaluate_multiclass import main as evaluate
+
+    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    results = evaluate(["--pipeline", str(tiny_pipeline_dir), "--data", str(tmp_path / "data"), "--output-dir",
+                        str(tmp_path / "eval"), "--memory", "--memory-patches", "50", "--memory-size", "64"])
+    assert list(results["per_category"]) == [c.name for c in cats]
+    for detector in ("ddad", "feature_memory"):
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            values = [results["per_category"][c.name][detector]["all"][metric] for c in cats]
+            assert results["mean_over_categories"][detector][metric] == pytest.approx(np.mean(values))
+    rates = results["per_category"]["alpha"]["ddad"]["at_threshold"]
+    assert rates["one_threshold"]["threshold"] == 0.5 and "per_category_threshold" in rates
+    assert (tmp_path / "eval" / "table.md").is_file()
+
+
+def test_test_subsets_keep_every_defect_type_in_proportion():
+    from ddad_hub.data import TestItem
+    from training.evaluate_multiclass import subsample_items
+
+    items = [TestItem(Path(f"{k}{i}.png"), k, None) for k, n in (("good", 60), ("crack", 30), ("hole", 3))
+             for i in range(n)]
+    kept = subsample_items(items, 31)
+    counts = {k: sum(it.defect_type == k for it in kept) for k in ("good", "crack", "hole")}
+    assert counts == {"good": 20, "crack": 10, "hole": 1}
+    assert subsample_items(items, 1000) == items

@@ -1,0 +1,193 @@
+"""Evaluate one pipeline (DDAD or DiAD) on several categories, per category and as the mean over categories.
+
+    python training/evaluate_multiclass.py --pipeline runs/multi-diad/pipeline \
+        --data ../shared/data/mvtec_ad_256/transistor ../shared/data/mvtec_ad_256/bottle \
+               ../shared/data/mvtec3d_256/tire ../shared/data/mtd/magnetic_tile --output-dir runs/eval-diad
+
+The model is never told the category. For every category and mode it reports image AUROC, pixel AUROC and AUPRO
+(FPR 0.3) as ``training/evaluate.py`` does, and their mean over categories, as DiAD's tables do. Thresholds are not
+learnt from test labels: the pipeline's own (one for all categories, from held-out nominal training images), and,
+for comparison, per-category thresholds from the same held-out images of each category (what a line that knows
+the product could use); the flagged rates of both are reported. ``--memory`` adds the nearest-neighbour feature
+memory with one bank over all categories' training images. Results go to ``<output-dir>/results.json`` and
+``table.md``; with ``--output-dir`` the DiAD pipeline's own folder, its model card is rendered with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
+from ddad_hub.metrics import summarize
+from ddad_hub.model_card import write_diad_model_card
+from ddad_hub.models.feature_encoder import FeatureEncoder
+from ddad_hub.models.feature_memory import FeatureMemory
+from ddad_hub.pipelines.loading import load_pipeline
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", default=None, help="a saved pipeline folder or Hub id (DDADPipeline or DiADPipeline)")
+    p.add_argument("--data", required=True, nargs="+", help="category folders, or parent folders of categories")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="modes to evaluate (default: the pipeline's default mode)")
+    p.add_argument("--memory", action="store_true", help="also evaluate a one-bank feature memory")
+    p.add_argument("--memory-patches", type=int, default=10000, help="the bank's size (greedy coreset)")
+    p.add_argument("--memory-size", type=int, default=256, help="image side for the memory's features")
+    p.add_argument("--memory-every", type=int, default=1,
+                   help="fit the memory on every n-th training image only (the coreset's cost grows with the pool)")
+    p.add_argument("--holdout", type=float, default=0.1, help="held-out share of train/good (as in training)")
+    p.add_argument("--max-test-images", type=int, default=None,
+                   help="per category, at most about this many test images: an evenly spaced subset of each defect "
+                        "type (and of the good ones), for a CPU budget; every category's count is reported")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="the split seed used in training")
+    return p.parse_args(argv)
+
+
+def score(pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """(maps, scores) of ``images`` in [-1, 1] in ``mode``."""
+    maps, scores = [], []
+    for s in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
+        out = pipe(to_unit_range(images[s : s + batch_size]), output_type="pt", batch_size=batch_size, mode=mode)
+        maps.append(out.anomaly_maps.numpy())
+        scores.append(out.image_scores.numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def subsample_items(items: list, limit: int | None) -> list:
+    """An evenly spaced subset of each defect type with the same share of every type, about ``limit`` in all."""
+    if limit is None or len(items) <= limit:
+        return items
+    kept = []
+    for kind in sorted({it.defect_type for it in items}):
+        group = [it for it in items if it.defect_type == kind]
+        k = max(1, round(len(group) * limit / len(items)))
+        kept += [group[i] for i in np.unique(np.linspace(0, len(group) - 1, k).round().astype(int))]
+    return kept
+
+
+def flagged_rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    flagged = scores > threshold
+    return {"threshold": float(threshold), "flagged": float(flagged.mean()),
+            "true_positive_rate": float(flagged[labels].mean()), "false_positive_rate": float(flagged[~labels].mean())}
+
+
+def per_category_thresholds(folder: str) -> dict[str, float]:
+    """Per-category thresholds that training already computed for the default mode (``train_diad.py`` keeps them
+    in ``training_info.json``), so the held-out images are not scored again; empty if there are none."""
+    info = Path(folder) / "training_info.json"
+    if not info.is_file():
+        return {}
+    per_category = json.loads(info.read_text()).get("calibration", {}).get("per_category", {})
+    return {name: entry["threshold"] for name, entry in per_category.items()}
+
+
+def mean_over_categories(results: dict, categories: list[str], detector: str) -> dict:
+    return {m: float(np.mean([results[c][detector]["all"][m] for c in categories])) for m in METRICS}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.pipeline and not args.memory:
+        raise SystemExit("nothing to evaluate: give --pipeline and/or --memory")
+    categories = find_categories(args.data)
+    train_paths, _, held_by_category = split_categories(categories, args.holdout, seed=args.seed)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.pipeline) if args.pipeline else None
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
+    modes = args.modes or ([pipe.config.mode] if pipe is not None else [])
+    map_hw = pipe.map_hw if pipe is not None else (256, 256)
+
+    memory, encoder, timing = None, None, {}
+    if args.memory:
+        encoder = FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16))
+        start = time.perf_counter()
+        pool = train_paths[:: args.memory_every]
+        memory = FeatureMemory.fit(encoder, load_images(pool, args.memory_size), coreset_ratio=1.0,
+                                   image_size=args.memory_size, max_patches=args.memory_patches)
+        timing["memory_fit_seconds"] = time.perf_counter() - start
+
+    results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
+    global_thresholds = {m: pipe.threshold_for(m) for m in modes}
+    known_thresholds = per_category_thresholds(args.pipeline) if pipe is not None else {}
+    for name, folder in categories.items():
+        all_items = list_test_items(folder)
+        items = subsample_items(all_items, args.max_test_images)
+        types = [it.defect_type for it in items]
+        labels = np.array(types) != "good"
+        masks = np.stack([load_mask(it.mask, map_hw) for it in items])
+        entry: dict = {"n_test_images": len(items), "n_test_images_in_category": len(all_items)}
+        if pipe is not None:
+            images = load_images([it.image for it in items], pipe.sample_size[0])
+            held = load_images(held_by_category[name], pipe.sample_size[0])  # only scored without known thresholds
+        for mode in modes:
+            start = time.perf_counter()
+            maps, scores = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
+            timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
+            entry[mode] = summarize(scores, maps, masks, types)
+            own = known_thresholds.get(name)
+            if own is None or mode != pipe.config.mode:
+                own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out")[1].max())
+            entry[mode]["at_threshold"] = {
+                "one_threshold": (flagged_rates(scores, labels, global_thresholds[mode])
+                                  if global_thresholds[mode] is not None else None),
+                "per_category_threshold": flagged_rates(scores, labels, own),
+            }
+        if memory is not None:
+            full = load_images([it.image for it in items], args.memory_size)
+            m_maps, m_scores = [], []
+            for s in range(0, len(items), args.batch_size):
+                mm, ms = memory.anomaly_maps(encoder, full[s : s + args.batch_size], map_hw)
+                m_maps.append(mm.numpy())
+                m_scores.append(ms.numpy())
+            entry["feature_memory"] = summarize(np.concatenate(m_scores), np.concatenate(m_maps), masks, types)
+        results["per_category"][name] = entry
+        print(name, {d: {m: round(entry[d]["all"][m], 3) for m in METRICS}
+                     for d in entry if isinstance(entry[d], dict)}, flush=True)
+
+    names = list(categories)
+    detectors = modes + (["feature_memory"] if memory is not None else [])
+    results["mean_over_categories"] = {d: mean_over_categories(results["per_category"], names, d) for d in detectors}
+    results["thresholds"] = {"one_threshold": global_thresholds,
+                             "how": "one: the pipeline's calibrated threshold (highest score among held-out nominal "
+                                    "training images of all categories); per category: the same per category"}
+    results["protocol"] = (f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3; memory: one bank of "
+                           f"{args.memory_patches} patches (greedy coreset) over all categories' training split"
+                           + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
+    if args.max_test_images:
+        results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
+                                "within each defect type)")
+    results["timing"] = timing
+    results["pipeline"] = args.pipeline
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve() and pipe.config.mode == "diad":
+        write_diad_model_card(out_dir)  # the card's model-index gets one entry per category
+    rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
+    for d in detectors:
+        cells = [" / ".join(f"{results['per_category'][c][d]['all'][m]:.3f}" for m in METRICS) for c in names]
+        mean = " / ".join(f"{results['mean_over_categories'][d][m]:.3f}" for m in METRICS)
+        rows.append(f"| {d} | " + " | ".join(cells) + f" | {mean} |")
+    table = "\n".join(rows)
+    (out_dir / "table.md").write_text("image AUROC / pixel AUROC / AUPRO\n\n" + table + "\n")
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Train DiAD's semantic-guided network and the denoiser's up path on several categories' nominal images.
+
+    accelerate launch training/train_diad.py --pipeline runs/multi/pipeline \
+        --data ../shared/data/mvtec_ad_256/transistor ../shared/data/mvtec_ad_256/bottle \
+               ../shared/data/mvtec3d_256/tire ../shared/data/mtd/magnetic_tile \
+        --output-dir runs/multi-diad --preset cpu_diad
+
+``--pipeline`` is the multi-class latent ``DDADPipeline`` that ``train_unet.py --vae`` made on the same categories
+(its U-Net plays the role of Stable Diffusion's pretrained weights in DiAD); ``--unet-run`` takes that run's newest
+checkpoint instead, so DiAD can train while the baseline pipeline is still being calibrated. Its input layers,
+down path and middle block stay frozen; a copy of them becomes the SG network, which trains with the U-Net's up
+path on the epsilon loss at every timestep (DiAD rebuilds from full noise). Checkpoints are atomic; ``--resume``
+continues with the same batches. At the end a ``DiADPipeline`` is saved to ``<output-dir>/pipeline`` with one
+threshold from the held-out nominal images of all categories (per-category thresholds, for comparison only, go to
+its ``training_info.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list, set_seed
+from diffusers import AutoencoderKL, UNet2DModel
+
+from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.data import categories_label, find_categories, load_images, split_categories
+from ddad_hub.distributed import make_accelerator
+from ddad_hub.model_card import write_diad_model_card
+from ddad_hub.models.autoencoder import encode_images
+from ddad_hub.models.feature_encoder import FeatureEncoder
+from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork
+from ddad_hub.models.unet import unet_from_checkpoint
+from ddad_hub.pipelines.loading import load_pipeline
+from ddad_hub.pipelines.pipeline_diad import DiADPipeline
+from ddad_hub.presets import PRESETS, load_preset
+from ddad_hub.recipe import autoencoder_info, calibrate_threshold
+from ddad_hub.schedulers import DDADScheduler
+from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    base = p.add_mutually_exclusive_group(required=True)
+    base.add_argument("--pipeline", help="the multi-class latent DDADPipeline folder (U-Net + vae)")
+    base.add_argument("--unet-run", help="or a train_unet.py output folder: its newest checkpoint (EMA weights)")
+    p.add_argument("--data", required=True, nargs="+", help="category folders, or parent folders of categories")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--preset", default="cpu_diad", help=f"one of {PRESETS} with a 'diad' entry, or a .json file")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="default: the preset's diad.max_minutes")
+    p.add_argument("--mixed-precision", default=None, choices=["auto", "no", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    return p.parse_args(argv)
+
+
+def pack(latents: torch.Tensor, images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Latents and their images as one tensor on the latent grid (images pixel-unshuffled into channels), so
+    :func:`sample_batch` draws matching pairs as a pure function of the step."""
+    size = tuple(s * scale for s in latents.shape[-2:])
+    if tuple(images.shape[-2:]) != size:
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return torch.cat([latents, F.pixel_unshuffle(images, scale)], dim=1)
+
+
+def unpack(batch: torch.Tensor, latent_channels: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[:, :latent_channels], F.pixel_shuffle(batch[:, latent_channels:], scale)
+
+
+def load_base(args: argparse.Namespace) -> tuple[UNet2DModel, AutoencoderKL, str]:
+    """The pretrained denoiser and its autoencoder, from a pipeline folder or a train_unet.py run."""
+    if args.pipeline:
+        base = load_pipeline(args.pipeline)
+        unet, vae, source = base.unet, base.vae, args.pipeline
+    else:
+        ckpt = latest_checkpoint(Path(args.unet_run) / "checkpoints")
+        if ckpt is None:
+            raise SystemExit(f"no checkpoint in {args.unet_run}/checkpoints")
+        unet, vae, _, _ = unet_from_checkpoint(ckpt)
+        source = str(ckpt)
+    if vae is None:
+        raise SystemExit(f"{source} has no autoencoder: DiAD here works on latents (train_unet.py --vae)")
+    return unet.float(), vae, source
+
+
+def build_diad(vae: AutoencoderKL, sg_network: SemanticGuidedNetwork, unet: UNet2DModel, preset: dict) -> DiADPipeline:
+    """A DiADPipeline from the trained networks and the base pipeline's autoencoder, with the preset's settings."""
+    spec = preset["diad"]
+    encoder = FeatureEncoder.from_imagenet(preset["feature_backbone"], tuple(spec["feature_strides"]))
+    scheduler = DDADScheduler(start_step=spec["start_step"], skip=spec["skip"], eta=0.0, w=0.0)
+    return DiADPipeline(unet=unet, sg_network=sg_network, scheduler=scheduler, feature_encoder=encoder, vae=vae,
+                        map_size=preset.get("map_size"), blur_sigma=spec.get("blur_sigma", 4.0), seed=0)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    categories = find_categories(args.data)
+    preset = load_preset(args.preset, categories_label(categories), mixed_precision=args.mixed_precision)
+    if "diad" not in preset:
+        raise SystemExit(f"preset {preset['name']!r} has no 'diad' entry: use --preset cpu_diad or add one")
+    spec = dict(preset["diad"])
+    if args.max_minutes is not None:
+        spec["max_minutes"] = args.max_minutes
+    accelerator = make_accelerator(preset["mixed_precision"], args.threads)
+    out = Path(args.output_dir)
+    ckpt_dir = out / "diad_checkpoints"
+
+    unet, vae, source = load_base(args)
+    # the same split as train_vae.py / train_unet.py: held-out images stay unseen by every component
+    train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
+    images = load_images(train_paths, preset["resolution"])
+    latents = encode_images(vae, images)
+
+    set_seed(args.seed)
+    sg = SemanticGuidedNetwork.from_unet(unet, hint_channels=tuple(spec["sg_hint_channels"]),
+                                         hint_strides=tuple(spec["sg_hint_strides"]))
+    scale = sg.hint_scale()
+    batches = pack(latents, images, scale)
+    model = GuidedDenoiser(unet, sg)
+    trainable = model.freeze_encoder_half()
+    optimizer = torch.optim.AdamW(trainable, lr=spec["learning_rate"], weight_decay=0.0)
+    scheduler = DDADScheduler()
+    max_steps = args.max_steps
+    budget_s = spec["max_minutes"] * 60 if spec.get("max_minutes") else None
+    if max_steps is None and budget_s is None:
+        raise SystemExit("set --max-steps or --max-minutes: the run needs an end")
+
+    step, elapsed = 0, 0.0
+    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(ckpt, {"unet": unet, "sg_network": sg}, optimizer)
+        step, elapsed = state["step"], state["elapsed_seconds"]
+        accelerator.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
+    elif args.resume:
+        accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = TrainingProgress(step, elapsed, max_steps, out / "diad_log.jsonl", "loss_per_latent", "train DiAD",
+                                is_main=accelerator.is_main_process)
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            state = {"elapsed_seconds": progress.elapsed, "preset": preset, "seed": args.seed,
+                     "categories": {k: str(v) for k, v in categories.items()}, "base": source}
+            plain_opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+            save_checkpoint(ckpt_dir, progress.step, {"unet": unet, "sg_network": sg}, plain_opt, state)
+        accelerator.wait_for_everyone()
+
+    model.train()
+    latent_channels = latents.shape[1]
+    while True:
+        done = (max_steps is not None and progress.step >= max_steps) or (
+            budget_s is not None and progress.elapsed >= budget_s)
+        if broadcast_object_list([done])[0]:
+            break
+        batch, t, noise = sample_batch(batches, progress.step, spec["batch_size"], scheduler.config.num_train_timesteps,
+                                       0, args.seed, accelerator.process_index)
+        x0, hint = unpack(batch.to(accelerator.device), latent_channels, scale)
+        noise = noise[:, :latent_channels].to(accelerator.device)
+        with accelerator.autocast():
+            loss = epsilon_loss(functools.partial(model, image=hint), scheduler, x0, t.to(accelerator.device), noise)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.update(loss.item() / x0[0].numel())
+        if progress.step % spec["checkpoint_every"] == 0:
+            checkpoint()
+            progress.restart_clock()
+    progress.close()
+    checkpoint()
+    accelerator.print(f"trained {progress.step} steps in {progress.minutes:.1f} min")
+
+    if accelerator.is_main_process:
+        pipe = build_diad(vae, sg.eval().float(), unet.eval().float(), preset)
+        pipe.set_progress_bar_config(disable=True)
+        threshold, scores = calibrate_threshold(pipe, load_images(held_out, preset["resolution"]), mode="diad")
+        pipe.register_to_config(threshold=threshold)
+        per_category, start = {}, 0  # held_out lists the categories' held-out images in order
+        for name, paths in held_by_category.items():
+            cat_scores = scores[start : start + len(paths)]
+            per_category[name] = {"threshold": max(cat_scores), "nominal_scores": cat_scores}
+            start += len(paths)
+        folder = out / "pipeline"
+        pipe.save_pretrained(folder)
+        info = {
+            "preset": preset, "category": categories_label(categories),
+            "categories": {k: str(v) for k, v in categories.items()}, "data": ", ".join(map(str, categories.values())),
+            "held_out_nominal": [p.name for p in held_out], "base_denoiser": source,
+            "training": {"steps": progress.step, "minutes": round(progress.minutes, 2), **accelerator.run_info},
+            "sg_params": f"{sum(p.numel() for p in sg.parameters()) / 1e6:.1f}M",
+            "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M",
+            "autoencoder": autoencoder_info(vae),
+            "calibration": {"threshold": threshold, "nominal_scores": scores, "per_category": per_category,
+                            "how": "highest score among held-out nominal training images of all categories; "
+                                   "per_category: the same per category, for comparison only"},
+        }
+        (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
+        write_diad_model_card(folder)
+        accelerator.print(f"DiAD pipeline written to {folder}; threshold {threshold:.4f}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out / "pipeline"
+
+
+if __name__ == "__main__":
+    main()
