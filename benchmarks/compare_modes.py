@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit("give one --names label per folder")
     results = [json.loads((Path(f) / "results.json").read_text()) for f in args.folders]
     columns = [(name, mode) for name, r in zip(names, results) for mode in MODES if mode in r]
-    subsets = sorted({s for r in results for m in MODES for s in r.get(m, {})} - {"all", "source"}) + ["all"]
+    subsets = sorted({s for r in results for m in MODES for s in r.get(m, {})} - {"all"}) + ["all"]
     head = "| defect type | " + " | ".join(f"{name} {LABELS[mode]}" for name, mode in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     by_name = dict(zip(names, results))

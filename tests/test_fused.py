@@ -177,3 +177,39 @@ def test_capped_candidates_keep_bank_sources_right():
     feats = patch_features(encoder, images).permute(0, 2, 3, 1).reshape(4, 64, -1)
     for entry, source in zip(memory.bank, memory.bank_sources.tolist()):
         assert torch.cdist(entry[None], feats[source]).min() < 1e-4  # the entry is a patch of its source image
+
+
+def test_recalibration_leaves_held_out_images_out_or_keeps_the_memory_thresholds(fused_pipe, tmp_path):
+    from ddad_hub.recipe import recalibrate
+
+    pipe, d3ad, _ = fused_pipe
+    held = _nominal(6, seed=2)  # the fixture's held-out images, in the bank as images 8..13
+    fresh = recalibrate(_copy(pipe), held, d3ad["memory"]["held_out_ids"])
+    assert fresh["d3ad_threshold"] == pytest.approx(pipe.config.d3ad_threshold)  # the same scores as the fit's
+    assert fresh["fused_threshold"] == pytest.approx(pipe.config.fused_threshold)
+    pipe.save_pretrained(tmp_path)
+    loaded = DDADPipeline.from_pretrained(tmp_path)  # the bank's sources are gone: in-bank scores would be too low
+    loaded.set_progress_bar_config(disable=True)
+    kept = recalibrate(loaded, held)
+    assert "memory_modes" in kept and "fused_threshold" not in kept
+    assert loaded.config.fused_threshold == pipe.config.fused_threshold
+
+
+def test_l2_normalised_memory_has_unit_stage_vectors_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = _nominal(3, seed=8)
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.5, image_size=64, normalization="l2")
+    split = encoder.channels[0]
+    finest, coarse = memory.bank[:, :split].norm(dim=1), memory.bank[:, split:].norm(dim=1)
+    torch.testing.assert_close(finest, torch.ones(len(finest)), rtol=1e-4, atol=1e-4)
+    # the stride-16 stage is normalised before it is upsampled: interpolated unit vectors are at most unit length
+    assert bool((coarse <= 1 + 1e-5).all()) and bool((coarse > 0.5).all()) and float(coarse.mean()) > 0.9
+    memory.save_pretrained(tmp_path)
+    again = FeatureMemory.from_pretrained(tmp_path)
+    assert again.config.normalization == "l2"
+    torch.testing.assert_close(again.anomaly_maps(encoder, images)[0], memory.anomaly_maps(encoder, images)[0])
+    with pytest.raises(ValueError, match="normalization"):
+        FeatureMemory.fit(encoder, images, normalization="zscore")

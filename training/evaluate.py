@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
             timing["memory_seconds_per_image"] = memory_seconds
         m_scores = memory_maps.reshape(len(memory_maps), -1).max(1)
         results["feature_memory"] = summarize(m_scores, memory_maps, masks, types, pixel_labelled)
-        results["feature_memory"]["source"] = "the pipeline's own memory (all training images)"
+        results["feature_memory_source"] = "the pipeline's own memory (all training images, cross-fitted statistics)"
         curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
     elif not args.no_memory:
         info_file = folder / "training_info.json"
