@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -196,7 +197,10 @@ def test_model_dropdown_offers_embedded_models_and_passed_ones(tiny_pipeline_dir
     assert shelf.default == tiny_pipeline_dir.name
     if "ddad-transistor-cpu-latent" in embedded:
         text = shelf.describe("ddad-transistor-cpu-latent")
-        assert "transistor" in text and "image AUROC 0.981" in text
+        folder = app.MODELS_DIR / "ddad-transistor-cpu-latent"
+        mode = json.loads((folder / "model_index.json").read_text())["mode"]
+        auroc = json.loads((folder / "results.json").read_text())[mode]["all"]["image_auroc"]
+        assert "transistor" in text and f"{mode}: image AUROC {auroc:.3f}" in text
     loads = []
     monkeypatch.setattr(app, "load_pipeline", lambda source, backend: loads.append((source, backend)) or
                         app.ddad_hub.load_pipeline(source))
