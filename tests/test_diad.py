@@ -163,8 +163,8 @@ def test_diad_runs_ten_ddim_steps_from_full_noise(monkeypatch):
                         base.feature_encoder, vae=base.vae, map_size=64)
     pipe.set_progress_bar_config(disable=True)
     seen = []
-    original = pipe.guided_noise_prediction
-    monkeypatch.setattr(pipe, "guided_noise_prediction", lambda s, t, h: seen.append(int(t[0])) or original(s, t, h))
+    original = pipe.predict_noise
+    monkeypatch.setattr(pipe, "predict_noise", lambda s, t, h: seen.append(int(t[0])) or original(s, t, h))
     pipe(torch.rand(1, 3, 32, 32), output_type="pt")
     assert seen == list(range(999, 0, -100))
 

@@ -309,19 +309,30 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
             sample = scheduler.add_noise(x0, noise, scheduler.start_step)
         reconstruction = sample
-        steps = scheduler.timesteps
-        for t in self.progress_bar(steps) if show_progress else steps:
+        guidance = self.guidance(images, x0)
+        steps = self.denoising_steps()
+        for t, prev in self.progress_bar(steps) if show_progress else steps:
             with self._autocast(autocast_dtype):
-                # channels-last inputs take oneDNN's faster convolution paths (weights stay contiguous for saving)
-                unet_in = sample.contiguous(memory_format=torch.channels_last)
-                eps = self.unet(unet_in, t.expand(sample.shape[0]).to(self.device)).sample
-            sample, reconstruction = scheduler.step(
-                eps.float(), t, sample, target=target, w=w, eta=eta, generator=generator, return_dict=False
-            )
+                eps = self.predict_noise(sample, t.expand(sample.shape[0]).to(self.device), guidance)
+            sample, reconstruction = scheduler.step(eps.float(), t, sample, target=target, w=w, eta=eta,
+                                                    prev_timestep=prev, generator=generator, return_dict=False)
         images_out = self.decode(reconstruction, autocast_dtype)
         if return_latents:
             return images_out, (x0, reconstruction if self.vae is not None else images_out)
         return images_out
+
+    def denoising_steps(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(t, previous t) of each denoising step after ``scheduler.set_timesteps``; ``None``: ``t - skip``."""
+        return [(t, None) for t in self.scheduler.timesteps]
+
+    def guidance(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+        """What the denoiser sees besides the noisy sample: nothing in DDAD (DiAD passes the input image)."""
+        return None
+
+    def predict_noise(self, sample: torch.Tensor, timesteps: torch.Tensor, guidance: torch.Tensor | None):
+        """The U-Net's noise estimate at ``sample``; call it under the autocast context of the run."""
+        # channels-last inputs take oneDNN's faster convolution paths (weights stay contiguous for saving)
+        return self.unet(sample.contiguous(memory_format=torch.channels_last), timesteps).sample
 
     @torch.no_grad()
     def memory_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

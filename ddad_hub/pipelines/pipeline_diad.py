@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.feature_encoder import FeatureEncoder
 from ..models.semantic_guided import SemanticGuidedNetwork, unet_forward_with_residuals
@@ -77,59 +76,22 @@ class DiADPipeline(DDADPipeline):
             return images
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
-    def guided_noise_prediction(self, sample: torch.Tensor, timestep: torch.Tensor, hint: torch.Tensor):
+    def guidance(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The SG network sees the input image (at the size its conv stack maps onto the latent grid)."""
+        return self.hint_images(images.to(self.device, torch.float32), latents)
+
+    def denoising_steps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Unlike DDAD's schedule, the first step evaluates the model at ``start_step`` itself (the noise level the
+        sample is at): 999, 899, ..., 99, then the clean estimate (previous step -1)."""
+        steps = torch.arange(self.scheduler.start_step, -1, -self.scheduler.skip, device=self.device)
+        last = torch.tensor(-1, device=self.device)
+        return [(t, steps[i + 1] if i + 1 < len(steps) else last) for i, t in enumerate(steps)]
+
+    def predict_noise(self, sample: torch.Tensor, timesteps: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """The denoiser's noise estimate with the SG network's residuals added."""
         sample = sample.contiguous(memory_format=torch.channels_last)
-        down, mid = self.sg_network(sample, timestep, hint)
-        return unet_forward_with_residuals(self.unet, sample, timestep, down, mid).sample
-
-    @torch.no_grad()
-    def reconstruct(
-        self,
-        images: torch.Tensor,
-        target: torch.Tensor | None = None,
-        w: float | None = None,
-        start_step: int | None = None,
-        skip: int | None = None,
-        eta: float | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        noise_free_start: bool = False,
-        autocast_dtype: torch.dtype | None = None,
-        show_progress: bool = True,
-        return_latents: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Noise the latents of ``images`` (in [-1, 1]) to ``start_step`` and denoise them, guided by the images.
-
-        Unlike DDAD's schedule, the first step evaluates the model at ``start_step`` itself (the noise level the
-        sample is at): 999, 899, ..., 99, then the clean estimate. ``w`` (default 0) adds DDAD's conditioning on
-        ``target``; ``noise_free_start`` is D3AD's start, not used by DiAD.
-        """
-        scheduler = self.scheduler
-        scheduler.set_timesteps(start_step=start_step, skip=skip, device=self.device)  # validates and records them
-        w = scheduler.config.w if w is None else w
-        eta = scheduler.config.eta if eta is None else eta
-        x0 = self.encode(images, autocast_dtype)
-        target = x0 if target is None else self.encode(target, autocast_dtype)
-        hint = self.hint_images(images.to(self.device, torch.float32), x0)
-        generator = self._generators(generator, x0.shape[0])
-        if noise_free_start:
-            sample = scheduler.scale_noise_free(x0, scheduler.start_step)
-        else:
-            noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-            sample = scheduler.add_noise(x0, noise, scheduler.start_step)
-        steps = torch.arange(scheduler.start_step, -1, -scheduler.skip, device=self.device)
-        reconstruction = sample
-        for i in self.progress_bar(range(len(steps))) if show_progress else range(len(steps)):
-            t = steps[i]
-            prev = steps[i + 1] if i + 1 < len(steps) else torch.tensor(-1, device=self.device)
-            with self._autocast(autocast_dtype):
-                eps = self.guided_noise_prediction(sample, t.expand(sample.shape[0]), hint)
-            sample, reconstruction = scheduler.step(eps.float(), t, sample, target=target, w=w, eta=eta,
-                                                    prev_timestep=prev, generator=generator, return_dict=False)
-        images_out = self.decode(reconstruction, autocast_dtype)
-        if return_latents:
-            return images_out, (x0, reconstruction if self.vae is not None else images_out)
-        return images_out
+        down, mid = self.sg_network(sample, timesteps, guidance)
+        return unet_forward_with_residuals(self.unet, sample, timesteps, down, mid).sample
 
     @torch.no_grad()
     def __call__(
