@@ -3,11 +3,11 @@
     python benchmarks/bench_launch.py --data ../shared/data/mvtec_ad_256/transistor --output benchmarks/results/launch
     python benchmarks/bench_launch.py --data ... --as-cpu-without-bf16   # decide as a CPU without native bf16 would
 
-For the ``cpu_latent`` preset it runs ``accelerate launch training/train_vae.py`` and ``train_unet.py`` twice each
-for ``--steps`` steps: once with the defaults (``--mixed-precision auto``, threads from the machine) and once with
-``--mixed-precision no --threads <all cores>``, the reference a CPU without native bf16 should match. The ratio of
-the two is what issue #12 asks to stay above 0.8. Training time is the scripts' own clock (checkpoint I/O and data
-loading excluded).
+For the ``cpu_latent`` preset it runs ``accelerate launch training/train_vae.py`` and ``train_unet.py`` for
+``--steps`` steps in two settings, alternating for ``--rounds`` rounds: the defaults (``--mixed-precision auto``,
+threads from the machine) and ``--mixed-precision no --threads <all cores>``, the reference a CPU without native
+bf16 should match. The ratio of the two is what issue #12 asks to stay above 0.8. Training time is the scripts'
+own clock (checkpoint I/O and data loading excluded).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of the two settings; the best counts")
     p.add_argument("--as-cpu-without-bf16", action="store_true",
                    help="DDAD_NATIVE_BF16=0: 'auto' decides as on a CPU without native bf16")
     p.add_argument("--output", default=None)
@@ -53,24 +54,31 @@ def main(argv: list[str] | None = None) -> None:
     if args.as_cpu_without_bf16:
         env["DDAD_NATIVE_BF16"] = "0"
     cores = default_threads(1)
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        common = ["--data", args.data, "--preset", "cpu_latent", "--max-steps", str(args.steps)]
-        for name, extra in (("default", []), ("fp32, all cores", ["--mixed-precision", "no", "--threads",
-                                                                   str(cores)])):
-            out = Path(tmp) / name.replace(",", "").replace(" ", "_")
-            rows[f"autoencoder, {name}"] = run("train_vae.py", [*common, "--output-dir", str(out), *extra], env)
-            rows[f"U-Net, {name}"] = run("train_unet.py", [*common, "--output-dir", str(out), "--vae",
-                                                           str(out / "vae"), "--no-finalize", *extra], env)
-    lines = [f"Training scripts under `accelerate launch`, `cpu_latent` preset, {args.steps} steps each.", "",
+    runs: dict[str, list[dict]] = {}
+    common = ["--data", args.data, "--preset", "cpu_latent", "--max-steps", str(args.steps)]
+    settings = (("default", []), ("fp32, all cores", ["--mixed-precision", "no", "--threads", str(cores)]))
+    for _ in range(args.rounds):  # the two settings alternate, so a passing disturbance hits both alike
+        for name, extra in settings:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp)
+                runs.setdefault(f"autoencoder, {name}", []).append(
+                    run("train_vae.py", [*common, "--output-dir", str(out), *extra], env))
+                runs.setdefault(f"U-Net, {name}", []).append(
+                    run("train_unet.py", [*common, "--output-dir", str(out), "--vae", str(out / "vae"),
+                                          "--no-finalize", *extra], env))
+    # the best round of each: the first steps' kernel set-up counts in a short run, and load only slows
+    rows = {name: {**max(rs, key=lambda r: r["steps_per_minute"]),
+                   "all_rounds": [round(r["steps_per_minute"], 1) for r in rs]} for name, rs in runs.items()}
+    lines = [f"Training scripts under `accelerate launch`, `cpu_latent` preset, {args.steps} steps each, best of "
+             f"{args.rounds} alternating rounds.", "",
              f"Machine: {machine_summary(cores)}"
              + ("; decisions as on a CPU without native bf16 (DDAD_NATIVE_BF16=0)" if args.as_cpu_without_bf16
                 else "") + ".", "",
-             "| script, settings | steps/min | what the script chose |", "|---|---|---|"]
+             "| script, settings | steps/min (best) | every round | what the script chose |", "|---|---|---|---|"]
     for name, r in rows.items():
         threads = re.search(r"(\d+) torch thread", r["machine_line"]).group(1)
         chosen = "mixed precision " + r["machine_line"].split("; mixed precision ", 1)[-1] + f"; {threads} thread(s)"
-        lines.append(f"| {name} | {r['steps_per_minute']:.1f} | {chosen} |")
+        lines.append(f"| {name} | {r['steps_per_minute']:.1f} | {r['all_rounds']} | {chosen} |")
     for part in ("autoencoder", "U-Net"):
         ratio = rows[f"{part}, default"]["steps_per_minute"] / rows[f"{part}, fp32, all cores"]["steps_per_minute"]
         lines.append(f"\n{part}: default / fp32-all-cores = {ratio:.2f}")
