@@ -102,3 +102,23 @@ def load_checkpoint(
         meta = json.loads((checkpoint / "optimizer.json").read_text())
         _optimizer_from_flat(optimizer, load_file(str(checkpoint / "optimizer.safetensors")), meta)
     return json.loads((checkpoint / "state.json").read_text())
+
+
+def resume(
+    checkpoint_dir: str | os.PathLike,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer | None,
+    log=print,
+) -> tuple[dict, Path] | None:
+    """``--resume`` of a step-based training script: restore the newest checkpoint in ``checkpoint_dir``.
+
+    Returns its state (with ``step`` and ``elapsed_seconds``) and folder, or ``None`` (said through ``log``) when
+    there is none yet, so the run starts fresh.
+    """
+    ckpt = latest_checkpoint(checkpoint_dir)
+    if ckpt is None:
+        log(f"--resume: no checkpoint in {checkpoint_dir}, starting fresh")
+        return None
+    state = load_checkpoint(ckpt, modules, optimizer)
+    log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed_seconds'] / 60:.1f} min trained)")
+    return state, Path(ckpt)

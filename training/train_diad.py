@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from accelerate.utils import broadcast_object_list, set_seed
 from diffusers import AutoencoderKL, UNet2DModel
 
-from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_diad_model_card
@@ -132,12 +132,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("set --max-steps or --max-minutes: the run needs an end")
 
     step, elapsed = 0, 0.0
-    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt, {"unet": unet, "sg_network": sg}, optimizer)
-        step, elapsed = state["step"], state["elapsed_seconds"]
-        accelerator.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
-    elif args.resume:
-        accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
+    if args.resume and (restored := resume(ckpt_dir, {"unet": unet, "sg_network": sg}, optimizer,
+                                           accelerator.print)):
+        step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     model, optimizer = accelerator.prepare(model, optimizer)
     out.mkdir(parents=True, exist_ok=True)
     progress = TrainingProgress(step, elapsed, max_steps, out / "diad_log.jsonl", "loss_per_latent", "train DiAD",

@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
 
-from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> Path:
     scheduler = DDADScheduler()
 
     step, elapsed = 0, 0.0
-    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt, {"unet": unet}, optimizer)
+    if args.resume and (restored := resume(ckpt_dir, {"unet": unet}, optimizer, accelerator.print)):
+        state, ckpt = restored
         step, elapsed = state["step"], state["elapsed_seconds"]
         if ema is not None:
             from safetensors.torch import load_file
@@ -114,9 +114,6 @@ def main(argv: list[str] | None = None) -> Path:
             shadow = load_file(str(ckpt / "ema.safetensors"))
             ema.shadow_params = [shadow[name].clone() for name, _ in unet.named_parameters()]
             ema.optimization_step = state["ema_optimization_step"]
-        accelerator.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
-    elif args.resume:
-        accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
 
     unet, optimizer = accelerator.prepare(unet, optimizer)
     out.mkdir(parents=True, exist_ok=True)

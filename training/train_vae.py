@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
-from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
@@ -74,12 +74,8 @@ def main(argv: list[str] | None = None) -> Path:
     vae = build_vae(preset)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec["learning_rate"], weight_decay=0.0)
     step, elapsed = 0, 0.0
-    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt, {"vae": vae}, optimizer)
-        step, elapsed = state["step"], state["elapsed_seconds"]
-        accelerator.print(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min trained)")
-    elif args.resume:
-        accelerator.print(f"--resume: no checkpoint in {ckpt_dir}, starting fresh")
+    if args.resume and (restored := resume(ckpt_dir, {"vae": vae}, optimizer, accelerator.print)):
+        step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     objective, optimizer = accelerator.prepare(AutoencoderObjective(vae), optimizer)
     out.mkdir(parents=True, exist_ok=True)
     progress = TrainingProgress(step, elapsed, max_steps, out / "vae_log.jsonl", "l1", "train VAE",
