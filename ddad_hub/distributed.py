@@ -33,3 +33,13 @@ def make_accelerator(mixed_precision: str | None = "auto", threads: int | None =
     accelerator.print(f"machine: {machine_summary()}; mixed precision {mixed_precision} -> {resolved}; "
                       f"{accelerator.num_processes} process(es)")
     return accelerator
+
+
+def finish(accelerator: Accelerator) -> None:
+    """End a run on every process together: wait for all, end the trackers and tear the process group down while
+    every peer is still there. A group left to the garbage collector at exit can hang in gloo's destructor (seen
+    once here: rank 0 joining a worker thread after rank 1 had exited)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
-from ddad_hub.distributed import make_accelerator
+from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.model_card import write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
 from ddad_hub.models.feature_encoder import FeatureEncoder
@@ -199,8 +199,7 @@ def main(argv: list[str] | None = None) -> Path:
         (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
         write_diad_model_card(folder)
         accelerator.print(f"DiAD pipeline written to {folder}; threshold {threshold:.4f}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish(accelerator)
     return out / "pipeline"
 
 

@@ -23,7 +23,7 @@ from diffusers.training_utils import EMAModel
 
 from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
-from ddad_hub.distributed import make_accelerator
+from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> Path:
             training={"steps": step, "minutes": round(elapsed / 60, 2), **accelerator.run_info},
             train_paths=train_paths, vae=vae, category=category,
         )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish(accelerator)
     return out
 
 

@@ -24,7 +24,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
-from ddad_hub.distributed import make_accelerator
+from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.training import AutoencoderObjective, TrainingProgress, autoencoder_loss, sample_crops
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> Path:
         (out / "vae" / "training_info.json").write_text(json.dumps(info, indent=2))
         accelerator.print(f"autoencoder written to {out / 'vae'}: L1 {error:.4f} on whole training images "
                           f"(range [-1, 1]), scaling factor {final.config.scaling_factor:.4f}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish(accelerator)
     return out / "vae"
 
 
