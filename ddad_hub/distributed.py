@@ -45,21 +45,24 @@ def finish(accelerator: Accelerator) -> None:
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-        _ended_process_group.append(True)
+        # the accelerator holds the DDP-wrapped models: kept alive, their reducers are not destroyed when the
+        # script's main() returns, only skipped by exit_process()
+        _ended_runs.append(accelerator)
 
 
-_ended_process_group: list[bool] = []
+_ended_runs: list[Accelerator] = []
 
 
 def exit_process() -> None:
     """Exit a training script's process; after a multi-process run, without the interpreter's teardown.
 
-    With several processes, the DDP reducer's destructor at interpreter exit sometimes blocked forever in gloo's
-    process-group destructor, joining a worker thread after the peer process had left (seen with py-spy on this
-    machine in about one run of six; every file had been written). :func:`finish` has synchronised the processes
-    and closed the group by then, so the process flushes its output and ends at once instead.
+    With several processes, the DDP reducer's destructor (when ``main()`` returned, or at interpreter exit)
+    sometimes blocked forever in gloo's process-group destructor, joining a worker thread after the peer process
+    had left (seen with py-spy on this machine in about one run of five; every file had been written).
+    :func:`finish` has synchronised the processes, closed the group and kept the models alive, so the process
+    flushes its output and ends at once instead.
     """
-    if _ended_process_group:
+    if _ended_runs:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
