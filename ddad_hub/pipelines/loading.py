@@ -25,21 +25,32 @@ def pipeline_class_name(path: str | os.PathLike) -> str:
         raise ValueError(f"{index} is not valid JSON: {err}") from err
 
 
+def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: dict, backend: str = "pytorch") -> str:
+    """A local folder as it is, or a Hub repo id's snapshot (downloaded, or from the cache when offline).
+
+    Takes the Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``) out of ``kwargs``. Only
+    configs, safetensors weights and cards are fetched, plus OpenVINO IR for ``backend="openvino"``.
+    """
+    path = os.fspath(pretrained_model_name_or_path)
+    if os.path.isdir(path):
+        return path
+    from huggingface_hub import snapshot_download
+
+    ir_files = ["*.xml", "*.bin"] if backend == "openvino" else []
+    return snapshot_download(
+        repo_id=path, revision=kwargs.pop("revision", None), cache_dir=kwargs.pop("cache_dir", None),
+        token=kwargs.pop("token", None), local_files_only=kwargs.pop("local_files_only", False),
+        allow_patterns=["*.json", "*.safetensors", "*.md", *ir_files],
+    )
+
+
 def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
     """``from_pretrained`` of whichever pipeline class the folder or Hub repo was saved from.
 
     Scripts and the app use this, so they take a ``DDADPipeline`` or a ``DiADPipeline`` alike. A Hub repo id is
     resolved to its (cached) snapshot first; keyword arguments go to ``from_pretrained``.
     """
-    path = os.fspath(pretrained_model_name_or_path)
-    if not os.path.isdir(path):
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(
-            repo_id=path, revision=kwargs.pop("revision", None), cache_dir=kwargs.pop("cache_dir", None),
-            token=kwargs.pop("token", None), local_files_only=kwargs.pop("local_files_only", False),
-            allow_patterns=["*.json", "*.safetensors", "*.md", "*.xml", "*.bin"],
-        )
+    path = pipeline_folder(pretrained_model_name_or_path, kwargs, kwargs.get("backend", "pytorch"))
     name = pipeline_class_name(path)
     if name not in PIPELINE_CLASSES:
         raise ValueError(f"{path} holds a {name}, which ddad-hub cannot load (known: {', '.join(PIPELINE_CLASSES)})")

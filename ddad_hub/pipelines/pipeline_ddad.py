@@ -33,6 +33,7 @@ from ..models.autoencoder import from_latents, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..schedulers.scheduling_ddad import DDADScheduler
+from .loading import pipeline_folder
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
 
@@ -536,20 +537,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         ``openvino_int8_weights`` and ``openvino_properties`` go to :meth:`to_openvino`.
         """
         backend, openvino_options = pop_backend(kwargs)
-        path = os.fspath(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            ir_files = ["*.xml", "*.bin"] if backend == "openvino" else []
-
-            path = snapshot_download(
-                repo_id=path,
-                revision=kwargs.pop("revision", None),
-                cache_dir=kwargs.pop("cache_dir", None),
-                token=kwargs.pop("token", None),
-                local_files_only=kwargs.pop("local_files_only", False),
-                allow_patterns=["*.json", "*.safetensors", "*.md", *ir_files],
-            )
+        path = pipeline_folder(pretrained_model_name_or_path, kwargs, backend)
         check_pipeline_folder(path)
         kwargs.setdefault("use_safetensors", True)
         pipe = super().from_pretrained(path, **kwargs)
