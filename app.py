@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 MODELS_DIR = HERE / "models"
 DEFAULT_MODEL = MODELS_DIR / "ddad-transistor-cpu-latent"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
+MULTICLASS_EXAMPLES = sorted((HERE / "examples" / "multiclass").glob("*.png"))  # one per product of the line
 MAX_UPLOAD = "100mb"  # per file; a zip of a folder counts as one
 BATCH_SIZE = 10  # images the batch tab reconstructs at once
 MAX_BATCH_FILES = 1000  # images one batch request may hold (zips counted by their contents)
@@ -259,6 +260,10 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
             if EXAMPLES:
                 gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload], label="Examples (MVTec AD transistor "
                             "test images, CC BY-NC-SA 4.0)")
+            if MULTICLASS_EXAMPLES:
+                gr.Examples([[str(p)] for p in MULTICLASS_EXAMPLES], inputs=[upload],
+                            label="Examples for the multi-class model, one per product (choose it under Model; "
+                                  "credits in examples/README.md)")
         with gr.Tab("Many images"):
             batch_files = gr.File(label="Images, or a zip of a folder of images", file_count="multiple",
                                   file_types=["image", ".zip"], type="filepath", elem_id="batch-input", height=240)

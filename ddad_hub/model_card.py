@@ -26,6 +26,36 @@ DATASETS = {
 METRIC_NAMES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR 0.3)"}
 
 
+def _per_category_eval_results(names: list[str], results: dict | None, mode: str) -> tuple[list, set]:
+    """Hub eval results of ``mode``, one set per category of a multi-class ``results.json``, and the licenses."""
+    eval_results, licenses = [], set()
+    for name in names:
+        ds_name, ds_type, license_id, _ = DATASETS.get(name, (name, name, "other", name))
+        licenses.add(license_id)
+        values = (results or {}).get("per_category", {}).get(name, {}).get(mode, {}).get("all", {})
+        for key, label in METRIC_NAMES.items():
+            if values.get(key) is not None and values[key] == values[key]:
+                eval_results.append(EvalResult(
+                    task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
+                    dataset_name=ds_name, dataset_split="test", metric_type=key, metric_name=label,
+                    metric_value=round(float(values[key]), 4)))
+    return eval_results, licenses
+
+
+def _per_category_table(names: list[str], results: dict) -> str:
+    """The per-category and mean rows of a multi-class ``results.json`` as a markdown table."""
+    rows = ["| category | detector | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
+    for name in names:
+        for detector, vals in results["per_category"][name].items():
+            if isinstance(vals, dict) and "all" in vals:
+                rows.append(f"| {name} | {detector} | {vals['all']['image_auroc']:.3f} | "
+                            f"{vals['all']['pixel_auroc']:.3f} | {vals['all']['aupro']:.3f} |")
+    for detector, vals in results.get("mean_over_categories", {}).items():
+        rows.append(f"| **mean** | {detector} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
+                    f"{vals['aupro']:.3f} |")
+    return f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
+
+
 def write_model_card(folder: str | Path, repo_id: str | None = None, template: Path = TEMPLATE) -> Path:
     """Render ``README.md`` in a pipeline folder from its ``training_info.json`` and, if present, ``results.json``."""
     folder = Path(folder)
@@ -42,7 +72,12 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
 
     eval_results = []
     mode = index.get("mode", "ddad")  # the Hub metadata reports what a default call does
-    if results and mode in results:
+    names = list(results["categories"]) if results and "per_category" in results else None
+    if names:  # a multi-class model evaluated by training/evaluate_multiclass.py: one model-index set per category
+        eval_results, licenses = _per_category_eval_results(names, results, mode)
+        license_id = licenses.pop() if len(licenses) == 1 else "other"
+        ds_name = "categories " + ", ".join(names)
+    elif results and mode in results:
         for key, label in METRIC_NAMES.items():
             value = results[mode]["all"].get(key)
             if value is not None and value == value:  # skip NaN
@@ -81,7 +116,9 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
             f"{vae_training['minutes']} minutes (L1 error {vae_training['l1_train_images']:.4f} on whole training "
             "images in [-1, 1])."
         )
-    if results:
+    if names:
+        results_text = _per_category_table(names, results)
+    elif results:
         rows = ["| detector | subset | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
         detectors = (("ddad", "DDAD mode"), ("d3ad", "D3AD mode"), ("fused", "fused mode"),
                      ("feature_memory", "feature memory (kNN)"))
@@ -93,7 +130,11 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         results_text = (f"On the {ds_name} test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows))
     else:
         results_text = "Not evaluated yet: run `training/evaluate.py` on this folder."
-    if category in DATASETS:
+    if names:
+        credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in names)
+        data_text = (f"Trained on the nominal training images of {credits}, as one set (the model is never told the "
+                     "category). The data's terms carry over to this model: it is for non-commercial research use.")
+    elif category in DATASETS:
         data_text = (f"Trained on the nominal training images of {credit}. The data's terms carry over to this model: "
                      "it is for non-commercial research use.")
     else:
@@ -147,17 +188,7 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
     preset, names = info["preset"], list(info["categories"])
     model_name = f"diad-multiclass-{preset['name']}".replace("_", "-")
     mode = index.get("mode", "diad")
-    eval_results, licenses = [], set()
-    for name in names:
-        ds_name, ds_type, license_id, _ = DATASETS.get(name, (name, name, "other", name))
-        licenses.add(license_id)
-        values = (results or {}).get("per_category", {}).get(name, {}).get(mode, {}).get("all", {})
-        for key, label in METRIC_NAMES.items():
-            if values.get(key) is not None and values[key] == values[key]:
-                eval_results.append(EvalResult(
-                    task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
-                    dataset_name=ds_name, dataset_split="test", metric_type=key, metric_name=label,
-                    metric_value=round(float(values[key]), 4)))
+    eval_results, licenses = _per_category_eval_results(names, results, mode)
     card_data = ModelCardData(
         license=licenses.pop() if len(licenses) == 1 else "other", library_name="ddad-hub",
         tags=["anomaly-detection", "diffusion", "diad", "multi-class", "diffusers"], model_name=model_name,
@@ -176,16 +207,7 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
         training_text += (f" The {info['autoencoder']['params']} autoencoder trained {vae_training['steps']} steps in "
                           f"{vae_training['minutes']} minutes on the same images.")
     if results:
-        rows = ["| category | detector | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
-        for name in names:
-            for detector, vals in results["per_category"][name].items():
-                if isinstance(vals, dict) and "all" in vals:
-                    rows.append(f"| {name} | {detector} | {vals['all']['image_auroc']:.3f} | "
-                                f"{vals['all']['pixel_auroc']:.3f} | {vals['all']['aupro']:.3f} |")
-        for detector, vals in results.get("mean_over_categories", {}).items():
-            rows.append(f"| **mean** | {detector} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
-                        f"{vals['aupro']:.3f} |")
-        results_text = f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
+        results_text = _per_category_table(names, results)
     else:
         results_text = "Not evaluated yet: run `training/evaluate_multiclass.py` with `--output-dir` this folder."
     per_category = info.get("calibration", {}).get("per_category", {})

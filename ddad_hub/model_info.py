@@ -29,7 +29,7 @@ def trained_on(folder: str | os.PathLike) -> str:
     parts = []
     if categories:
         parts.append(", ".join(map(str, categories)))
-    if data:
+    if data and len(categories) <= 1:  # several categories: their names say it
         parts.append(f"(`{Path(str(data)).parent.name or data}`)" if categories else f"`{data}`")
     training = info.get("training") or {}
     if training.get("minutes"):
@@ -42,6 +42,9 @@ def card_metrics(folder: str | os.PathLike) -> dict[str, dict[str, float]]:
     folder = Path(folder)
     results = _read_json(folder / "results.json")
     found = {}
+    for mode, values in results.get("mean_over_categories", {}).items():  # a multi-class evaluation
+        found[f"{mode} (mean over categories)"] = {key: values[key] for key, _ in METRICS
+                                                   if isinstance(values.get(key), int | float)}
     for mode, values in results.items():
         overall = values.get("all") if isinstance(values, dict) else None
         if isinstance(overall, dict):

@@ -164,9 +164,14 @@ def fit_memory(
     folds: int = 5,
     max_candidates: int | None = None,
     normalization: str = "none",
+    groups: list[int] | None = None,
+    pooling_pad: str = "zeros",
 ) -> dict:
     """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
     nominal map statistics.
+
+    ``groups`` gives the category of each image of ``train`` then ``nominal`` in a multi-class set: one coreset per
+    category (:meth:`FeatureMemory.fit`).
 
     ``train`` and ``nominal`` are in [-1, 1], best at map size. The bank keeps every image (no image is held out of
     it, which matters for small training sets); the statistics come from maps of each image scored against the bank
@@ -177,7 +182,8 @@ def fit_memory(
     images = pipe.resize_to_map(torch.cat([train, nominal]))
     memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio, image_size=pipe.map_hw[0],
                                blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
-                               max_candidates=max_candidates, normalization=normalization)
+                               max_candidates=max_candidates, normalization=normalization,
+                               pooling_pad=pooling_pad, groups=groups)
     fit_seconds = time.perf_counter() - start
     memory.register_to_config(cross_fitted=True)
     pipe.register_modules(feature_memory=memory)
@@ -186,7 +192,8 @@ def fit_memory(
     cross_fit_seconds = time.perf_counter() - start - fit_seconds
     return {"bank_size": int(memory.bank.shape[0]), "images": int(images.shape[0]), "coreset_ratio": coreset_ratio,
             "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds,
-            "normalization": normalization, "stats": map_statistics(maps),
+            "normalization": normalization, "pooling_pad": pooling_pad,
+            "per_category_coreset": groups is not None and len(set(groups)) > 1, "stats": map_statistics(maps),
             "fit_seconds": round(fit_seconds, 1), "cross_fit_seconds": round(cross_fit_seconds, 1),
             "held_out_ids": list(range(train.shape[0], images.shape[0])),
             "how": "bank on all nominal training images; map statistics cross-fitted (each fold left out in turn)"}
@@ -202,6 +209,7 @@ def fit_d3ad(
     folds: int = 5,
     max_candidates: int | None = None,
     normalization: str = "none",
+    groups: list[int] | None = None,
 ) -> dict:
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
@@ -209,7 +217,8 @@ def fit_d3ad(
     held-out nominal images' scores and ``t_max`` from the synthetic-defect objective, both with the held-out images
     left out of the bank. ``train`` and ``nominal`` are best at map size (the memory reads them at that size).
     """
-    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates, normalization)
+    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates, normalization,
+                             groups=groups)
     memory = pipe.feature_memory
     table = []
     with memory.leaving_out(memory_info["held_out_ids"]):
@@ -336,6 +345,17 @@ def autoencoder_info(vae: AutoencoderKL) -> dict:
     return info
 
 
+def category_ids(paths: list[Path]) -> list[int]:
+    """The category index of each ``<category>/train/good/<image>`` path, in order of first appearance."""
+    folders: dict[Path, int] = {}
+    return [folders.setdefault(path.parent.parent.parent, len(folders)) for path in paths]
+
+
+def _category_names(paths: list[Path]) -> list[str]:
+    """The category folders' names of ``<category>/train/good/<image>`` paths, in order of first appearance."""
+    return list(dict.fromkeys(path.parent.parent.parent.name for path in paths))
+
+
 def finalize_run(
     out: str | Path,
     unet: UNet2DModel,
@@ -358,6 +378,8 @@ def finalize_run(
     nominal = load_images(held_out, preset["resolution"])
     info: dict = {"preset": preset, "data": str(data), "category": category or Path(data).name, "training": training,
                   "held_out_nominal": [p.name for p in held_out],
+                  **({"categories": _category_names(train_paths + held_out)}
+                     if train_paths and len(set(category_ids(train_paths + held_out))) > 1 else {}),
                   "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}
     if vae is not None:
         info["autoencoder"] = autoencoder_info(vae)
@@ -375,7 +397,8 @@ def finalize_run(
         train = load_images(train_paths, pipe.map_hw[0])
         info["d3ad"] = fit_d3ad(pipe, train, nominal_map, mem.get("coreset_ratio", d3ad["coreset_ratio"]),
                                 d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")), mem.get("folds", 5),
-                                mem.get("max_candidates"), mem.get("normalization", "none"))
+                                mem.get("max_candidates"), mem.get("normalization", "none"),
+                                groups=category_ids(train_paths + held_out))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
         alone = info["fused"]["alone"]

@@ -233,3 +233,24 @@ def test_test_subsets_keep_every_defect_type_in_proportion():
     counts = {k: sum(it.defect_type == k for it in kept) for k in ("good", "crack", "hole")}
     assert counts == {"good": 20, "crack": 10, "hole": 1}
     assert subsample_items(items, 1000) == items
+
+
+def test_multiclass_ddad_card_has_a_model_index_per_category(tmp_path, tiny_pipeline_dir):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    from ddad_hub.presets import load_preset
+    from training.evaluate_multiclass import main as evaluate
+
+    folder = tmp_path / "pipeline"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    info = {"preset": load_preset("cpu"), "category": "multiclass-2", "data": ", ".join(map(str, cats)),
+            "training": {"steps": 1, "minutes": 0.1}}
+    (folder / "training_info.json").write_text(json.dumps(info))
+    evaluate(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir", str(folder)])
+    card = ModelCard.load(folder / "README.md")
+    assert sorted((r.dataset_name, r.metric_type) for r in card.data.eval_results) == sorted(
+        (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
+    assert "| **mean** | ddad |" in card.text and "never told the category" in card.text

@@ -213,3 +213,53 @@ def test_l2_normalised_memory_has_unit_stage_vectors_and_round_trips(tmp_path):
     torch.testing.assert_close(again.anomaly_maps(encoder, images)[0], memory.anomaly_maps(encoder, images)[0])
     with pytest.raises(ValueError, match="normalization"):
         FeatureMemory.fit(encoder, images, normalization="zscore")
+
+
+def test_pooling_pad_zeros_in_new_fits_and_exclude_in_memories_saved_before_it(tmp_path):
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+    from ddad_hub.models.feature_memory import patch_features
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = _nominal(3, seed=9)
+    zeros, exclude = patch_features(encoder, images, pooling_pad="zeros"), patch_features(encoder, images,
+                                                                                        pooling_pad="exclude")
+    torch.testing.assert_close(zeros[..., 1:-1, 1:-1], exclude[..., 1:-1, 1:-1])  # inside, the same average
+    # a corner averages 4 of 9 positions: zero padding gives 4/9 of the inside-only mean
+    torch.testing.assert_close(zeros[..., 0, 0], exclude[..., 0, 0] * 4 / 9, rtol=1e-4, atol=1e-5)
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.5, image_size=64)
+    assert memory.config.pooling_pad == "zeros"
+    memory.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["pooling_pad"]  # as a memory saved before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    old = FeatureMemory.from_pretrained(tmp_path)
+    assert old.config.pooling_pad == "exclude"
+    flat = exclude.permute(0, 2, 3, 1).reshape(-1, exclude.shape[1])
+    expected = torch.cdist(flat, old.bank).amin(dim=1).view(3, *exclude.shape[-2:])
+    torch.testing.assert_close(old.patch_distances(encoder, images), expected)
+    with pytest.raises(ValueError, match="pooling_pad"):
+        FeatureMemory.fit(encoder, images, pooling_pad="reflect")
+
+
+def test_grouped_memory_keeps_a_coreset_per_group():
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = torch.cat([_nominal(3, seed=10), -_nominal(2, seed=11)])  # two "products"
+    groups = [0, 0, 0, 1, 1]
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.25, image_size=64, groups=groups, max_patches=40)
+    sources = memory.bank_sources
+    assert int((sources < 3).sum()) == 40  # 25% of 192 patches, capped at 40
+    assert int((sources >= 3).sum()) == 32  # 25% of 128 patches
+    assert memory.bank.shape[0] == 72
+    with pytest.raises(ValueError, match="one id per image"):
+        FeatureMemory.fit(encoder, images, groups=[0, 1])
+
+
+def test_category_ids_follow_the_category_folders():
+    from ddad_hub.recipe import category_ids
+
+    paths = [Path(f"d/{c}/train/good/{i}.png") for c, i in [("a", 0), ("b", 0), ("a", 1), ("c", 0)]]
+    assert category_ids(paths) == [0, 1, 0, 2]

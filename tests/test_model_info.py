@@ -33,3 +33,14 @@ def test_metrics_from_results_json_or_the_card(tmp_path):
         expected = (f"model card: image AUROC {r['image_auroc']:.3f}, pixel AUROC {r['pixel_auroc']:.3f}, "
                     f"AUPRO {r['aupro']:.3f}")
         assert expected in describe(folder)
+
+
+def test_multiclass_results_show_the_mean_over_categories(tmp_path):
+    (tmp_path / "training_info.json").write_text(json.dumps(
+        {"categories": ["transistor", "tire"], "data": "/d/transistor, /d/tire", "training": {"minutes": 62}}))
+    (tmp_path / "results.json").write_text(json.dumps({
+        "categories": {"transistor": "/d/transistor", "tire": "/d/tire"},
+        "per_category": {"transistor": {"fused": {"all": {"image_auroc": 1.0}}}},
+        "mean_over_categories": {"fused": {"image_auroc": 0.91, "pixel_auroc": 0.95, "aupro": 0.8}}}))
+    assert trained_on(tmp_path) == "transistor, tire 62 min of training"  # no folder path for several categories
+    assert "fused (mean over categories): image AUROC 0.910, pixel AUROC 0.950, AUPRO 0.800" in describe(tmp_path)

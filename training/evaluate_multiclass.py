@@ -10,7 +10,7 @@ learnt from test labels: the pipeline's own (one for all categories, from held-o
 for comparison, per-category thresholds from the same held-out images of each category (what a line that knows
 the product could use); the flagged rates of both are reported. ``--memory`` adds the nearest-neighbour feature
 memory with one bank over all categories' training images. Results go to ``<output-dir>/results.json`` and
-``table.md``; with ``--output-dir`` the DiAD pipeline's own folder, its model card is rendered with them.
+``table.md``; with ``--output-dir`` the pipeline's own folder, its model card is rendered with them.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import summarize
-from ddad_hub.model_card import write_diad_model_card
+from ddad_hub.model_card import write_diad_model_card, write_model_card
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline
+from ddad_hub.recipe import category_ids
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -42,7 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=None,
                    help="modes to evaluate (default: the pipeline's default mode)")
     p.add_argument("--memory", action="store_true", help="also evaluate a one-bank feature memory")
-    p.add_argument("--memory-patches", type=int, default=10000, help="the bank's size (greedy coreset)")
+    p.add_argument("--memory-patches", type=int, default=10000,
+                   help="per category, at most this many bank entries (a greedy coreset of 10%% of its patches, "
+                        "picked among at most 250000 of them); the bank is their union")
     p.add_argument("--memory-size", type=int, default=256, help="image side for the memory's features")
     p.add_argument("--memory-every", type=int, default=1,
                    help="fit the memory on every n-th training image only (the coreset's cost grows with the pool)")
@@ -119,8 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
         encoder = FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16))
         start = time.perf_counter()
         pool = train_paths[:: args.memory_every]
-        memory = FeatureMemory.fit(encoder, load_images(pool, args.memory_size), coreset_ratio=1.0,
-                                   image_size=args.memory_size, max_patches=args.memory_patches)
+        memory = FeatureMemory.fit(encoder, load_images(pool, args.memory_size), coreset_ratio=0.1,
+                                   image_size=args.memory_size, max_patches=args.memory_patches,
+                                   max_candidates=250_000, groups=category_ids(pool))
         timing["memory_fit_seconds"] = time.perf_counter() - start
 
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
@@ -167,17 +171,19 @@ def main(argv: list[str] | None = None) -> dict:
     results["thresholds"] = {"one_threshold": global_thresholds,
                              "how": "one: the pipeline's calibrated threshold (highest score among held-out nominal "
                                     "training images of all categories); per category: the same per category"}
-    results["protocol"] = (f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3; memory: one bank of "
-                           f"{args.memory_patches} patches (greedy coreset) over all categories' training split"
-                           + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
+    results["protocol"] = (
+        f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3; memory: one bank, the union of "
+        f"per-category greedy coresets (10%, at most {args.memory_patches} patches each) of all categories' "
+        "training split" + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
     if args.max_test_images:
         results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
                                 "within each defect type)")
     results["timing"] = timing
     results["pipeline"] = args.pipeline
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve() and pipe.config.mode == "diad":
-        write_diad_model_card(out_dir)  # the card's model-index gets one entry per category
+    if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():
+        # the card's model-index gets one entry per category
+        (write_diad_model_card if pipe.config.mode == "diad" else write_model_card)(out_dir)
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
     for d in detectors:
         cells = [" / ".join(f"{results['per_category'][c][d]['all'][m]:.3f}" for m in METRICS) for c in names]

@@ -1,0 +1,87 @@
+"""The feature memory alone: its accuracy and its fit cost, per category and pooling border.
+
+    python benchmarks/bench_memory.py --data ../shared/data/mvtec_ad_256/transistor ../shared/data/mtd/magnetic_tile \
+        --pooling-pad zeros exclude --threads 1
+
+The memory is fitted as the recipe fits it (``ddad_hub.recipe.fit_memory``: every training image, a greedy coreset
+of 10% of the patches, at most ``--max-patches`` entries picked among at most ``--max-candidates`` patches), on the
+ImageNet EfficientNet-Lite0 encoder at 256 px, and scored on the whole test set. Fit cost is CPU seconds (user +
+system of this process), so a busy machine does not inflate it. Writes ``benchmarks/results/memory.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ddad_hub.data import find_categories, list_test_items, list_train_images, load_images, load_mask  # noqa: E402
+from ddad_hub.hardware import machine_summary  # noqa: E402
+from ddad_hub.metrics import summarize  # noqa: E402
+from ddad_hub.models.feature_encoder import FeatureEncoder  # noqa: E402
+from ddad_hub.models.feature_memory import FeatureMemory  # noqa: E402
+
+
+def evaluate(memory: FeatureMemory, encoder: FeatureEncoder, folder: Path, batch_size: int = 16) -> dict:
+    items = list_test_items(folder)
+    types = [it.defect_type for it in items]
+    masks = np.stack([load_mask(it.mask, (256, 256)) for it in items])
+    images = load_images([it.image for it in items], 256)
+    maps = torch.cat([memory.anomaly_maps(encoder, images[s : s + batch_size])[0]
+                      for s in range(0, len(items), batch_size)]).numpy()
+    scores = maps.reshape(len(maps), -1).max(1)
+    return summarize(scores, maps, masks, types, np.array([it.has_pixel_labels for it in items]))["all"]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="category folders")
+    p.add_argument("--pooling-pad", nargs="+", default=["zeros", "exclude"], choices=["zeros", "exclude"])
+    p.add_argument("--coreset-ratio", type=float, default=0.1)
+    p.add_argument("--max-patches", type=int, default=10000)
+    p.add_argument("--max-candidates", type=int, default=250000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "memory"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    machine = machine_summary()
+    print(machine)
+    encoder = FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16))
+    rows = []
+    for name, folder in find_categories(args.data).items():
+        train = load_images(list_train_images(folder), 256)
+        for pad in args.pooling_pad:
+            cpu, wall = time.process_time(), time.perf_counter()
+            memory = FeatureMemory.fit(encoder, train, coreset_ratio=args.coreset_ratio, max_patches=args.max_patches,
+                                       max_candidates=args.max_candidates, pooling_pad=pad)
+            row = {"category": name, "pooling_pad": pad, "train_images": int(train.shape[0]),
+                   "bank": int(memory.bank.shape[0]), "fit_cpu_minutes": (time.process_time() - cpu) / 60,
+                   "fit_wall_minutes": (time.perf_counter() - wall) / 60, **evaluate(memory, encoder, folder)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    lines = [f"Feature memory alone ({machine}; coreset {args.coreset_ratio:.0%}, at most {args.max_patches} entries "
+             f"among at most {args.max_candidates} candidate patches, {args.threads} thread(s))", "",
+             "| category | pooling border | training images | bank | fit CPU-min | image AUROC | pixel AUROC | AUPRO |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['category']} | {r['pooling_pad']} | {r['train_images']} | {r['bank']} | "
+                     f"{r['fit_cpu_minutes']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
+                     f"{r['aupro']:.3f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
