@@ -210,6 +210,7 @@ def fit_d3ad(
     max_candidates: int | None = None,
     normalization: str = "none",
     groups: list[int] | None = None,
+    pooling_pad: str = "zeros",
 ) -> dict:
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
@@ -218,7 +219,7 @@ def fit_d3ad(
     left out of the bank. ``train`` and ``nominal`` are best at map size (the memory reads them at that size).
     """
     memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates, normalization,
-                             groups=groups)
+                             groups=groups, pooling_pad=pooling_pad)
     memory = pipe.feature_memory
     table = []
     with memory.leaving_out(memory_info["held_out_ids"]):
@@ -398,7 +399,8 @@ def finalize_run(
         info["d3ad"] = fit_d3ad(pipe, train, nominal_map, mem.get("coreset_ratio", d3ad["coreset_ratio"]),
                                 d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")), mem.get("folds", 5),
                                 mem.get("max_candidates"), mem.get("normalization", "none"),
-                                groups=category_ids(train_paths + held_out))
+                                groups=category_ids(train_paths + held_out),
+                                pooling_pad=mem.get("pooling_pad", "zeros"))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
         alone = info["fused"]["alone"]
