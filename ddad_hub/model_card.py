@@ -37,7 +37,7 @@ def _per_category_eval_results(names: list[str], results: dict | None, mode: str
             if values.get(key) is not None and values[key] == values[key]:
                 eval_results.append(EvalResult(
                     task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
-                    dataset_name=ds_name, dataset_split="test", metric_type=key, metric_name=label,
+                    dataset_name=ds_name, dataset_config=name, dataset_split="test", metric_type=key, metric_name=label,
                     metric_value=round(float(values[key]), 4)))
     return eval_results, licenses
 

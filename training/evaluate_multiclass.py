@@ -137,21 +137,26 @@ def main(argv: list[str] | None = None) -> dict:
         labels = np.array(types) != "good"
         masks = np.stack([load_mask(it.mask, map_hw) for it in items])
         entry: dict = {"n_test_images": len(items), "n_test_images_in_category": len(all_items)}
-        if pipe is not None:
-            images = load_images([it.image for it in items], pipe.sample_size[0])
-            held = load_images(held_by_category[name], pipe.sample_size[0])  # only scored without known thresholds
+        if pipe is not None:  # as evaluate.py: at map size when larger (a memory-using mode reads that size)
+            side = max(pipe.sample_size[0], map_hw[0])
+            images = load_images([it.image for it in items], side)
+            held = load_images(held_by_category[name], side)  # only scored without known thresholds
         for mode in modes:
             start = time.perf_counter()
             maps, scores = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
             timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
             entry[mode] = summarize(scores, maps, masks, types)
-            own = known_thresholds.get(name)
-            if own is None or mode != pipe.config.mode:
+            own = known_thresholds.get(name) if mode == pipe.config.mode else None
+            in_bank = mode in ("d3ad", "fused") and pipe.feature_memory.config.cross_fitted
+            if own is None and not in_bank:
                 own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out")[1].max())
             entry[mode]["at_threshold"] = {
                 "one_threshold": (flagged_rates(scores, labels, global_thresholds[mode])
                                   if global_thresholds[mode] is not None else None),
-                "per_category_threshold": flagged_rates(scores, labels, own),
+                # the held-out images are in a cross-fitted bank, and a reloaded bank cannot leave them out: their
+                # in-bank scores would set per-category thresholds far too low
+                "per_category_threshold": (flagged_rates(scores, labels, own) if own is not None else
+                                           "not measurable: the held-out images are in the memory's bank"),
             }
         if memory is not None:
             full = load_images([it.image for it in items], args.memory_size)
