@@ -206,20 +206,17 @@ def fit_d3ad(
     coreset_ratio: float,
     t_max_grid: list[int],
     max_patches: int | None = None,
-    folds: int = 5,
-    max_candidates: int | None = None,
-    normalization: str = "none",
-    groups: list[int] | None = None,
-    pooling_pad: str = "zeros",
+    **memory_options,
 ) -> dict:
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
-    The feature memory is fitted by :func:`fit_memory` (``info["memory"]``); its histogram bins come from the
-    held-out nominal images' scores and ``t_max`` from the synthetic-defect objective, both with the held-out images
-    left out of the bank. ``train`` and ``nominal`` are best at map size (the memory reads them at that size).
+    The feature memory is fitted by :func:`fit_memory`, which takes ``memory_options`` (``folds``,
+    ``max_candidates``, ``normalization``, ``groups``, ``pooling_pad``); its facts are ``info["memory"]``. The
+    histogram bins come from the held-out nominal images' scores and ``t_max`` from the synthetic-defect objective,
+    both with the held-out images left out of the bank. ``train`` and ``nominal`` are best at map size (the memory
+    reads them at that size).
     """
-    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, folds, max_candidates, normalization,
-                             groups=groups, pooling_pad=pooling_pad)
+    memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, **memory_options)
     memory = pipe.feature_memory
     table = []
     with memory.leaving_out(memory_info["held_out_ids"]):
@@ -397,10 +394,11 @@ def finalize_run(
         d3ad, mem = preset["d3ad"], preset.get("memory", {})
         train = load_images(train_paths, pipe.map_hw[0])
         info["d3ad"] = fit_d3ad(pipe, train, nominal_map, mem.get("coreset_ratio", d3ad["coreset_ratio"]),
-                                d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")), mem.get("folds", 5),
-                                mem.get("max_candidates"), mem.get("normalization", "none"),
-                                groups=category_ids(train_paths + held_out),
-                                pooling_pad=mem.get("pooling_pad", "zeros"))
+                                d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")),
+                                folds=mem.get("folds", 5), max_candidates=mem.get("max_candidates"),
+                                normalization=mem.get("normalization", "none"),
+                                pooling_pad=mem.get("pooling_pad", "zeros"),
+                                groups=category_ids(train_paths + held_out))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
         alone = info["fused"]["alone"]
