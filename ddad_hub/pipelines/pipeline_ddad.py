@@ -468,7 +468,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         x, sizes = self.preprocess(image)
-        uses_memory = mode != "ddad"
+        uses_memory = mode in ("d3ad", "fused")  # other modes (ddad, a subclass's) reconstruct from a fixed step
         x_map = x
         if uses_memory and self.config.memory_at_map_size and self.map_hw != self.sample_size:
             x_map = self.preprocess(image, size=self.map_hw)[0]

@@ -10,7 +10,7 @@ from diffusers.image_processor import VaeImageProcessor
 from ..models.feature_encoder import FeatureEncoder
 from ..models.semantic_guided import SemanticGuidedNetwork, unet_forward_with_residuals
 from ..schedulers.scheduling_ddad import DDADScheduler
-from .pipeline_ddad import DDADPipeline, DDADPipelineOutput, ImageInput
+from .pipeline_ddad import DDADPipeline
 
 
 class DiADPipeline(DDADPipeline):
@@ -93,38 +93,13 @@ class DiADPipeline(DDADPipeline):
         down, mid = self.sg_network(sample, timesteps, guidance)
         return unet_forward_with_residuals(self.unet, sample, timesteps, down, mid).sample
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        image: ImageInput,
-        start_step: int | None = None,
-        skip: int | None = None,
-        eta: float | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        batch_size: int = 16,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        autocast_dtype: torch.dtype | None = None,
-        mode: str | None = None,
-        w: float | None = None,
-    ) -> DDADPipelineOutput | tuple:
-        """Score images for anomalies; arguments and output as :meth:`DDADPipeline.__call__`.
-
-        ``mode`` may only be ``None`` or ``"diad"``. ``start_steps`` in the output are all ``start_step``.
-        """
-        if mode not in (None, "diad"):
-            raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
-        # DDADPipeline's fixed-start-step path runs self.reconstruct (DiAD's, above) and builds the same output
-        return super().__call__(image, w=w, start_step=start_step, skip=skip, eta=eta, generator=generator,
-                                batch_size=batch_size, output_type=output_type, return_dict=return_dict,
-                                autocast_dtype=autocast_dtype, mode="ddad")
-
     def available_modes(self) -> list[str]:
         """DiAD's one mode (what the app and ``evaluate.py`` offer for this pipeline)."""
         return ["diad"]
 
     def check_mode(self, mode: str) -> None:
-        """Accept "diad", and "ddad": the fixed-start-step path of :meth:`DDADPipeline.__call__` it runs on."""
+        """Accept "diad" (and "ddad"): :meth:`DDADPipeline.__call__` runs either on its fixed-start-step path, whose
+        ``reconstruct`` uses DiAD's hooks above; ``start_steps`` in the output are all ``start_step``."""
         if mode not in ("diad", "ddad"):
             raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
 
