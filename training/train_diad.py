@@ -37,7 +37,7 @@ from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwor
 from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.pipelines.pipeline_diad import DiADPipeline
-from ddad_hub.presets import PRESETS, load_preset
+from ddad_hub.presets import PRESETS, load_preset, preset_section
 from ddad_hub.recipe import autoencoder_info, calibrate_threshold
 from ddad_hub.schedulers import DDADScheduler
 from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     categories = find_categories(args.data)
     preset = load_preset(args.preset, categories_label(categories), mixed_precision=args.mixed_precision)
-    if "diad" not in preset:
-        raise SystemExit(f"preset {preset['name']!r} has no 'diad' entry: use --preset cpu_diad or add one")
-    spec = dict(preset["diad"])
-    if args.max_minutes is not None:
-        spec["max_minutes"] = args.max_minutes
+    spec = preset_section(preset, "diad", "cpu_diad", args.max_minutes)
     accelerator = make_accelerator(preset["mixed_precision"], args.threads)
     out = Path(args.output_dir)
     ckpt_dir = out / "diad_checkpoints"

@@ -26,7 +26,7 @@ from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import exit_process, finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
-from ddad_hub.presets import PRESETS, load_preset
+from ddad_hub.presets import PRESETS, load_preset, preset_section
 from ddad_hub.training import AutoencoderObjective, TrainingProgress, autoencoder_loss, sample_crops
 
 
@@ -53,11 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     categories = find_categories(args.data)
     data = ", ".join(str(p) for p in categories.values())
     preset = load_preset(args.preset, categories_label(categories), mixed_precision=args.mixed_precision)
-    if "vae" not in preset:
-        raise SystemExit(f"preset {preset['name']!r} has no 'vae' entry: use --preset cpu_latent or add one")
-    spec = dict(preset["vae"])
-    if args.max_minutes is not None:
-        spec["max_minutes"] = args.max_minutes
+    spec = preset_section(preset, "vae", "cpu_latent", args.max_minutes)
     accelerator = make_accelerator(preset["mixed_precision"], args.threads)
     out = Path(args.output_dir)
     ckpt_dir = out / "vae_checkpoints"

@@ -37,3 +37,14 @@ def load_preset(name: str, category: str | None = None, **overrides) -> dict:
 def fill_preset(preset: dict) -> dict:
     """A run's stored preset, with settings added to its named preset since the run started filling the gaps."""
     return {**load_preset(preset["name"]), **preset} if preset.get("name") in PRESETS else preset
+
+
+def preset_section(preset: dict, section: str, suggestion: str, max_minutes: float | None = None) -> dict:
+    """A copy of the preset's ``section`` (``"vae"``, ``"diad"``) for a training script, its ``max_minutes``
+    replaced when given; exits with a hint naming ``suggestion`` when the preset has no such section."""
+    if section not in preset:
+        raise SystemExit(f"preset {preset['name']!r} has no '{section}' entry: use --preset {suggestion} or add one")
+    spec = dict(preset[section])
+    if max_minutes is not None:
+        spec["max_minutes"] = max_minutes
+    return spec
