@@ -35,7 +35,7 @@ MULTICLASS_EXAMPLES = sorted((HERE / "examples" / "multiclass").glob("*.png"))  
 MAX_UPLOAD = "100mb"  # per file; a zip of a folder counts as one
 BATCH_SIZE = 10  # images the batch tab reconstructs at once
 MAX_BATCH_FILES = 1000  # images one batch request may hold (zips counted by their contents)
-TABLE_COLUMNS = ["file", "score", "verdict", "start step", "error"]
+TABLE_COLUMNS = ["file", "score", "verdict", "threshold", "product", "start step", "error"]
 
 
 def load_pipeline(model: str | os.PathLike, backend: str = "pytorch"):
@@ -103,7 +103,9 @@ class Inspector:
         began = time.perf_counter()
         out = self.pipe(image, mode=mode, output_type="pil", **settings)
         seconds = time.perf_counter() - began
-        threshold = out.threshold  # the one calibrated for this mode
+        # the one calibrated for this mode; a multi-class model's for the product it recognised
+        threshold = None if out.image_thresholds is None else float(out.image_thresholds[0])
+        product = out.categories[0] if out.categories else None
 
         score = float(out.image_scores[0])
         amap = out.anomaly_maps[0]
@@ -119,11 +121,13 @@ class Inspector:
         shown_threshold = "none" if threshold is None else f"{threshold:.4f}"
         summary = (
             f"### {verdict}\n"
-            f"anomaly score **{score:.4f}** (threshold {shown_threshold})"
-            f"  \nmode {mode.upper()}, start step {start_used}, analysed in {seconds:.2f} s"
+            f"anomaly score **{score:.4f}** (threshold {shown_threshold}"
+            + (f", recognised as **{product}**)" if product else ")")
+            + f"  \nmode {mode.upper()}, start step {start_used}, analysed in {seconds:.2f} s"
         )
         details = {"score": score, "threshold": threshold, "verdict": verdict, "seconds": round(seconds, 3),
-                   "mode": mode, "start_step": start_used, "image_size": list(image.size)}
+                   "mode": mode, "start_step": start_used, "image_size": list(image.size),
+                   **({"product": product} if product else {})}
         return image, out.reconstructions[0].resize(view.size), heat, mask_view, summary, details
 
     def analyze_batch(self, uploads: list | None, mode: str, progress=None):
@@ -139,21 +143,28 @@ class Inspector:
                 raise gr.Error("No images found in the upload (PNG, JPEG, BMP or TIFF, or a zip of them).")
             report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
             began = time.perf_counter()
-            rows, flagged, threshold = list(problems), [], None
+            rows, flagged, thresholds = list(problems), [], set()
             for item in inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode):
                 rows.append(item.row)
-                threshold = item.threshold if item.image is not None else threshold
+                if item.image is not None and item.threshold is not None:
+                    thresholds.add(item.threshold)
                 if item.row.verdict == "defective":
-                    picture = anomaly_picture(item.image, item.anomaly_map, threshold, colour=(255, 0, 0))
-                    flagged.append((picture, f"{item.row.file}: {item.row.score:.3f}"))
+                    picture = anomaly_picture(item.image, item.anomaly_map, item.threshold, colour=(255, 0, 0))
+                    product = f" ({item.row.product})" if item.row.product else ""
+                    flagged.append((picture, f"{item.row.file}{product}: {item.row.score:.3f}"))
             seconds = time.perf_counter() - began
-        table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict, r.start_step, r.error]
+        table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict,
+                  None if r.threshold is None else round(r.threshold, 4), r.product, r.start_step, r.error]
                  for r in rows]
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="ddad-csv-")) / "scores.csv")
         scored = sum(r.score is not None for r in rows)
         unread = len(rows) - scored
+        if len(thresholds) > 1:
+            judged = "each by the threshold of the product it was recognised as: see the table"
+        else:
+            judged = f"threshold {next(iter(thresholds)):.4f}" if thresholds else ""
         summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
-                   + (f"**{len(flagged)} flagged defective** (threshold {threshold:.4f})" if threshold is not None
+                   + (f"**{len(flagged)} flagged defective** ({judged})" if thresholds
                       else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
                    + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else ""))
         return table, flagged, str(csv_path), summary
@@ -269,7 +280,8 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                                   file_types=["image", ".zip"], type="filepath", elem_id="batch-input", height=240)
             batch_button = gr.Button("Score all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary")
-            table = gr.Dataframe(headers=TABLE_COLUMNS, datatype=["str", "number", "str", "number", "str"],
+            table = gr.Dataframe(headers=TABLE_COLUMNS,
+                                 datatype=["str", "number", "str", "number", "str", "number", "str"],
                                  interactive=False, label="scores (click a column to sort)", elem_id="batch-table")
             with gr.Row():
                 gallery = gr.Gallery(label="flagged defective", columns=5, height=320, scale=3, elem_id="batch-gallery")

@@ -21,7 +21,7 @@ from .data import IMAGE_SUFFIXES
 from .image_utils import ImageLoadError, open_image
 from .visualize import outline, overlay
 
-CSV_FIELDS = ("file", "score", "verdict", "start_step", "error")
+CSV_FIELDS = ("file", "score", "verdict", "threshold", "product", "start_step", "error")
 # A zip upload may not expand to more than this many bytes or files (a zip bomb is small on disk).
 MAX_ZIP_BYTES = 2_000_000_000
 MAX_ZIP_FILES = 10_000
@@ -36,10 +36,13 @@ class InspectionRow:
     verdict: str = ""  # "defective", "good", "" (no threshold, or an error)
     start_step: int | None = None
     error: str = ""
+    threshold: float | None = None  # the one the verdict was made with (a multi-class model's: its product's)
+    product: str = ""  # the product a multi-class model recognised ("" for a one-product model)
 
     def as_csv(self) -> dict[str, str]:
         row = asdict(self)
         row["score"] = "" if self.score is None else f"{self.score:.6f}"
+        row["threshold"] = "" if self.threshold is None else f"{self.threshold:.6f}"
         row["start_step"] = "" if self.start_step is None else str(self.start_step)
         return row
 
@@ -126,18 +129,23 @@ def inspect_files(
                 loaded.append((names[i], open_image(files[i])))
             except ImageLoadError as err:
                 failed[i] = Inspected(InspectionRow(names[i], error=str(err)))
-        results, threshold = iter(()), None
+        results = iter(())
         if loaded:
             out = pipe([image for _, image in loaded], output_type="np", batch_size=batch_size, **call_kwargs)
-            threshold = out.threshold
-            results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps))
+            # each image's own threshold: a multi-class model judges it by the product it recognised
+            thresholds = out.image_thresholds if out.image_thresholds is not None else [None] * len(loaded)
+            products = out.categories or [""] * len(loaded)
+            results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps, thresholds,
+                               products))
         for i in range(start, min(start + batch_size, total)):
             if i in failed:
                 yield failed[i]
                 continue
-            (name, image), score, full, step = next(results)
-            score = float(score)
-            yield Inspected(InspectionRow(name, score, verdict(score, threshold), int(step)), image, full, threshold)
+            (name, image), score, full, step, threshold, product = next(results)
+            score, threshold = float(score), None if threshold is None else float(threshold)
+            row = InspectionRow(name, score, verdict(score, threshold), int(step), threshold=threshold,
+                                product=product)
+            yield Inspected(row, image, full, threshold)
         if progress is not None:
             progress(min(start + batch_size, total), total)
 

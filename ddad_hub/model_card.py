@@ -156,12 +156,23 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         threshold=index.get("threshold"), mode=mode,
         d3ad_t_max=index.get("d3ad_t_max") if index.get("feature_memory", [None])[0] else "n/a (no feature memory)",
         d3ad_threshold=index.get("d3ad_threshold"), fused_text=_fused_text(index, info),
-        selection_text=selection_text, training_text=training_text,
+        products_text=_products_text(index, info), selection_text=selection_text, training_text=training_text,
         results_text=results_text, data_text=data_text,
     )
     path = folder / "README.md"
     card.save(path)
     return path
+
+
+def _products_text(index: dict, info: dict) -> str:
+    """A multi-class model's per-product thresholds (default mode) and how well it recognises the product."""
+    own = (index.get("category_thresholds") or {}).get(index.get("mode", "ddad"))
+    if not own:
+        return "one threshold per mode"
+    accuracy = info.get("category_thresholds", {}).get("held_out_recognition_accuracy")
+    recognised = f" ({accuracy:.1%} of held-out nominal images recognised correctly)" if accuracy is not None else ""
+    return ("each image is judged by the threshold of the product its feature memory recognises (nearest "
+            f"neighbours, no label){recognised}: " + ", ".join(f"{k} {v:.4f}" for k, v in own.items()))
 
 
 def _fused_text(index: dict, info: dict) -> str:

@@ -166,12 +166,13 @@ def fit_memory(
     normalization: str = "none",
     groups: list[int] | None = None,
     pooling_pad: str = "zeros",
+    group_names: list[str] | None = None,
 ) -> dict:
     """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
     nominal map statistics.
 
     ``groups`` gives the category of each image of ``train`` then ``nominal`` in a multi-class set: one coreset per
-    category (:meth:`FeatureMemory.fit`).
+    category, and ``group_names`` their names, which the bank keeps to recognise products (:meth:`FeatureMemory.fit`).
 
     ``train`` and ``nominal`` are in [-1, 1], best at map size. The bank keeps every image (no image is held out of
     it, which matters for small training sets); the statistics come from maps of each image scored against the bank
@@ -183,7 +184,7 @@ def fit_memory(
     memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio, image_size=pipe.map_hw[0],
                                blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
                                max_candidates=max_candidates, normalization=normalization,
-                               pooling_pad=pooling_pad, groups=groups)
+                               pooling_pad=pooling_pad, groups=groups, group_names=group_names)
     fit_seconds = time.perf_counter() - start
     memory.register_to_config(cross_fitted=True)
     pipe.register_modules(feature_memory=memory)
@@ -211,10 +212,10 @@ def fit_d3ad(
     """Give the pipeline D3AD's first estimate and choose ``d3ad_t_max`` without test images.
 
     The feature memory is fitted by :func:`fit_memory`, which takes ``memory_options`` (``folds``,
-    ``max_candidates``, ``normalization``, ``groups``, ``pooling_pad``); its facts are ``info["memory"]``. The
-    histogram bins come from the held-out nominal images' scores and ``t_max`` from the synthetic-defect objective,
-    both with the held-out images left out of the bank. ``train`` and ``nominal`` are best at map size (the memory
-    reads them at that size).
+    ``max_candidates``, ``normalization``, ``groups``, ``group_names``, ``pooling_pad``); its facts are
+    ``info["memory"]``. The histogram bins come from the held-out nominal images' scores and ``t_max`` from the
+    synthetic-defect objective, both with the held-out images left out of the bank. ``train`` and ``nominal`` are
+    best at map size (the memory reads them at that size).
     """
     memory_info = fit_memory(pipe, train, nominal, coreset_ratio, max_patches, **memory_options)
     memory = pipe.feature_memory
@@ -227,9 +228,10 @@ def fit_d3ad(
             table.append({"t_max": int(t_max), **synthetic_objective(pipe, nominal, mode="d3ad")})
         best = max(table, key=lambda r: r["objective"])
         pipe.register_to_config(d3ad_t_max=best["t_max"])
-        threshold, _ = calibrate_threshold(pipe, nominal, mode="d3ad")
+        threshold, nominal_scores = calibrate_threshold(pipe, nominal, mode="d3ad")
     pipe.register_to_config(d3ad_threshold=threshold)
     return {"best": best, "table": table, "score_bins": bins, "coreset_ratio": coreset_ratio, "threshold": threshold,
+            "nominal_scores": nominal_scores,
             "bank_size": memory_info["bank_size"], "memory": memory_info,
             "how": "memory on all nominal images; bins on held-out nominal scores and t_max on synthetic defects, "
                    "with the held-out images left out of the bank"}
@@ -277,9 +279,10 @@ def fit_fused(
     best = max(table, key=lambda r: (r["objective"], -abs(r["memory_weight"] - 0.5)))
     pipe.register_to_config(fused_base=best["base"], fused_stats=stats, fused_rule=best["rule"],
                             fused_weight=float(best["memory_weight"]))
-    threshold, _ = calibrate_threshold(pipe, nominal, mode="fused")
+    threshold, nominal_scores = calibrate_threshold(pipe, nominal, mode="fused")
     pipe.register_to_config(fused_threshold=threshold)
-    return {"best": best, "table": table, "stats": stats, "threshold": threshold, "alone": alone,
+    return {"best": best, "table": table, "stats": stats, "threshold": threshold, "nominal_scores": nominal_scores,
+            "alone": alone,
             "how": "reconstruction mode, rule and weight on held-out nominal images + synthetic defects; "
                    "statistics of held-out nominal maps (the memory's cross-fitted)"}
 
@@ -306,12 +309,50 @@ def choose_mode(
             "how": "mean of image and pixel AUROC on held-out nominal images and synthetic defects"}
 
 
-def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor, held_out_ids: list[int] | None = None) -> dict:
+def per_category_maxima(scores: list[float], categories: list[str]) -> dict[str, float]:
+    """The highest of ``scores`` per category (``categories`` names each score's): per-product thresholds."""
+    if len(scores) != len(categories):
+        raise ValueError(f"{len(scores)} scores for {len(categories)} category names")
+    maxima: dict[str, float] = {}
+    for value, name in zip(scores, categories):
+        maxima[name] = max(maxima.get(name, float("-inf")), float(value))
+    return maxima
+
+
+@torch.no_grad()
+def fit_category_thresholds(
+    pipe: DDADPipeline, nominal: torch.Tensor, categories: list[str], nominal_scores: dict[str, list[float]]
+) -> dict:
+    """Per-product thresholds of a multi-class pipeline, from scores its calibration already computed.
+
+    ``nominal_scores`` maps each mode to its scores of the held-out ``nominal`` images (as
+    :func:`calibrate_threshold` returns them) and ``categories`` names each image's product. Each product's
+    threshold is the highest score among its own held-out images, as the shared one is among all. Call it with the
+    held-out images left out of the memory's bank: it also measures how often the memory recognises their product.
+    """
+    thresholds = {mode: per_category_maxima(scores, categories) for mode, scores in nominal_scores.items()}
+    pipe.register_to_config(category_thresholds=thresholds)
+    recognised = [pipe.infer_categories(nominal[s : s + 16]) for s in range(0, nominal.shape[0], 16)]
+    recognised = [name for chunk in recognised for name in chunk]
+    accuracy = float(np.mean([r == c for r, c in zip(recognised, categories)]))
+    return {"thresholds": thresholds, "held_out_recognition_accuracy": accuracy,
+            "how": "per product: the highest score among its held-out nominal images (left out of the bank); at "
+                   "test time the product is the one most of an image's patches find their nearest neighbour in"}
+
+
+def recalibrate(
+    pipe: DDADPipeline,
+    nominal: torch.Tensor,
+    held_out_ids: list[int] | None = None,
+    categories: list[str] | None = None,
+) -> dict:
     """Refresh the calibrated pixel weight (if the pipeline uses one) and the thresholds, e.g. after adaptation.
 
     When the memory's bank holds the held-out images too (``cross_fitted``), D3AD's and fused mode's thresholds
     need them left out of it: pass ``held_out_ids`` right after :func:`fit_memory`. Without them (a reloaded
-    pipeline) those two thresholds are kept as they are, since in-bank scores would set them too low.
+    pipeline) those two thresholds are kept as they are, since in-bank scores would set them too low. A multi-class
+    pipeline's per-product thresholds of the refreshed modes are refreshed with them when ``categories`` names each
+    nominal image's product, and dropped otherwise (stale thresholds would judge the new maps).
     """
     if pipe.config.pixel_weight is not None:
         sched = pipe.scheduler.config
@@ -320,16 +361,27 @@ def recalibrate(pipe: DDADPipeline, nominal: torch.Tensor, held_out_ids: list[in
     threshold, scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
     result = {"threshold": threshold, "pixel_weight": pipe.config.pixel_weight, "nominal_scores": scores}
+    refreshed = {"ddad": scores}
     memory = pipe.feature_memory
     memory_modes = [m for m in pipe.available_modes() if m != "ddad"]
     if memory_modes and memory.config.cross_fitted and held_out_ids is None:
         result["memory_modes"] = "thresholds kept: the bank holds the held-out images (re-run finalize.py)"
-        return result
+        memory_modes = []
     context = memory.leaving_out(held_out_ids) if held_out_ids is not None else contextlib.nullcontext()
     with context:
         for mode in memory_modes:
             result[f"{mode}_threshold"], result[f"{mode}_nominal_scores"] = calibrate_threshold(pipe, nominal, mode)
             pipe.register_to_config(**{f"{mode}_threshold": result[f"{mode}_threshold"]})
+            refreshed[mode] = result[f"{mode}_nominal_scores"]
+    own = dict(pipe.config.category_thresholds or {})
+    if own:
+        for mode, mode_scores in refreshed.items():
+            if categories is not None:
+                own[mode] = per_category_maxima(mode_scores, categories)
+            else:
+                own.pop(mode, None)
+        pipe.register_to_config(category_thresholds=own or None)
+        result["category_thresholds"] = own or None
     return result
 
 
@@ -398,7 +450,8 @@ def finalize_run(
                                 folds=mem.get("folds", 5), max_candidates=mem.get("max_candidates"),
                                 normalization=mem.get("normalization", "none"),
                                 pooling_pad=mem.get("pooling_pad", "zeros"),
-                                groups=category_ids(train_paths + held_out))
+                                groups=category_ids(train_paths + held_out),
+                                group_names=_category_names(train_paths + held_out))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
         alone = info["fused"]["alone"]
@@ -406,6 +459,13 @@ def finalize_run(
                                    info["fused"]["best"]["objective"])
     threshold, nominal_scores = calibrate_threshold(pipe, nominal_map)
     pipe.register_to_config(threshold=threshold)
+    memory = pipe.feature_memory
+    if "fused" in info and memory.has_groups:
+        scores_by_mode = {"ddad": nominal_scores, "d3ad": info["d3ad"]["nominal_scores"],
+                          "fused": info["fused"]["nominal_scores"]}
+        with memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
+            info["category_thresholds"] = fit_category_thresholds(
+                pipe, nominal_map, [p.parent.parent.parent.name for p in held_out], scores_by_mode)
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,
                            "how": "highest score among held-out nominal training images"}
     folder = out / "pipeline"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -47,4 +50,25 @@ def make_tiny_pipeline(
 def tiny_pipeline_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_pipeline")
     make_tiny_pipeline(threshold=0.5).save_pretrained(folder)
+    return folder
+
+
+def write_category(root: Path, name: str, n_train: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """A tiny MVTec-layout category of smooth random images, one defect type with masks."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    for sub in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
+        (folder / sub).mkdir(parents=True)
+    base = rng.integers(40, 200, size=3)
+    for i in range(n_train):
+        img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "train" / "good" / f"{i:03d}.png")
+    for i in range(2):
+        img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "test" / "good" / f"{i:03d}.png")
+        img[8:14, 4:28] = 255
+        Image.fromarray(img).save(folder / "test" / "scratch" / f"{i:03d}.png")
+        mask = np.zeros((size, size), np.uint8)
+        mask[8:14, 4:28] = 255
+        Image.fromarray(mask).save(folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
     return folder

@@ -8,34 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_pipeline
-from PIL import Image
+from conftest import make_tiny_pipeline, write_category
 
 from ddad_hub.data import DatasetLayoutError, find_categories, split_categories
 from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork, unet_forward_with_residuals
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def _write_category(root: Path, name: str, n_train: int = 6, size: int = 32, seed: int = 0) -> Path:
-    """A tiny MVTec-layout category of smooth random images, one defect type with masks."""
-    rng = np.random.default_rng(seed)
-    folder = root / name
-    for sub in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
-        (folder / sub).mkdir(parents=True)
-    base = rng.integers(40, 200, size=3)
-    for i in range(n_train):
-        img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / "train" / "good" / f"{i:03d}.png")
-    for i in range(2):
-        img = np.clip(base + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / "test" / "good" / f"{i:03d}.png")
-        img[8:14, 4:28] = 255
-        Image.fromarray(img).save(folder / "test" / "scratch" / f"{i:03d}.png")
-        mask = np.zeros((size, size), np.uint8)
-        mask[8:14, 4:28] = 255
-        Image.fromarray(mask).save(folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
-    return folder
 
 
 def _tiny_unet():
@@ -96,7 +74,7 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     from ddad_hub.pipelines.pipeline_diad import DiADPipeline
     from training.train_diad import main as train_diad
 
-    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    cats = [write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
     make_tiny_pipeline(latent=True).save_pretrained(tmp_path / "base")
     preset = {"name": "tiny_diad", "resolution": 32, "holdout": 0.34, "mixed_precision": "no", "map_size": 64,
               "feature_backbone": "efficientnet_lite0",
@@ -171,8 +149,8 @@ def test_diad_runs_ten_ddim_steps_from_full_noise(monkeypatch):
 
 # ---------------------------------------------------------------------------- several categories as one set
 def test_a_folder_of_categories_is_read_as_one_set(tmp_path):
-    _write_category(tmp_path, "alpha", n_train=5)
-    _write_category(tmp_path, "beta", n_train=7)
+    write_category(tmp_path, "alpha", n_train=5)
+    write_category(tmp_path, "beta", n_train=7)
     (tmp_path / "license.txt").write_text("files beside the categories are ignored")
     found = find_categories(tmp_path)
     assert list(found) == ["alpha", "beta"]
@@ -186,11 +164,11 @@ def test_a_folder_of_categories_is_read_as_one_set(tmp_path):
 
 
 def test_a_broken_category_folder_is_named(tmp_path):
-    _write_category(tmp_path, "alpha")
+    write_category(tmp_path, "alpha")
     (tmp_path / "gamma" / "train").mkdir(parents=True)  # no train/good
     with pytest.raises(DatasetLayoutError, match="category 'gamma'"):
         find_categories(tmp_path)
-    _write_category(tmp_path / "other", "alpha")
+    write_category(tmp_path / "other", "alpha")
     with pytest.raises(DatasetLayoutError, match="two categories are named 'alpha'"):
         find_categories([tmp_path / "alpha", tmp_path / "other"])
     with pytest.raises(DatasetLayoutError, match="does not exist"):
@@ -210,7 +188,7 @@ def test_the_four_shared_categories_are_one_set():
 def test_multiclass_evaluation_reports_each_category_and_their_mean(tmp_path, tiny_pipeline_dir):
     from training.evaluate_multiclass import main as evaluate
 
-    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    cats = [write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
     results = evaluate(["--pipeline", str(tiny_pipeline_dir), "--data", str(tmp_path / "data"), "--output-dir",
                         str(tmp_path / "eval"), "--memory", "--memory-patches", "50", "--memory-size", "64"])
     assert list(results["per_category"]) == [c.name for c in cats]
@@ -245,7 +223,7 @@ def test_multiclass_ddad_card_has_a_model_index_per_category(tmp_path, tiny_pipe
 
     folder = tmp_path / "pipeline"
     shutil.copytree(tiny_pipeline_dir, folder)
-    cats = [_write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    cats = [write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta"))]
     info = {"preset": load_preset("cpu"), "category": "multiclass-2", "data": ", ".join(map(str, cats)),
             "training": {"steps": 1, "minutes": 0.1}}
     (folder / "training_info.json").write_text(json.dumps(info))

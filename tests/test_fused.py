@@ -54,7 +54,7 @@ def test_fused_map_of_agreeing_parts_equals_their_normalised_map(fused_pipe, mon
     r_stats = map_statistics(recon)
     # a memory whose map is an affine copy of the reconstruction map: the same map in other units
     a, b = 3.0, 7.0
-    monkeypatch.setattr(pipe, "memory_maps", lambda x: (a * recon + b, (a * recon + b).flatten(1).amax(1)))
+    monkeypatch.setattr(pipe, "memory_maps", lambda x, **_: (a * recon + b, (a * recon + b).flatten(1).amax(1)))
     stats = {**pipe.config.fused_stats, "ddad": r_stats, "memory": [a * r_stats[0] + b, a * r_stats[1]]}
     pipe.register_to_config(fused_stats=stats)
     expected = normalize_map(recon, r_stats)

@@ -59,14 +59,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def score(pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """(maps, scores) of ``images`` in [-1, 1] in ``mode``."""
-    maps, scores = [], []
+def score(pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(maps, scores, verdicts) of ``images`` in [-1, 1] in ``mode``; ``verdicts`` holds the pipeline's own flags,
+    the threshold each image was judged by and, with per-product thresholds, the product it recognised."""
+    maps, scores, verdicts = [], [], {"flags": [], "thresholds": [], "categories": []}
     for s in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
         out = pipe(to_unit_range(images[s : s + batch_size]), output_type="pt", batch_size=batch_size, mode=mode)
         maps.append(out.anomaly_maps.numpy())
         scores.append(out.image_scores.numpy())
-    return np.concatenate(maps), np.concatenate(scores)
+        if out.is_anomalous is not None:
+            verdicts["flags"].append(out.is_anomalous.numpy())
+            verdicts["thresholds"].append(out.image_thresholds.numpy())
+        verdicts["categories"] += out.categories or []
+    return np.concatenate(maps), np.concatenate(scores), verdicts
+
+
+def own_verdicts(verdicts: dict, labels: np.ndarray, category: str) -> dict | None:
+    """Flagged rates of the pipeline's own per-product thresholds (the product recognised, never told) and how
+    often it recognised ``category``; ``None`` when the pipeline has no per-product thresholds."""
+    if not verdicts["categories"]:
+        return None
+    flags = np.concatenate(verdicts["flags"])
+    recognised = np.array(verdicts["categories"])
+    return {"flagged": float(flags.mean()), "true_positive_rate": float(flags[labels].mean()),
+            "false_positive_rate": float(flags[~labels].mean()),
+            "recognised": float((recognised == category).mean()),
+            "recognised_as": {c: int((recognised == c).sum()) for c in np.unique(recognised)},
+            "thresholds_used": sorted({round(float(t), 6) for t in np.concatenate(verdicts["thresholds"])})}
 
 
 def subsample_items(items: list, limit: int | None) -> list:
@@ -143,13 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
             held = load_images(held_by_category[name], side)  # only scored without known thresholds
         for mode in modes:
             start = time.perf_counter()
-            maps, scores = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
+            maps, scores, verdicts = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
             timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
             entry[mode] = summarize(scores, maps, masks, types)
             own = known_thresholds.get(name) if mode == pipe.config.mode else None
             in_bank = mode in ("d3ad", "fused") and pipe.feature_memory.config.cross_fitted
             if own is None and not in_bank:
                 own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out")[1].max())
+            recognised = own_verdicts(verdicts, labels, name)
             entry[mode]["at_threshold"] = {
                 "one_threshold": (flagged_rates(scores, labels, global_thresholds[mode])
                                   if global_thresholds[mode] is not None else None),
@@ -158,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "per_category_threshold": (flagged_rates(scores, labels, own) if own is not None else
                                            "not measurable: the held-out images are in the memory's bank"),
             }
+            if recognised is not None:  # the thresholds the pipeline itself applies, per recognised product
+                entry[mode]["at_threshold"]["recognised_product_threshold"] = recognised
         if memory is not None:
             full = load_images([it.image for it in items], args.memory_size)
             m_maps, m_scores = [], []

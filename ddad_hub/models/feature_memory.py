@@ -102,6 +102,9 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             memories saved before the option existed.
         pooling_pad: the border of the 3x3 feature pooling (:func:`patch_features`); "exclude" in memories saved
             before the option existed, so they score as they did, "zeros" in new fits.
+        group_names: the products of a multi-class bank, in the order of the ids in the ``bank_groups`` buffer
+            (each entry's product); empty for a one-product bank and in memories saved before the option existed.
+            With them, :meth:`infer_groups` names the product an image shows, from its nearest neighbours.
 
     After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
     saved: only the recipe that fitted the memory needs it, for cross-fitting).
@@ -118,9 +121,12 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         cross_fitted: bool = False,
         normalization: str = "none",
         pooling_pad: str = "exclude",
+        group_names: tuple[str, ...] = (),
     ):
         super().__init__()
         self.register_buffer("bank", torch.zeros(num_patches, feature_dim))
+        if group_names:
+            self.register_buffer("bank_groups", torch.zeros(num_patches, dtype=torch.long))
         self.bank_sources: torch.Tensor | None = None
         self._active: torch.Tensor | None = None  # boolean mask over the bank while images are left out
 
@@ -156,6 +162,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         normalization: str = "none",
         pooling_pad: str = "zeros",
         groups: list[int] | torch.Tensor | None = None,
+        group_names: list[str] | None = None,
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
@@ -166,7 +173,9 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         ``groups`` (one id per image, e.g. the product of a multi-class set) makes one coreset per group, each with
         the ratio and caps above, and banks their union: every product keeps its share of the bank and the cost
         grows with the sum, not the square, of the groups' sizes. Scoring still needs no group: a test patch is
-        compared with the whole bank.
+        compared with the whole bank. With more than one group the bank also records each entry's group, named by
+        ``group_names`` (one name per distinct id, in increasing id order; default the ids as text), so
+        :meth:`infer_groups` can tell which product a test image shows.
         """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
@@ -179,13 +188,19 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         if image_groups.shape != (images.shape[0],):
             raise ValueError(f"groups needs one id per image ({images.shape[0]}), got {tuple(image_groups.shape)}")
         patch_groups = image_groups.repeat_interleave(patches_per_image)
+        distinct = torch.unique(image_groups)
+        if group_names is not None and len(group_names) != len(distinct):
+            raise ValueError(f"group_names needs one name per distinct group ({len(distinct)}), got {len(group_names)}")
+        names = tuple(group_names or (str(int(g)) for g in distinct)) if len(distinct) > 1 else ()
         keep = torch.cat([_coreset_of(features, torch.nonzero(patch_groups == g).squeeze(1), coreset_ratio,
                                       max_patches, max_candidates, seed)
-                          for g in torch.unique(image_groups)])
+                          for g in distinct])
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
-                     blur_sigma=blur_sigma, normalization=normalization, pooling_pad=pooling_pad)
+                     blur_sigma=blur_sigma, normalization=normalization, pooling_pad=pooling_pad, group_names=names)
         memory.bank.copy_(features[keep])
         memory.bank_sources = keep // patches_per_image
+        if names:
+            memory.bank_groups.copy_(torch.searchsorted(distinct, patch_groups[keep]))
         return memory.eval()
 
     @torch.no_grad()
@@ -216,25 +231,62 @@ class FeatureMemory(ModelMixin, ConfigMixin):
                     maps[idx] = m
         return maps, fold_ids
 
+    @property
+    def has_groups(self) -> bool:
+        """Whether the bank knows the product of each entry (a multi-class fit), so :meth:`infer_groups` works."""
+        return bool(self.config.group_names)
+
     @torch.no_grad()
-    def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """(B, h, w) distance of every patch to its nearest bank entry."""
+    def nearest_patches(
+        self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w) distance of every patch to its nearest bank entry, and that entry's index in the whole bank."""
         f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization,
                            self.config.pooling_pad)
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
         bank = self.bank if self._active is None else self.bank[self._active]
-        nearest = torch.cat([torch.cdist(flat[i : i + chunk], bank).amin(dim=1)
-                             for i in range(0, flat.shape[0], chunk)])
-        return nearest.view(b, h, w)
+        found = [torch.cdist(flat[i : i + chunk], bank).min(dim=1) for i in range(0, flat.shape[0], chunk)]
+        distances = torch.cat([d.values for d in found])
+        indices = torch.cat([d.indices for d in found])
+        if self._active is not None:  # back to indices into the whole bank
+            indices = torch.nonzero(self._active).squeeze(1)[indices]
+        return distances.view(b, h, w), indices.view(b, h, w)
+
+    def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) distance of every patch to its nearest bank entry."""
+        return self.nearest_patches(encoder, images)[0]
+
+    def vote_groups(self, nearest: torch.Tensor) -> torch.Tensor:
+        """(B,) the group most of an image's patches find their nearest neighbour in, from (B, h, w) bank indices."""
+        if not self.has_groups:
+            raise ValueError("this memory's bank has no groups (it was fitted on one product)")
+        votes = self.bank_groups[nearest.flatten(1)]
+        counts = torch.stack([torch.bincount(v, minlength=len(self.config.group_names)) for v in votes])
+        return counts.argmax(dim=1)
 
     @torch.no_grad()
-    def anomaly_maps(self, encoder: FeatureEncoder, images: torch.Tensor, size: tuple[int, int] | None = None):
-        """(maps, scores): blurred patch distances upsampled to ``size`` (default: the memory's image size)."""
+    def infer_groups(self, encoder: FeatureEncoder, images: torch.Tensor) -> list[str]:
+        """The product each image shows, as named in ``group_names``: the group most of its patches' nearest bank
+        entries belong to. Needs no label: a multi-class model names the product it recognised."""
+        groups = self.vote_groups(self.nearest_patches(encoder, images)[1])
+        return [self.config.group_names[g] for g in groups.tolist()]
+
+    @torch.no_grad()
+    def anomaly_maps(
+        self, encoder: FeatureEncoder, images: torch.Tensor, size: tuple[int, int] | None = None,
+        return_groups: bool = False,
+    ):
+        """(maps, scores): blurred patch distances upsampled to ``size`` (default: the memory's image size).
+
+        ``return_groups=True`` adds the product each image shows (:meth:`infer_groups`), from the same search.
+        """
         size = size or (self.config.image_size,) * 2
-        d = self.patch_distances(encoder, images)
+        d, nearest = self.nearest_patches(encoder, images)
         maps = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         maps = gaussian_blur(maps, self.config.blur_sigma * size[0] / self.config.image_size)
+        if return_groups:
+            return maps, image_scores(maps), [self.config.group_names[g] for g in self.vote_groups(nearest).tolist()]
         return maps, image_scores(maps)
 
 

@@ -51,7 +51,12 @@ class DDADPipelineOutput(BaseOutput):
         masks: (B, H, W) booleans at map resolution, ``anomaly_maps > threshold``; ``None`` without a threshold.
         start_steps: (B,) the noise level each image started from (differs per image in D3AD mode; in fused mode,
             its reconstruction mode's).
-        threshold: the threshold the call's mode was calibrated with (``None`` if it was not).
+        threshold: the threshold the call's mode was calibrated with (``None`` if it was not); with per-product
+            thresholds, the one shared by all products, and ``image_thresholds`` holds what each image was judged by.
+        categories: (B,) the product each image was recognised as, by a multi-class pipeline's feature memory
+            (nearest neighbours; no label is given); ``None`` when per-product thresholds are not in use.
+        image_thresholds: (B,) the threshold each image's verdict and mask used: its product's when ``categories``
+            is set, else ``threshold``; ``None`` without a threshold.
     """
 
     anomaly_maps: np.ndarray | torch.Tensor
@@ -62,6 +67,8 @@ class DDADPipelineOutput(BaseOutput):
     masks: np.ndarray | torch.Tensor | None = None
     start_steps: np.ndarray | torch.Tensor | None = None
     threshold: float | None = None
+    categories: list[str] | None = None
+    image_thresholds: np.ndarray | torch.Tensor | None = None
 
 
 class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
@@ -91,6 +98,10 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             normalises them with; measured on held-out nominal images (the memory's cross-fitted).
         fused_rule / fused_weight: how the two normalised maps combine (``ddad_hub.anomaly_map.fuse_maps``).
         fused_threshold: the calibrated image-score threshold of fused mode.
+        category_thresholds: per mode, per product, the threshold calibrated on that product's held-out nominal
+            images (``{"fused": {"tire": 2.1, ...}, ...}``); a multi-class pipeline whose memory knows each bank
+            entry's product judges each image by the threshold of the product it recognises. ``None``: one
+            threshold per mode.
         memory_at_map_size: the feature memory reads each input resized to the map size, rather than the U-Net's
             input upsampled (which loses a latent pipeline's detail). ``False`` in pipelines saved before it existed,
             whose D3AD score bins were fitted that way.
@@ -134,6 +145,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         fused_weight: float = 0.5,
         fused_threshold: float | None = None,
         memory_at_map_size: bool = False,
+        category_thresholds: dict | None = None,
     ):
         super().__init__()
         unet.eval()  # inference only: a pipeline never trains its components
@@ -151,6 +163,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             mode=mode, d3ad_t_max=d3ad_t_max, d3ad_w=d3ad_w, d3ad_eta=d3ad_eta, compute_dtype=compute_dtype,
             d3ad_threshold=d3ad_threshold, fused_base=fused_base, fused_stats=fused_stats, fused_rule=fused_rule,
             fused_weight=fused_weight, fused_threshold=fused_threshold, memory_at_map_size=memory_at_map_size,
+            category_thresholds=category_thresholds,
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
 
@@ -159,6 +172,15 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         mode = mode or self.config.mode
         thresholds = {"d3ad": self.config.d3ad_threshold, "fused": self.config.fused_threshold}
         return thresholds.get(mode, self.config.threshold)
+
+    def category_thresholds_for(self, mode: str | None = None) -> dict[str, float] | None:
+        """Per-product thresholds of ``mode`` when this pipeline can use them (a memory that recognises the
+        product, thresholds calibrated for the mode); ``None`` otherwise."""
+        mode = mode or self.config.mode
+        memory = getattr(self, "feature_memory", None)
+        if memory is None or not memory.has_groups:
+            return None
+        return (self.config.category_thresholds or {}).get(mode)
 
     def available_modes(self) -> list[str]:
         """The modes this pipeline can run: "ddad" always, "d3ad" and "fused" once the recipe fitted them."""
@@ -336,10 +358,17 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return self.unet(sample.contiguous(memory_format=torch.channels_last), timesteps).sample
 
     @torch.no_grad()
-    def memory_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The feature memory's (maps at map resolution, image scores) for images in [-1, 1]."""
-        maps, scores = self.feature_memory.anomaly_maps(self.feature_encoder, self.resize_to_map(images), self.map_hw)
-        return maps.float().cpu(), scores.float().cpu()
+    def memory_maps(self, images: torch.Tensor, return_categories: bool = False):
+        """The feature memory's (maps at map resolution, image scores) for images in [-1, 1]; with
+        ``return_categories``, also the product each image shows (a multi-class memory's nearest neighbours)."""
+        out = self.feature_memory.anomaly_maps(self.feature_encoder, self.resize_to_map(images), self.map_hw,
+                                               return_groups=return_categories)
+        return (out[0].float().cpu(), out[1].float().cpu(), *out[2:])
+
+    @torch.no_grad()
+    def infer_categories(self, images: torch.Tensor) -> list[str]:
+        """The product each image in [-1, 1] shows, as a multi-class pipeline's feature memory recognises it."""
+        return self.feature_memory.infer_groups(self.feature_encoder, self.resize_to_map(images))
 
     @torch.no_grad()
     def first_estimate(self, images: torch.Tensor) -> torch.Tensor:
@@ -446,6 +475,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return_dict: bool = True,
         autocast_dtype: torch.dtype | None = None,
         mode: str | None = None,
+        per_category_thresholds: bool = True,
     ) -> DDADPipelineOutput | tuple:
         """Score images for anomalies.
 
@@ -462,6 +492,9 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             mode: "ddad", "d3ad" or "fused" (see :meth:`available_modes`); ``None`` takes ``config.mode``. In D3AD
                 mode ``w``, ``start_step``, ``skip`` and ``eta`` are ignored: each image's start step comes from the
                 feature memory. Fused mode runs its ``fused_base`` mode and the memory and fuses their maps.
+            per_category_thresholds: a multi-class pipeline with per-product thresholds judges each image by the
+                threshold of the product its memory recognises (``categories`` in the output); ``False`` applies
+                the one shared threshold to every image.
         """
         mode = mode or self.config.mode
         self.check_mode(mode)
@@ -469,19 +502,26 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         x, sizes = self.preprocess(image)
         uses_memory = mode in ("d3ad", "fused")  # other modes (ddad, a subclass's) reconstruct from a fixed step
+        own_thresholds = self.category_thresholds_for(mode) if per_category_thresholds else None
         x_map = x
-        if uses_memory and self.config.memory_at_map_size and self.map_hw != self.sample_size:
+        if (uses_memory or own_thresholds) and self.config.memory_at_map_size and self.map_hw != self.sample_size:
             x_map = self.preprocess(image, size=self.map_hw)[0]
         if isinstance(generator, list) and len(generator) != x.shape[0]:
             raise ValueError(f"got {len(generator)} generators for {x.shape[0]} images")
         generators = self._generators(generator, x.shape[0])
 
-        maps, recons, starts = [], [], []
+        maps, recons, starts, categories = [], [], [], []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start : start + batch_size]
             gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
             recon_mode = self.config.fused_base if mode == "fused" else mode
-            memory_maps, first = self.memory_maps(x_map[start : start + batch_size]) if uses_memory else (None, None)
+            memory_maps, first = None, None
+            if uses_memory:  # one nearest-neighbour search gives the memory's map, score and product
+                memory_maps, first, *found = self.memory_maps(x_map[start : start + batch_size],
+                                                              return_categories=own_thresholds is not None)
+                categories += found[0] if found else []
+            elif own_thresholds is not None:
+                categories += self.infer_categories(x_map[start : start + batch_size])
             if recon_mode == "d3ad":
                 r, t_hat, latents = self.reconstruct_dynamic(chunk, gen, autocast_dtype, first_estimate=first)
             else:
@@ -499,8 +539,17 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         full = [resize_maps(m[None], size)[0] for m, size in zip(maps_t, sizes)]
 
         threshold = self.threshold_for(mode)
-        flags = scores > threshold if threshold is not None else None
-        masks = maps_t > threshold if threshold is not None else None
+        per_image = None
+        if own_thresholds is not None:  # a product without its own threshold falls back to the shared one
+            chosen = [own_thresholds.get(c, threshold) for c in categories]
+            if None in chosen:
+                missing = sorted({c for c, t in zip(categories, chosen) if t is None})
+                raise ValueError(f"no threshold for product(s) {missing} in mode {mode!r}, and no shared one")
+            per_image = torch.tensor(chosen, dtype=torch.float32)
+        elif threshold is not None:
+            per_image = torch.full_like(scores, threshold, dtype=torch.float32)
+        flags = scores > per_image if per_image is not None else None
+        masks = maps_t > per_image[:, None, None] if per_image is not None else None
         if output_type == "pt":
             reconstructions = recon_t
         else:
@@ -509,6 +558,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             flags = flags.numpy() if flags is not None else None
             masks = masks.numpy() if masks is not None else None
             start_steps = start_steps.numpy()
+            per_image = per_image.numpy() if per_image is not None else None
             reconstructions = self.image_processor.postprocess(recon_t, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -522,6 +572,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             masks=masks,
             start_steps=start_steps,
             threshold=threshold,
+            categories=categories if own_thresholds is not None else None,
+            image_thresholds=per_image,
         )
 
     # ------------------------------------------------------------------ loading

@@ -1,0 +1,126 @@
+"""A multi-class pipeline recognises the product an image shows and judges it by that product's threshold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_pipeline, write_category
+
+from ddad_hub import FeatureEncoder
+from ddad_hub.data import find_categories, list_test_items, load_images, split_categories, to_unit_range
+from ddad_hub.models.feature_memory import FeatureMemory
+from ddad_hub.pipelines.loading import load_pipeline
+from ddad_hub.presets import load_preset
+from ddad_hub.recipe import finalize_run, per_category_maxima, recalibrate
+
+
+def _parts(n: int, level: float, seed: int, size: int = 64) -> torch.Tensor:
+    """Flat parts of one grey level with a little noise, in [-1, 1]: a level is a product."""
+    g = torch.Generator().manual_seed(seed)
+    return (level + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return FeatureEncoder(backbone="efficientnet_lite0").eval()
+
+
+def test_a_grouped_bank_recognises_products_and_keeps_them_through_save_and_load(encoder, tmp_path):
+    images = torch.cat([_parts(3, -0.6, 0), _parts(2, 0.5, 1)])
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.25, image_size=64, groups=[0, 0, 0, 1, 1],
+                               group_names=["dark", "light"])
+    assert memory.config.group_names == ("dark", "light")
+    assert torch.equal(memory.bank_groups, (memory.bank_sources >= 3).long())  # each entry's product, by source
+    test = torch.cat([_parts(2, -0.6, 5), _parts(1, 0.5, 6)])
+    assert memory.infer_groups(encoder, test) == ["dark", "dark", "light"]
+    maps, scores, groups = memory.anomaly_maps(encoder, test, return_groups=True)
+    torch.testing.assert_close(maps, memory.anomaly_maps(encoder, test)[0])  # the same search gives both
+    assert groups == ["dark", "dark", "light"]
+    # with every dark image left out, the nearest entries are light ones: indices map back into the whole bank
+    with memory.leaving_out([0, 1, 2]):
+        assert memory.infer_groups(encoder, test) == ["light"] * 3
+
+    memory.save_pretrained(tmp_path)
+    loaded = FeatureMemory.from_pretrained(tmp_path)
+    assert torch.equal(loaded.bank_groups, memory.bank_groups) and loaded.has_groups
+    assert loaded.infer_groups(encoder, test) == ["dark", "dark", "light"]
+
+    single = FeatureMemory.fit(encoder, images[:3], coreset_ratio=0.25, image_size=64)
+    assert not single.has_groups and "bank_groups" not in dict(single.named_buffers())
+    with pytest.raises(ValueError, match="no groups"):
+        single.infer_groups(encoder, test)
+    with pytest.raises(ValueError, match="one name per distinct group"):
+        FeatureMemory.fit(encoder, images, groups=[0, 0, 0, 1, 1], group_names=["dark"])
+
+
+def test_per_category_maxima():
+    assert per_category_maxima([1.0, 3.0, 2.0, 0.5], ["a", "a", "b", "b"]) == {"a": 3.0, "b": 2.0}
+    with pytest.raises(ValueError, match="3 scores for 2"):
+        per_category_maxima([1.0, 2.0, 3.0], ["a", "b"])
+
+
+def test_each_image_is_judged_by_the_threshold_of_the_product_it_shows(encoder):
+    pipe = make_tiny_pipeline(threshold=0.5)
+    memory = FeatureMemory.fit(pipe.feature_encoder, torch.cat([_parts(3, -0.6, 0), _parts(3, 0.5, 1)]),
+                               coreset_ratio=0.25, image_size=64, groups=[0, 0, 0, 1, 1, 1],
+                               group_names=["dark", "light"])
+    pipe.register_modules(feature_memory=memory)
+    images = to_unit_range(torch.cat([_parts(1, -0.6, 7), _parts(1, 0.5, 8)]))
+    plain = pipe(images, output_type="pt", mode="ddad")
+    assert plain.categories is None  # no per-product thresholds yet: the shared one for every image
+    assert torch.equal(plain.image_thresholds, torch.full((2,), 0.5))
+    scores = plain.image_scores
+    # thresholds on either side of each image's score: the verdicts show which threshold judged which image
+    pipe.register_to_config(category_thresholds={"ddad": {"dark": float(scores[0]) + 1, "light": float(scores[1]) - 1}})
+    out = pipe(images, output_type="pt", mode="ddad")
+    assert out.categories == ["dark", "light"]
+    torch.testing.assert_close(out.image_thresholds, torch.stack([scores[0] + 1, scores[1] - 1]))
+    assert out.is_anomalous.tolist() == [False, True]
+    assert torch.equal(out.masks, out.anomaly_maps > out.image_thresholds[:, None, None])
+    assert out.threshold == 0.5 and torch.equal(out.image_scores, scores)  # scores do not depend on thresholds
+    shared = pipe(images, output_type="pt", mode="ddad", per_category_thresholds=False)
+    assert shared.categories is None and torch.equal(shared.is_anomalous, plain.is_anomalous)
+    # a product without its own threshold falls back to the shared one
+    pipe.register_to_config(category_thresholds={"ddad": {"dark": 99.0}})
+    assert pipe(images, output_type="pt", mode="ddad").image_thresholds.tolist() == [99.0, 0.5]
+
+
+def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
+    cats = [write_category(tmp_path / "data", name, n_train=8, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    train, held, _ = split_categories(find_categories(cats), holdout=0.25)
+    tiny = make_tiny_pipeline()
+    preset = load_preset("cpu", resolution=32, map_size=64, start_step=100, skip=50, w=2.0,
+                         d3ad={"coreset_ratio": 0.2, "t_max": [80]}, memory={"coreset_ratio": 0.2, "folds": 2})
+    folder = finalize_run(tmp_path / "run", tiny.unet, preset, tmp_path / "data", held, {"steps": 0},
+                          encoder=tiny.feature_encoder, train_paths=train)
+    pipe = load_pipeline(folder)
+    info = json.loads((folder / "training_info.json").read_text())
+    own = pipe.config.category_thresholds
+    assert set(own) == {"ddad", "d3ad", "fused"} and all(set(v) == {"alpha", "beta"} for v in own.values())
+    for mode in own:  # the shared threshold is the highest over all held-out images, so the highest of the products'
+        assert max(own[mode].values()) == pytest.approx(pipe.threshold_for(mode))
+    assert info["category_thresholds"]["held_out_recognition_accuracy"] == 1.0
+    assert list(pipe.feature_memory.config.group_names) == ["alpha", "beta"]
+    card = (folder / "README.md").read_text()
+    assert "100.0% of held-out nominal images recognised correctly" in card
+    assert f"alpha {own[pipe.config.mode]['alpha']:.4f}" in card
+    for cat in cats:
+        items = list_test_items(cat)
+        out = pipe([it.image for it in items], output_type="np")
+        assert out.categories == [cat.name] * len(items)
+        assert out.image_thresholds.tolist() == pytest.approx([own[pipe.config.mode][cat.name]] * len(items))
+
+    # recalibrating without product names drops the per-product thresholds it cannot refresh...
+    nominal = load_images(held, 64)
+    names = [p.parent.parent.parent.name for p in held]
+    before = dict(own)
+    result = recalibrate(pipe, nominal)
+    assert "ddad" not in pipe.config.category_thresholds
+    assert pipe.config.category_thresholds["fused"] == before["fused"]  # kept, as the shared fused threshold is
+    assert "memory_modes" in result
+    # ...and with them, refreshes them from the same scores as the shared threshold
+    recalibrate(pipe, nominal, categories=names)
+    assert pipe.config.category_thresholds["ddad"] == per_category_maxima(result["nominal_scores"], names)
