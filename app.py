@@ -35,7 +35,7 @@ MULTICLASS_EXAMPLES = sorted((HERE / "examples" / "multiclass").glob("*.png"))  
 MAX_UPLOAD = "100mb"  # per file; a zip of a folder counts as one
 BATCH_SIZE = 10  # images the batch tab reconstructs at once
 MAX_BATCH_FILES = 1000  # images one batch request may hold (zips counted by their contents)
-TABLE_COLUMNS = ["file", "score", "verdict", "threshold", "product", "start step", "error"]
+TABLE_COLUMNS = ["file", "score", "verdict", "start step", "error", "threshold", "product"]
 
 
 def load_pipeline(model: str | os.PathLike, backend: str = "pytorch"):
@@ -153,9 +153,8 @@ class Inspector:
                     product = f" ({item.row.product})" if item.row.product else ""
                     flagged.append((picture, f"{item.row.file}{product}: {item.row.score:.3f}"))
             seconds = time.perf_counter() - began
-        table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict,
-                  None if r.threshold is None else round(r.threshold, 4), r.product, r.start_step, r.error]
-                 for r in rows]
+        table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict, r.start_step, r.error,
+                  None if r.threshold is None else round(r.threshold, 4), r.product] for r in rows]
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="ddad-csv-")) / "scores.csv")
         scored = sum(r.score is not None for r in rows)
         unread = len(rows) - scored

@@ -166,6 +166,11 @@ def split_categories(
     return train, held, held_by_category
 
 
+def category_of(path: str | os.PathLike) -> str:
+    """The category a ``<category>/train/good/<image>`` training image belongs to: its category folder's name."""
+    return Path(path).parent.parent.parent.name
+
+
 def categories_label(categories: dict[str, Path]) -> str:
     """A short name for a set of categories: the category itself, or ``multiclass-<n>``."""
     return next(iter(categories)) if len(categories) == 1 else f"multiclass-{len(categories)}"

@@ -21,7 +21,7 @@ from .data import IMAGE_SUFFIXES
 from .image_utils import ImageLoadError, open_image
 from .visualize import outline, overlay
 
-CSV_FIELDS = ("file", "score", "verdict", "threshold", "product", "start_step", "error")
+CSV_FIELDS = ("file", "score", "verdict", "start_step", "error", "threshold", "product")
 # A zip upload may not expand to more than this many bytes or files (a zip bomb is small on disk).
 MAX_ZIP_BYTES = 2_000_000_000
 MAX_ZIP_FILES = 10_000

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DModel
 from tqdm.auto import tqdm
 
 from .anomaly_map import FUSION_RULES, fuse_maps, image_scores, map_statistics
-from .data import load_images, to_unit_range
+from .data import category_of, load_images, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc
 from .model_card import write_model_card
@@ -141,14 +141,16 @@ def select_settings(pipe: DDADPipeline, nominal: torch.Tensor, grid: dict, seed:
 @torch.no_grad()
 def calibrate_threshold(pipe: DDADPipeline, nominal: torch.Tensor, mode: str = "ddad") -> tuple[float, list[float]]:
     """The highest score of ``mode`` among held-out nominal images: above it, an image is called defective."""
-    scores = pipe(to_unit_range(nominal), output_type="pt", batch_size=16, mode=mode).image_scores
+    scores = pipe(to_unit_range(nominal), output_type="pt", batch_size=16, mode=mode,
+                  per_category_thresholds=False).image_scores  # scores only: no need to recognise products
     return float(scores.max()), [float(s) for s in scores]
 
 
 def synthetic_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0, **call) -> dict:
     """Image and pixel AUROC of the pipeline as it stands on held-out nominal images and synthetic defects."""
     defective, all_masks, labels = _synthetic_set(pipe, nominal, seed)
-    out = pipe(to_unit_range(torch.cat([nominal, defective])), output_type="pt", **call)
+    out = pipe(to_unit_range(torch.cat([nominal, defective])), output_type="pt", per_category_thresholds=False,
+               **call)
     maps = out.anomaly_maps.numpy()
     row = {"image_auroc": image_auroc(out.image_scores.numpy(), labels), "pixel_auroc": pixel_auroc(maps, all_masks)}
     row["objective"] = (row["image_auroc"] + row["pixel_auroc"]) / 2
@@ -267,7 +269,8 @@ def fit_fused(
     stats, table = {"memory": list(memory_stats)}, []
     recon_modes = [m for m in pipe.available_modes() if m in ("ddad", "d3ad")]
     for base in recon_modes:
-        recon = pipe(to_unit_range(both), output_type="pt", batch_size=16, mode=base).anomaly_maps
+        recon = pipe(to_unit_range(both), output_type="pt", batch_size=16, mode=base,
+                     per_category_thresholds=False).anomaly_maps
         alone[base] = _objective(recon.flatten(1).amax(1).numpy(), recon.numpy(), labels, all_masks)
         stats[base] = map_statistics(recon[:n])
         for rule in FUSION_RULES:
@@ -321,21 +324,31 @@ def per_category_maxima(scores: list[float], categories: list[str]) -> dict[str,
 
 @torch.no_grad()
 def fit_category_thresholds(
-    pipe: DDADPipeline, nominal: torch.Tensor, categories: list[str], nominal_scores: dict[str, list[float]]
+    pipe: DDADPipeline,
+    nominal: torch.Tensor,
+    categories: list[str],
+    nominal_scores: dict[str, list[float]],
+    min_images: int = 5,
 ) -> dict:
     """Per-product thresholds of a multi-class pipeline, from scores its calibration already computed.
 
     ``nominal_scores`` maps each mode to its scores of the held-out ``nominal`` images (as
     :func:`calibrate_threshold` returns them) and ``categories`` names each image's product. Each product's
-    threshold is the highest score among its own held-out images, as the shared one is among all. Call it with the
-    held-out images left out of the memory's bank: it also measures how often the memory recognises their product.
+    threshold is the highest score among its own held-out images, as the shared one is among all; a product with
+    fewer than ``min_images`` of them keeps the shared threshold (a maximum of a few scores is too low a bar). Call
+    it with the held-out images left out of the memory's bank: it also measures how often the memory recognises
+    their product.
     """
-    thresholds = {mode: per_category_maxima(scores, categories) for mode, scores in nominal_scores.items()}
+    counts = {name: categories.count(name) for name in dict.fromkeys(categories)}
+    thresholds = {mode: {name: value for name, value in per_category_maxima(scores, categories).items()
+                         if counts[name] >= min_images}
+                  for mode, scores in nominal_scores.items()}
     pipe.register_to_config(category_thresholds=thresholds)
     recognised = [pipe.infer_categories(nominal[s : s + 16]) for s in range(0, nominal.shape[0], 16)]
     recognised = [name for chunk in recognised for name in chunk]
     accuracy = float(np.mean([r == c for r, c in zip(recognised, categories)]))
-    return {"thresholds": thresholds, "held_out_recognition_accuracy": accuracy,
+    return {"thresholds": thresholds, "held_out_images": counts, "min_images": min_images,
+            "held_out_recognition_accuracy": accuracy,
             "how": "per product: the highest score among its held-out nominal images (left out of the bank); at "
                    "test time the product is the one most of an image's patches find their nearest neighbour in"}
 
@@ -397,13 +410,13 @@ def autoencoder_info(vae: AutoencoderKL) -> dict:
 
 def category_ids(paths: list[Path]) -> list[int]:
     """The category index of each ``<category>/train/good/<image>`` path, in order of first appearance."""
-    folders: dict[Path, int] = {}
-    return [folders.setdefault(path.parent.parent.parent, len(folders)) for path in paths]
+    names: dict[str, int] = {}
+    return [names.setdefault(category_of(path), len(names)) for path in paths]
 
 
 def _category_names(paths: list[Path]) -> list[str]:
     """The category folders' names of ``<category>/train/good/<image>`` paths, in order of first appearance."""
-    return list(dict.fromkeys(path.parent.parent.parent.name for path in paths))
+    return list(dict.fromkeys(category_of(path) for path in paths))
 
 
 def finalize_run(
@@ -465,7 +478,8 @@ def finalize_run(
                           "fused": info["fused"]["nominal_scores"]}
         with memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["category_thresholds"] = fit_category_thresholds(
-                pipe, nominal_map, [p.parent.parent.parent.name for p in held_out], scores_by_mode)
+                pipe, nominal_map, [category_of(p) for p in held_out], scores_by_mode,
+                preset.get("category_threshold_min_images", 5))
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,
                            "how": "highest score among held-out nominal training images"}
     folder = out / "pipeline"

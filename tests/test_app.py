@@ -151,10 +151,10 @@ def test_batch_api_scores_images_and_zips_and_lists_bad_files(server, tmp_path):
     rows = {r[0]: r for r in table["data"]}
     assert set(rows) == {"part_0.png", "part_1.png", "part_2.png", "broken.png", "folder.zip/line_a/part_0.png",
                          "folder.zip/line_a/part_1.png"}
-    assert "not an image" in rows["broken.png"][6] and rows["broken.png"][1] in (None, "")
-    for name in ("part_0.png", "folder.zip/line_a/part_0.png"):  # score, verdict, threshold, product, start step
-        assert np.isfinite(rows[name][1]) and rows[name][2] in ("good", "defective") and rows[name][5] > 0
-        assert rows[name][3] == pytest.approx(0.5) and rows[name][4] == ""  # one-product model: its one threshold
+    assert "not an image" in rows["broken.png"][4] and rows["broken.png"][1] in (None, "")
+    for name in ("part_0.png", "folder.zip/line_a/part_0.png"):  # score, verdict, start step, error, threshold...
+        assert np.isfinite(rows[name][1]) and rows[name][2] in ("good", "defective") and rows[name][3] > 0
+        assert rows[name][5] == pytest.approx(0.5) and rows[name][6] == ""  # one-product model: its one threshold
     assert rows["part_0.png"][1] == pytest.approx(rows["folder.zip/line_a/part_0.png"][1])  # same file, same score
     assert len(gallery) == sum(r[2] == "defective" for r in table["data"])
     with open(csv_file) as handle:
@@ -164,7 +164,7 @@ def test_batch_api_scores_images_and_zips_and_lists_bad_files(server, tmp_path):
     fake = tmp_path / "fake.zip"
     fake.write_bytes(b"PK not really")
     table, gallery, _, summary = _batch(client, [fake])
-    assert table["data"][0][0] == "fake.zip" and "not a zip archive" in table["data"][0][6] and not gallery
+    assert table["data"][0][0] == "fake.zip" and "not a zip archive" in table["data"][0][4] and not gallery
     with pytest.raises(Exception, match="Upload one or more images"):
         _batch(client, [])
 

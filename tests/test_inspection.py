@@ -64,7 +64,7 @@ def test_rows_verdicts_and_csv(tmp_path):
     rows = [inspection.InspectionRow("a.png", 0.1234567, "good", 80, threshold=0.5, product="tire"),
             inspection.InspectionRow("b.png", error="bad")]
     text = inspection.write_csv(rows, tmp_path / "s.csv").read_text().splitlines()
-    assert text == ["file,score,verdict,threshold,product,start_step,error", "a.png,0.123457,good,0.500000,tire,80,",
-                    "b.png,,,,,,bad"]
+    assert text == ["file,score,verdict,start_step,error,threshold,product", "a.png,0.123457,good,80,,0.500000,tire",
+                    "b.png,,,,bad,,"]
     picture = inspection.anomaly_picture(Image.new("RGB", (8, 8)), np.eye(8, dtype=np.float32), 0.5)
     assert picture.size == (8, 8)

@@ -10,10 +10,12 @@ from conftest import make_tiny_pipeline, write_category
 
 from ddad_hub import FeatureEncoder
 from ddad_hub.data import find_categories, list_test_items, load_images, split_categories, to_unit_range
+from ddad_hub.inspection import inspect_files
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.presets import load_preset
-from ddad_hub.recipe import finalize_run, per_category_maxima, recalibrate
+from ddad_hub.recipe import finalize_run, fit_category_thresholds, per_category_maxima, recalibrate
+from training.evaluate_multiclass import main as evaluate_multiclass
 
 
 def _parts(n: int, level: float, seed: int, size: int = 64) -> torch.Tensor:
@@ -93,7 +95,8 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     train, held, _ = split_categories(find_categories(cats), holdout=0.25)
     tiny = make_tiny_pipeline()
     preset = load_preset("cpu", resolution=32, map_size=64, start_step=100, skip=50, w=2.0,
-                         d3ad={"coreset_ratio": 0.2, "t_max": [80]}, memory={"coreset_ratio": 0.2, "folds": 2})
+                         d3ad={"coreset_ratio": 0.2, "t_max": [80]}, memory={"coreset_ratio": 0.2, "folds": 2},
+                         category_threshold_min_images=2)
     folder = finalize_run(tmp_path / "run", tiny.unet, preset, tmp_path / "data", held, {"steps": 0},
                           encoder=tiny.feature_encoder, train_paths=train)
     pipe = load_pipeline(folder)
@@ -112,6 +115,17 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
         out = pipe([it.image for it in items], output_type="np")
         assert out.categories == [cat.name] * len(items)
         assert out.image_thresholds.tolist() == pytest.approx([own[pipe.config.mode][cat.name]] * len(items))
+        # the batch inspection (app, predict.py) shows the product and the threshold that judged each file
+        rows = [item.row for item in inspect_files(pipe, [it.image for it in items], batch_size=3)]
+        assert [r.product for r in rows] == [cat.name] * len(items)
+        assert [r.threshold for r in rows] == pytest.approx([own[pipe.config.mode][cat.name]] * len(items))
+        assert [r.verdict for r in rows] == ["defective" if f else "good" for f in out.is_anomalous]
+    results = evaluate_multiclass(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir",
+                                   str(tmp_path / "eval"), "--modes", "fused", "--holdout", "0.25"])
+    for cat in cats:
+        at = results["per_category"][cat.name]["fused"]["at_threshold"]
+        assert at["recognised_product_threshold"]["recognised"] == 1.0
+        assert at["per_category_threshold"]["threshold"] == own["fused"][cat.name]  # the pipeline's own, measurable
 
     # recalibrating without product names drops the per-product thresholds it cannot refresh...
     nominal = load_images(held, 64)
@@ -124,3 +138,7 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     # ...and with them, refreshes them from the same scores as the shared threshold
     recalibrate(pipe, nominal, categories=names)
     assert pipe.config.category_thresholds["ddad"] == per_category_maxima(result["nominal_scores"], names)
+    # a product with fewer held-out images than the minimum keeps the shared threshold
+    fitted = fit_category_thresholds(pipe, nominal, ["alpha", "alpha", "alpha", "beta"], {"ddad": [1.0, 2.0, 3.0, 9.0]},
+                                     min_images=3)
+    assert fitted["thresholds"] == {"ddad": {"alpha": 3.0}} and fitted["held_out_images"] == {"alpha": 3, "beta": 1}

@@ -59,19 +59,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def score(pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def score(
+    pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str, verdicts: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """(maps, scores, verdicts) of ``images`` in [-1, 1] in ``mode``; ``verdicts`` holds the pipeline's own flags,
-    the threshold each image was judged by and, with per-product thresholds, the product it recognised."""
-    maps, scores, verdicts = [], [], {"flags": [], "thresholds": [], "categories": []}
+    the threshold each image was judged by and, with per-product thresholds, the product it recognised (the search
+    for it is skipped when ``verdicts`` is False)."""
+    maps, scores, found = [], [], {"flags": [], "thresholds": [], "categories": []}
     for s in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
-        out = pipe(to_unit_range(images[s : s + batch_size]), output_type="pt", batch_size=batch_size, mode=mode)
+        out = pipe(to_unit_range(images[s : s + batch_size]), output_type="pt", batch_size=batch_size, mode=mode,
+                   per_category_thresholds=verdicts)
         maps.append(out.anomaly_maps.numpy())
         scores.append(out.image_scores.numpy())
         if out.is_anomalous is not None:
-            verdicts["flags"].append(out.is_anomalous.numpy())
-            verdicts["thresholds"].append(out.image_thresholds.numpy())
-        verdicts["categories"] += out.categories or []
-    return np.concatenate(maps), np.concatenate(scores), verdicts
+            found["flags"].append(out.is_anomalous.numpy())
+            found["thresholds"].append(out.image_thresholds.numpy())
+        found["categories"] += out.categories or []
+    return np.concatenate(maps), np.concatenate(scores), found
 
 
 def own_verdicts(verdicts: dict, labels: np.ndarray, category: str) -> dict | None:
@@ -165,10 +169,13 @@ def main(argv: list[str] | None = None) -> dict:
             maps, scores, verdicts = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
             timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
             entry[mode] = summarize(scores, maps, masks, types)
-            own = known_thresholds.get(name) if mode == pipe.config.mode else None
+            # the pipeline's own per-product thresholds (calibrated with the held-out images left out of its bank),
+            # else those training kept, else the held-out images' scores where the bank does not hold them
+            own = (pipe.config.get("category_thresholds") or {}).get(mode, {}).get(name)
+            own = known_thresholds.get(name) if own is None and mode == pipe.config.mode else own
             in_bank = mode in ("d3ad", "fused") and pipe.feature_memory.config.cross_fitted
             if own is None and not in_bank:
-                own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out")[1].max())
+                own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out", verdicts=False)[1].max())
             recognised = own_verdicts(verdicts, labels, name)
             entry[mode]["at_threshold"] = {
                 "one_threshold": (flagged_rates(scores, labels, global_thresholds[mode])

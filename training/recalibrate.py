@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{len(held) - len(paths)} held-out images of {folder} are not in {args.data}")
     pipe = DDADPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    if pipe.config.get("category_thresholds"):  # held_out_nominal names files, which repeat across products
+        print("this pipeline judges each product by its own threshold; recalibrating from one category folder "
+              "drops those of the recalibrated modes (re-run training/finalize.py to refit them)")
     calibration = recalibrate(pipe, load_images(paths, pipe.sample_size[0]))
     pipe.save_pretrained(folder)
     info["calibration"] = {**calibration, "how": "highest score among held-out nominal training images",

@@ -28,7 +28,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
-from ddad_hub.data import categories_label, find_categories, load_images, split_categories
+from ddad_hub.data import categories_label, category_of, find_categories, load_images, split_categories
 from ddad_hub.distributed import exit_process, finish, make_accelerator
 from ddad_hub.model_card import write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
@@ -38,7 +38,7 @@ from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.pipelines.pipeline_diad import DiADPipeline
 from ddad_hub.presets import PRESETS, load_preset, preset_section
-from ddad_hub.recipe import autoencoder_info, calibrate_threshold
+from ddad_hub.recipe import autoencoder_info, calibrate_threshold, per_category_maxima
 from ddad_hub.schedulers import DDADScheduler
 from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
 
@@ -173,11 +173,9 @@ def main(argv: list[str] | None = None) -> Path:
         pipe.set_progress_bar_config(disable=True)
         threshold, scores = calibrate_threshold(pipe, load_images(held_out, preset["resolution"]), mode="diad")
         pipe.register_to_config(threshold=threshold)
-        per_category, start = {}, 0  # held_out lists the categories' held-out images in order
-        for name, paths in held_by_category.items():
-            cat_scores = scores[start : start + len(paths)]
-            per_category[name] = {"threshold": max(cat_scores), "nominal_scores": cat_scores}
-            start += len(paths)
+        names = [category_of(p) for p in held_out]
+        per_category = {name: {"threshold": value, "nominal_scores": [s for s, n in zip(scores, names) if n == name]}
+                        for name, value in per_category_maxima(scores, names).items()}
         folder = out / "pipeline"
         pipe.save_pretrained(folder)
         info = {

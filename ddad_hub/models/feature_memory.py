@@ -191,6 +191,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         distinct = torch.unique(image_groups)
         if group_names is not None and len(group_names) != len(distinct):
             raise ValueError(f"group_names needs one name per distinct group ({len(distinct)}), got {len(group_names)}")
+        if group_names is not None and len(set(group_names)) != len(group_names):
+            raise ValueError(f"group_names must be distinct, got {list(group_names)}")
         names = tuple(group_names or (str(int(g)) for g in distinct)) if len(distinct) > 1 else ()
         keep = torch.cat([_coreset_of(features, torch.nonzero(patch_groups == g).squeeze(1), coreset_ratio,
                                       max_patches, max_candidates, seed)
@@ -253,24 +255,24 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             indices = torch.nonzero(self._active).squeeze(1)[indices]
         return distances.view(b, h, w), indices.view(b, h, w)
 
-    def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor) -> torch.Tensor:
+    def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """(B, h, w) distance of every patch to its nearest bank entry."""
-        return self.nearest_patches(encoder, images)[0]
+        return self.nearest_patches(encoder, images, chunk)[0]
 
-    def vote_groups(self, nearest: torch.Tensor) -> torch.Tensor:
-        """(B,) the group most of an image's patches find their nearest neighbour in, from (B, h, w) bank indices."""
+    def vote_groups(self, nearest: torch.Tensor) -> list[str]:
+        """Each image's group: the one most of its patches find their nearest neighbour in, from (B, h, w) bank
+        indices, named as in ``group_names``."""
         if not self.has_groups:
             raise ValueError("this memory's bank has no groups (it was fitted on one product)")
         votes = self.bank_groups[nearest.flatten(1)]
         counts = torch.stack([torch.bincount(v, minlength=len(self.config.group_names)) for v in votes])
-        return counts.argmax(dim=1)
+        return [self.config.group_names[g] for g in counts.argmax(dim=1).tolist()]
 
     @torch.no_grad()
     def infer_groups(self, encoder: FeatureEncoder, images: torch.Tensor) -> list[str]:
         """The product each image shows, as named in ``group_names``: the group most of its patches' nearest bank
         entries belong to. Needs no label: a multi-class model names the product it recognised."""
-        groups = self.vote_groups(self.nearest_patches(encoder, images)[1])
-        return [self.config.group_names[g] for g in groups.tolist()]
+        return self.vote_groups(self.nearest_patches(encoder, images)[1])
 
     @torch.no_grad()
     def anomaly_maps(
@@ -286,7 +288,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         maps = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         maps = gaussian_blur(maps, self.config.blur_sigma * size[0] / self.config.image_size)
         if return_groups:
-            return maps, image_scores(maps), [self.config.group_names[g] for g in self.vote_groups(nearest).tolist()]
+            return maps, image_scores(maps), self.vote_groups(nearest)
         return maps, image_scores(maps)
 
 

@@ -47,8 +47,8 @@ class DDADPipelineOutput(BaseOutput):
         anomaly_maps_input_size: one map per image at that image's own size.
         image_scores: (B,) image scores, the maximum of each map.
         reconstructions: the defect-free reconstructions, in ``output_type``.
-        is_anomalous: (B,) booleans, ``image_scores > threshold``; ``None`` when the pipeline has no threshold.
-        masks: (B, H, W) booleans at map resolution, ``anomaly_maps > threshold``; ``None`` without a threshold.
+        is_anomalous: (B,) booleans, ``image_scores > image_thresholds``; ``None`` when the pipeline has no threshold.
+        masks: (B, H, W) booleans at map resolution, ``anomaly_maps >`` the image's threshold; ``None`` without one.
         start_steps: (B,) the noise level each image started from (differs per image in D3AD mode; in fused mode,
             its reconstruction mode's).
         threshold: the threshold the call's mode was calibrated with (``None`` if it was not); with per-product
@@ -504,7 +504,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         uses_memory = mode in ("d3ad", "fused")  # other modes (ddad, a subclass's) reconstruct from a fixed step
         own_thresholds = self.category_thresholds_for(mode) if per_category_thresholds else None
         x_map = x
-        if (uses_memory or own_thresholds) and self.config.memory_at_map_size and self.map_hw != self.sample_size:
+        reads_memory = uses_memory or own_thresholds is not None
+        if reads_memory and self.config.memory_at_map_size and self.map_hw != self.sample_size:
             x_map = self.preprocess(image, size=self.map_hw)[0]
         if isinstance(generator, list) and len(generator) != x.shape[0]:
             raise ValueError(f"got {len(generator)} generators for {x.shape[0]} images")
