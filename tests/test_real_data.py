@@ -113,6 +113,10 @@ def test_embedded_multiclass_model_separates_real_defects_of_each_product():
         bad = [it for kind in kinds for it in [i for i in items if i.defect_type == kind][:2]]
         out = pipe([str(it.image) for it in good + bad], output_type="np")
         assert out.anomaly_maps.shape == (len(good + bad), 256, 256) and np.isfinite(out.image_scores).all()
+        # the product is recognised from the memory, and its own threshold judges the image
+        assert out.categories == [name] * len(good + bad)
+        assert out.image_thresholds.tolist() == pytest.approx([pipe.config.category_thresholds["fused"][name]]
+                                                              * len(good + bad))
         if name != "tire":
             auroc = roc_auc_score(np.r_[np.zeros(len(good)), np.ones(len(bad))], out.image_scores)
             assert auroc >= 0.75, f"{name}: image AUROC {auroc:.3f} on {len(good)} good, {len(bad)} defective images"

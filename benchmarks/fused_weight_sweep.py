@@ -1,0 +1,75 @@
+"""How far fused mode's image AUROC can move on one product: every memory weight and image-score rule, on test labels.
+
+    python benchmarks/fused_weight_sweep.py --pipeline models/ddad-multiclass-cpu-latent \
+        --data ../shared/data/mvtec3d_256/tire --threads 2
+
+A feasibility check, not a setting: it reads the test labels to show the range of image AUROC the pipeline's two
+maps allow (reconstruction map of ``fused_base``, memory map; normalised with the pipeline's own statistics), for
+the memory weights 0..1 of the weighted sum and for the maximum, a high quantile or the mean of the map as image
+score. Per-product normalisation statistics would only move the weight within a product, so they are covered too.
+Prints a table and writes it to ``benchmarks/results/fused_weight_sweep_<category>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ddad_hub.anomaly_map import normalize_map  # noqa: E402
+from ddad_hub.data import list_test_items, load_images, to_unit_range  # noqa: E402
+from ddad_hub.hardware import machine_summary  # noqa: E402
+from ddad_hub.metrics import image_auroc  # noqa: E402
+from ddad_hub.pipelines.loading import load_pipeline  # noqa: E402
+
+WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SCORES = {"max": lambda m: m.amax(1), "q99.9": lambda m: torch.quantile(m, 0.999, dim=1),
+          "q99": lambda m: torch.quantile(m, 0.99, dim=1), "mean": lambda m: m.mean(1)}
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--data", required=True, help="one category folder")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    if "fused" not in pipe.available_modes():
+        raise SystemExit(f"{args.pipeline} has no fused mode to sweep")
+    items = list_test_items(args.data)
+    labels = np.array([it.defect_type != "good" for it in items])
+    images = to_unit_range(load_images([it.image for it in items], max(pipe.sample_size[0], pipe.map_hw[0])))
+    base = pipe.config.fused_base
+    recon, memory = [], []
+    for s in range(0, len(items), args.batch_size):
+        chunk = images[s : s + args.batch_size]
+        recon.append(pipe(chunk, mode=base, output_type="pt", per_category_thresholds=False).anomaly_maps)
+        memory.append(pipe.memory_maps(pipe.preprocess(chunk, size=pipe.map_hw)[0])[0])
+    stats = pipe.config.fused_stats
+    z_r = normalize_map(torch.cat(recon), stats[base]).flatten(1)
+    z_m = normalize_map(torch.cat(memory), stats["memory"]).flatten(1)
+    rows = [f"{Path(args.data).name}, {len(items)} test images, {args.pipeline} (fused base {base}, chosen memory "
+            f"weight {pipe.config.fused_weight}); {machine_summary()}", "",
+            "| memory weight | " + " | ".join(SCORES) + " |", "|---" * (len(SCORES) + 1) + "|"]
+    for w in WEIGHTS:
+        fused = (1 - w) * z_r + w * z_m
+        rows.append(f"| {w:.1f} | " + " | ".join(f"{image_auroc(f(fused).numpy(), labels):.3f}"
+                                                 for f in SCORES.values()) + " |")
+    table = "\n".join(rows)
+    out = REPO / "benchmarks" / "results" / f"fused_weight_sweep_{Path(args.data).name}.md"
+    out.write_text("Image AUROC of the fused map per memory weight (rows) and image score (columns)\n\n" + table + "\n")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
