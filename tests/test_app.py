@@ -222,3 +222,24 @@ def test_missing_default_model_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(app, "DEFAULT_MODEL", tmp_path / "nowhere")
     with pytest.raises(SystemExit, match="embedded model is missing"):
         app.load_pipeline(tmp_path / "nowhere")
+
+
+MULTICLASS_MODEL = app.MODELS_DIR / "ddad-multiclass-cpu-latent"
+
+
+@pytest.mark.skipif(not MULTICLASS_MODEL.is_dir() or not app.MULTICLASS_EXAMPLES,
+                    reason="the embedded multi-class model or its examples are not in this checkout")
+def test_multiclass_model_names_the_product_it_recognised():
+    """The page shows which product the multi-class model recognised and judges by that product's threshold."""
+    inspector = app.Inspector(app.ddad_hub.load_pipeline(MULTICLASS_MODEL))
+    own = inspector.pipe.config.category_thresholds[inspector.default_mode]
+    products = [next(name for name in own if p.name.startswith(name)) for p in app.MULTICLASS_EXAMPLES]
+    for path, product in zip(app.MULTICLASS_EXAMPLES, products):
+        *_, summary, details = inspector.analyze(str(path), 4, 250, 25, mode=inspector.default_mode)
+        assert details["product"] == product and f"recognised as **{product}**" in summary
+        assert details["threshold"] == pytest.approx(own[product])
+    table, flagged, _, summary = inspector.analyze_batch([str(p) for p in app.MULTICLASS_EXAMPLES],
+                                                         inspector.default_mode)
+    assert [row[6] for row in table] == products and [row[5] for row in table] == pytest.approx(
+        [round(own[p], 4) for p in products])
+    assert "each by the threshold of the product it was recognised as" in summary
