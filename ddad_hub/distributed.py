@@ -40,29 +40,22 @@ def make_accelerator(mixed_precision: str | None = "auto", threads: int | None =
 
 def finish(accelerator: Accelerator) -> None:
     """End a run on every process together: wait for all, end the trackers and tear the process group down while
-    every peer is still there. Scripts then leave through :func:`exit_process`."""
+    every peer is still there. Call it last in a training script's ``main()``, after every file is written.
+
+    After a multi-process run the process then exits here, without returning and without the interpreter's
+    teardown. Freeing the run's objects (the DDP reducer, gloo's process-group state), whether when ``main()``
+    returns or at interpreter exit, sometimes blocked forever joining a gloo worker thread after the peer process
+    had left. py-spy (``--native``) showed the deadlock, in about one run in 20 on this machine: the main thread,
+    holding the GIL, frees the DDP ``Reducer`` and with it ``ProcessGroupGloo``, whose destructor joins gloo's run
+    loop thread, which waits for the GIL to free a finished barrier's tensors. A single-process run returns normally
+    (the scripts' ``main()`` is also called in-process).
+    """
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    several = accelerator.num_processes > 1
+    accelerator.end_training()  # recent accelerate versions tear the process group down here themselves
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-        # the accelerator holds the DDP-wrapped models: kept alive, their reducers are not destroyed when the
-        # script's main() returns, only skipped by exit_process()
-        _ended_runs.append(accelerator)
-
-
-_ended_runs: list[Accelerator] = []
-
-
-def exit_process() -> None:
-    """Exit a training script's process; after a multi-process run, without the interpreter's teardown.
-
-    With several processes, the DDP reducer's destructor (when ``main()`` returned, or at interpreter exit)
-    sometimes blocked forever in gloo's process-group destructor, joining a worker thread after the peer process
-    had left (seen with py-spy on this machine in about one run of five; every file had been written).
-    :func:`finish` has synchronised the processes, closed the group and kept the models alive, so the process
-    flushes its output and ends at once instead.
-    """
-    if _ended_runs:
+    if several:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
 from ddad_hub.data import categories_label, category_of, find_categories, load_images, split_categories
-from ddad_hub.distributed import exit_process, finish, make_accelerator
+from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.model_card import write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
 from ddad_hub.models.feature_encoder import FeatureEncoder
@@ -199,4 +199,3 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
-    exit_process()

@@ -23,7 +23,7 @@ from diffusers.training_utils import EMAModel
 
 from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
-from ddad_hub.distributed import exit_process, finish, make_accelerator
+from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
 from ddad_hub.models.unet import build_unet
 from ddad_hub.presets import PRESETS, load_preset
@@ -185,4 +185,3 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
-    exit_process()

@@ -24,7 +24,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
-from ddad_hub.distributed import exit_process, finish, make_accelerator
+from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset, preset_section
 from ddad_hub.training import AutoencoderObjective, TrainingProgress, autoencoder_loss, sample_crops
@@ -125,4 +125,3 @@ def main(argv: list[str] | None = None) -> Path:
 
 if __name__ == "__main__":
     main()
-    exit_process()
