@@ -181,7 +181,7 @@ def _fused_text(index: dict, info: dict) -> str:
         return "n/a (not fitted)"
     rule = (f"{1 - index['fused_weight']:.1f} x reconstruction + {index['fused_weight']:.1f} x memory"
             if index.get("fused_rule", "sum") == "sum" else "maximum of the two")
-    memory = info.get("d3ad", {}).get("memory", {})
+    memory = info.get("memory") or info.get("d3ad", {}).get("memory", {})  # DiAD's run keeps it at the top
     bank = f"; bank {memory['bank_size']} patches of {memory['images']} images" if memory.get("bank_size") else ""
     return (f"{index['fused_base'].upper()} map and memory map, each normalised by nominal mean and std, "
             f"{rule}{bank}; threshold {index.get('fused_threshold')}")
@@ -222,8 +222,8 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
     else:
         results_text = "Not evaluated yet: run `training/evaluate_multiclass.py` with `--output-dir` this folder."
     per_category = info.get("calibration", {}).get("per_category", {})
-    threshold_text = ("The threshold is the highest score among held-out nominal training images of all categories, "
-                      "so it needs no labels and no category. Per-category thresholds (the same rule per category): "
+    threshold_text = ("DiAD mode's shared threshold is the highest score among held-out nominal training images of all "
+                      "categories, so it needs no labels and no category. The same rule per category: "
                       + ", ".join(f"{k} {v['threshold']:.4f}" for k, v in per_category.items()) + ".")
     credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in names)
     vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -235,7 +235,8 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
         unet_params=info.get("unet_params", "n/a"), sg_params=info.get("sg_params", "n/a"),
         backbone=encoder["backbone"], strides=", ".join(map(str, encoder["feature_strides"])),
         map_size=index.get("map_size"), blur_sigma=index.get("blur_sigma"), start_step=scheduler["start_step"],
-        skip=scheduler["skip"], threshold=index.get("threshold"), threshold_text=threshold_text,
+        skip=scheduler["skip"], threshold=index.get("threshold"), threshold_text=threshold_text, mode=mode,
+        fused_text=_fused_text(index, info), products_text=_products_text(index, info),
         training_text=training_text, results_text=results_text,
         data_text=f"Trained on the nominal training images of {credits}. The data's terms carry over to this model: "
                   "it is for non-commercial research use.",

@@ -169,12 +169,14 @@ def fit_memory(
     groups: list[int] | None = None,
     pooling_pad: str = "zeros",
     group_names: list[str] | None = None,
+    feature_strides: tuple[int, ...] = (),
 ) -> dict:
     """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
     nominal map statistics.
 
     ``groups`` gives the category of each image of ``train`` then ``nominal`` in a multi-class set: one coreset per
     category, and ``group_names`` their names, which the bank keeps to recognise products (:meth:`FeatureMemory.fit`).
+    ``feature_strides`` picks the encoder stages the bank holds (default: all the encoder gives).
 
     ``train`` and ``nominal`` are in [-1, 1], best at map size. The bank keeps every image (no image is held out of
     it, which matters for small training sets); the statistics come from maps of each image scored against the bank
@@ -186,7 +188,8 @@ def fit_memory(
     memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio, image_size=pipe.map_hw[0],
                                blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
                                max_candidates=max_candidates, normalization=normalization,
-                               pooling_pad=pooling_pad, groups=groups, group_names=group_names)
+                               pooling_pad=pooling_pad, groups=groups, group_names=group_names,
+                               feature_strides=tuple(feature_strides))
     fit_seconds = time.perf_counter() - start
     memory.register_to_config(cross_fitted=True)
     pipe.register_modules(feature_memory=memory)
@@ -196,6 +199,7 @@ def fit_memory(
     return {"bank_size": int(memory.bank.shape[0]), "images": int(images.shape[0]), "coreset_ratio": coreset_ratio,
             "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds,
             "normalization": normalization, "pooling_pad": pooling_pad,
+            "feature_strides": list(feature_strides) or list(pipe.feature_encoder.config.feature_strides),
             "per_category_coreset": groups is not None and len(set(groups)) > 1, "stats": map_statistics(maps),
             "fit_seconds": round(fit_seconds, 1), "cross_fit_seconds": round(cross_fit_seconds, 1),
             "held_out_ids": list(range(train.shape[0], images.shape[0])),
@@ -267,8 +271,7 @@ def fit_fused(
     memory_maps = torch.cat([pipe.memory_maps(both[s : s + 16])[0] for s in range(0, both.shape[0], 16)])
     alone = {"memory": _objective(image_scores(memory_maps).numpy(), memory_maps.numpy(), labels, all_masks)}
     stats, table = {"memory": list(memory_stats)}, []
-    recon_modes = [m for m in pipe.available_modes() if m in ("ddad", "d3ad")]
-    for base in recon_modes:
+    for base in pipe.reconstruction_modes():
         recon = pipe(to_unit_range(both), output_type="pt", batch_size=16, mode=base,
                      per_category_thresholds=False).anomaly_maps
         alone[base] = _objective(recon.flatten(1).amax(1).numpy(), recon.numpy(), labels, all_masks)
@@ -290,25 +293,12 @@ def fit_fused(
                    "statistics of held-out nominal maps (the memory's cross-fitted)"}
 
 
-def choose_mode(
-    pipe: DDADPipeline,
-    nominal: torch.Tensor,
-    d3ad_objective: float,
-    ddad_objective: float | None = None,
-    fused_objective: float | None = None,
-) -> dict:
-    """Make the mode with the best synthetic-defect objective the pipeline's default (``config.mode``).
-
-    ``ddad_objective`` is measured here unless the caller already did; fused competes when its objective is given.
-    """
-    if ddad_objective is None:
-        ddad_objective = synthetic_objective(pipe, nominal, mode="ddad")["objective"]
-    objectives = {"ddad": ddad_objective, "d3ad": d3ad_objective}
-    if fused_objective is not None:
-        objectives["fused"] = fused_objective
+def choose_mode(pipe: DDADPipeline, objectives: dict[str, float]) -> dict:
+    """Make the mode with the best synthetic-defect objective (``objectives``: mode -> objective, each measured on
+    the same held-out nominal images and synthetic defects) the pipeline's default (``config.mode``)."""
     chosen = max(objectives, key=objectives.get)
     pipe.register_to_config(mode=chosen)
-    return {"chosen": chosen, "objectives": objectives,
+    return {"chosen": chosen, "objectives": dict(objectives),
             "how": "mean of image and pixel AUROC on held-out nominal images and synthetic defects"}
 
 
@@ -320,6 +310,14 @@ def per_category_maxima(scores: list[float], categories: list[str]) -> dict[str,
     for value, name in zip(scores, categories):
         maxima[name] = max(maxima.get(name, float("-inf")), float(value))
     return maxima
+
+
+def category_maxima(scores: list[float], categories: list[str], min_images: int = 5) -> dict[str, float]:
+    """Per-product thresholds: :func:`per_category_maxima` of the products with at least ``min_images`` scores
+    (a maximum of a few scores is too low a bar; the others keep the shared threshold)."""
+    counts = {name: categories.count(name) for name in dict.fromkeys(categories)}
+    return {name: value for name, value in per_category_maxima(scores, categories).items()
+            if counts[name] >= min_images}
 
 
 @torch.no_grad()
@@ -340,9 +338,7 @@ def fit_category_thresholds(
     their product.
     """
     counts = {name: categories.count(name) for name in dict.fromkeys(categories)}
-    thresholds = {mode: {name: value for name, value in per_category_maxima(scores, categories).items()
-                         if counts[name] >= min_images}
-                  for mode, scores in nominal_scores.items()}
+    thresholds = {mode: category_maxima(scores, categories, min_images) for mode, scores in nominal_scores.items()}
     pipe.register_to_config(category_thresholds=thresholds)
     recognised = [pipe.infer_categories(nominal[s : s + 16]) for s in range(0, nominal.shape[0], 16)]
     recognised = [name for chunk in recognised for name in chunk]
@@ -358,6 +354,7 @@ def recalibrate(
     nominal: torch.Tensor,
     held_out_ids: list[int] | None = None,
     categories: list[str] | None = None,
+    min_images: int = 5,
 ) -> dict:
     """Refresh the calibrated pixel weight (if the pipeline uses one) and the thresholds, e.g. after adaptation.
 
@@ -365,7 +362,8 @@ def recalibrate(
     need them left out of it: pass ``held_out_ids`` right after :func:`fit_memory`. Without them (a reloaded
     pipeline) those two thresholds are kept as they are, since in-bank scores would set them too low. A multi-class
     pipeline's per-product thresholds of the refreshed modes are refreshed with them when ``categories`` names each
-    nominal image's product, and dropped otherwise (stale thresholds would judge the new maps).
+    nominal image's product (with :func:`fit_category_thresholds`' rule: products with fewer than ``min_images``
+    of them keep the shared threshold), and dropped otherwise (stale thresholds would judge the new maps).
     """
     if pipe.config.pixel_weight is not None:
         sched = pipe.scheduler.config
@@ -390,12 +388,63 @@ def recalibrate(
     if own:
         for mode, mode_scores in refreshed.items():
             if categories is not None:
-                own[mode] = per_category_maxima(mode_scores, categories)
+                own[mode] = category_maxima(mode_scores, categories, min_images)
             else:
                 own.pop(mode, None)
         pipe.register_to_config(category_thresholds=own or None)
         result["category_thresholds"] = own or None
     return result
+
+
+def memory_options(preset: dict) -> dict | None:
+    """The feature memory's fit settings of a preset (its "memory" entry, with the "d3ad" entry's coreset ratio and
+    cap as fallbacks); ``None`` when the preset fits no memory."""
+    mem, d3ad = preset.get("memory") or {}, preset.get("d3ad") or {}
+    if not mem and not d3ad:
+        return None
+    return {"coreset_ratio": mem.get("coreset_ratio", d3ad.get("coreset_ratio", 0.1)),
+            "max_patches": mem.get("max_patches", d3ad.get("max_patches")), "folds": mem.get("folds", 5),
+            "max_candidates": mem.get("max_candidates"), "normalization": mem.get("normalization", "none"),
+            "pooling_pad": mem.get("pooling_pad", "zeros"), "feature_strides": tuple(mem.get("feature_strides", ()))}
+
+
+@torch.no_grad()
+def finalize_diad(pipe, train_paths: list[Path], held_out: list[Path], preset: dict) -> dict:
+    """Calibrate a trained ``DiADPipeline`` without test images: DiAD's threshold and, when the preset fits a
+    feature memory, the memory (one coreset per product), fused mode, the default mode and per-product thresholds.
+
+    As :func:`finalize_run` for DDAD: the memory's bank holds every nominal image and its statistics are
+    cross-fitted; fused mode's rule and weight, the default mode and the thresholds come from the held-out nominal
+    images (left out of the bank) and synthetic defects made from them. Returns the facts for ``training_info.json``.
+    """
+    nominal = load_images(held_out, pipe.map_hw[0])  # read at map size, as test images are
+    names = [category_of(p) for p in held_out]
+    info: dict = {}
+    options = memory_options(preset)
+    scores_by_mode: dict[str, list[float]] = {}
+    if options is not None:
+        train = load_images(train_paths, pipe.map_hw[0])
+        info["memory"] = fit_memory(pipe, train, nominal, groups=category_ids(train_paths + held_out),
+                                    group_names=_category_names(train_paths + held_out), **options)
+        with pipe.feature_memory.leaving_out(info["memory"]["held_out_ids"]):
+            info["fused"] = fit_fused(pipe, nominal, info["memory"]["stats"])
+            info["mode"] = choose_mode(pipe, {"diad": info["fused"]["alone"]["diad"]["objective"],
+                                              "fused": info["fused"]["best"]["objective"]})
+        scores_by_mode["fused"] = info["fused"]["nominal_scores"]
+    threshold, scores = calibrate_threshold(pipe, nominal, mode="diad")
+    pipe.register_to_config(threshold=threshold)
+    scores_by_mode["diad"] = scores
+    if pipe.feature_memory is not None and pipe.feature_memory.has_groups:
+        with pipe.feature_memory.leaving_out(info["memory"]["held_out_ids"]):
+            info["category_thresholds"] = fit_category_thresholds(
+                pipe, nominal, names, scores_by_mode, preset.get("category_threshold_min_images", 5))
+    info["calibration"] = {
+        "threshold": threshold, "nominal_scores": scores,
+        "per_category": {name: {"threshold": value, "nominal_scores": [s for s, n in zip(scores, names) if n == name]}
+                         for name, value in per_category_maxima(scores, names).items()},
+        "how": "highest DiAD score among held-out nominal training images of all categories; per_category: the "
+               "same per category"}
+    return info
 
 
 def autoencoder_info(vae: AutoencoderKL) -> dict:
@@ -456,20 +505,15 @@ def finalize_run(
     # the pipeline's calls read images at map size, as test images come (the memory reads them at that size)
     nominal_map = load_images(held_out, pipe.map_hw[0])
     if preset.get("d3ad") and train_paths:
-        d3ad, mem = preset["d3ad"], preset.get("memory", {})
         train = load_images(train_paths, pipe.map_hw[0])
-        info["d3ad"] = fit_d3ad(pipe, train, nominal_map, mem.get("coreset_ratio", d3ad["coreset_ratio"]),
-                                d3ad["t_max"], mem.get("max_patches", d3ad.get("max_patches")),
-                                folds=mem.get("folds", 5), max_candidates=mem.get("max_candidates"),
-                                normalization=mem.get("normalization", "none"),
-                                pooling_pad=mem.get("pooling_pad", "zeros"),
-                                groups=category_ids(train_paths + held_out),
+        info["d3ad"] = fit_d3ad(pipe, train, nominal_map, t_max_grid=preset["d3ad"]["t_max"],
+                                **memory_options(preset), groups=category_ids(train_paths + held_out),
                                 group_names=_category_names(train_paths + held_out))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
         alone = info["fused"]["alone"]
-        info["mode"] = choose_mode(pipe, nominal_map, alone["d3ad"]["objective"], alone["ddad"]["objective"],
-                                   info["fused"]["best"]["objective"])
+        info["mode"] = choose_mode(pipe, {"ddad": alone["ddad"]["objective"], "d3ad": alone["d3ad"]["objective"],
+                                          "fused": info["fused"]["best"]["objective"]})
     threshold, nominal_scores = calibrate_threshold(pipe, nominal_map)
     pipe.register_to_config(threshold=threshold)
     memory = pipe.feature_memory

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_pipeline, write_category
+from PIL import Image
 
 from ddad_hub.data import DatasetLayoutError, find_categories, split_categories
 from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork, unet_forward_with_residuals
@@ -127,8 +128,66 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     out2 = again(x, output_type="pt", autocast_dtype=torch.float32)
     assert torch.equal(out.anomaly_maps, out2.anomaly_maps)
     assert torch.equal(out.reconstructions, out2.reconstructions)
-    with pytest.raises(ValueError, match="one mode"):
+    with pytest.raises(ValueError, match="modes are 'diad' and 'fused'"):
         pipe(x, mode="d3ad")
+    assert pipe.available_modes() == ["diad"]  # this preset fits no memory: no fused mode
+    with pytest.raises(ValueError, match="fused mode is not fitted"):
+        pipe(x, mode="fused")
+
+
+def test_diad_fused_mode_is_fitted_without_test_images_and_round_trips(tmp_path):
+    """finalize_diad fits the memory on the map encoder's stride 8 and 16 stages, fused mode (DiAD map + memory),
+    the default mode and per-product thresholds; the pipeline recognises the product and saves/loads exactly."""
+    from ddad_hub import DDADScheduler
+    from ddad_hub.pipelines.loading import load_pipeline
+    from ddad_hub.pipelines.pipeline_diad import DiADPipeline
+    from ddad_hub.recipe import finalize_diad
+
+    cats = [write_category(tmp_path / "data", name, n_train=8, seed=i) for i, name in enumerate(("alpha", "beta"))]
+    train_paths, held_out, _ = split_categories(find_categories(cats), 0.5, seed=0)
+    base = make_tiny_pipeline(latent=True)
+    encoder = type(base.feature_encoder).from_imagenet("efficientnet_lite0", (4, 8, 16))
+    sg = SemanticGuidedNetwork.from_unet(base.unet, hint_channels=(4, 8), hint_strides=(1, 2))
+    pipe = DiADPipeline(base.unet, sg, DDADScheduler(start_step=999, skip=100, eta=0.0, w=0.0), encoder,
+                        vae=base.vae, map_size=64)
+    pipe.set_progress_bar_config(disable=True)
+    preset = {"memory": {"coreset_ratio": 0.5, "folds": 2, "feature_strides": [8, 16]},
+              "category_threshold_min_images": 2}
+    info = finalize_diad(pipe, train_paths, held_out, preset)
+
+    memory = pipe.feature_memory
+    assert list(memory.config.feature_strides) == [8, 16]
+    assert memory.bank.shape[1] == sum(encoder.channels[1:])  # the bank holds strides 8 and 16, not 4
+    assert pipe.available_modes() == ["diad", "fused"] and pipe.config.fused_base == "diad"
+    assert set(pipe.config.fused_stats) == {"diad", "memory"}
+    assert pipe.config.mode == info["mode"]["chosen"] and set(info["mode"]["objectives"]) == {"diad", "fused"}
+    assert pipe.config.fused_threshold == pytest.approx(max(info["fused"]["nominal_scores"]))
+    assert set(pipe.config.category_thresholds) == {"diad", "fused"}
+    assert set(pipe.config.category_thresholds["fused"]) == {"alpha", "beta"}
+
+    x = [Image.open(p) for p in held_out]
+    out = pipe(x, output_type="pt", mode="fused", autocast_dtype=torch.float32)
+    assert sorted(set(out.categories)) == ["alpha", "beta"]
+    own = pipe.config.category_thresholds["fused"]
+    assert out.image_thresholds.tolist() == pytest.approx([own[c] for c in out.categories])
+    plain = pipe(x, output_type="pt", mode="diad", autocast_dtype=torch.float32, per_category_thresholds=False)
+    memory_maps = pipe.memory_maps(pipe.preprocess(x, size=pipe.map_hw)[0])[0]
+    assert torch.allclose(out.anomaly_maps, pipe.fuse(plain.anomaly_maps, memory_maps), atol=1e-5)
+
+    pipe.save_pretrained(tmp_path / "saved")
+    again = load_pipeline(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    assert isinstance(again, DiADPipeline) and again.available_modes() == ["diad", "fused"]
+    out2 = again(x, output_type="pt", mode="fused", autocast_dtype=torch.float32)
+    assert torch.equal(out.anomaly_maps, out2.anomaly_maps) and out.categories == out2.categories
+
+    from ddad_hub.model_card import write_diad_model_card
+
+    run = {"preset": {"name": "tiny_diad", "resolution": 32, "diad": {"batch_size": 2}},
+           "categories": {"alpha": "a", "beta": "b"}, "training": {"steps": 0, "minutes": 0}, **info}
+    (tmp_path / "saved" / "training_info.json").write_text(json.dumps(run, default=str))
+    card = write_diad_model_card(tmp_path / "saved").read_text()
+    assert "DIAD map and memory map" in card and "recognises (nearest neighbours" in card
 
 
 def test_diad_runs_ten_ddim_steps_from_full_noise(monkeypatch):

@@ -127,6 +127,14 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
         assert at["recognised_product_threshold"]["recognised"] == 1.0
         assert at["per_category_threshold"]["threshold"] == own["fused"][cat.name]  # the pipeline's own, measurable
 
+    # evaluate.py (one category at a time) judges each test image by its recognised product's threshold
+    from training.evaluate import main as evaluate
+
+    single = evaluate(["--pipeline", str(folder), "--data", str(cats[1]), "--output-dir", str(tmp_path / "ev1"),
+                       "--modes", "fused", "--no-memory"])
+    assert single["recognised_products"] == {"beta": len(list_test_items(cats[1]))}
+    assert single["at_threshold"]["fused"]["thresholds_used"] == pytest.approx([own["fused"]["beta"]])
+
     # recalibrating without product names drops the per-product thresholds it cannot refresh...
     nominal = load_images(held, 64)
     names = [p.parent.parent.parent.name for p in held]
@@ -136,8 +144,10 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     assert pipe.config.category_thresholds["fused"] == before["fused"]  # kept, as the shared fused threshold is
     assert "memory_modes" in result
     # ...and with them, refreshes them from the same scores as the shared threshold
-    recalibrate(pipe, nominal, categories=names)
+    recalibrate(pipe, nominal, categories=names, min_images=1)
     assert pipe.config.category_thresholds["ddad"] == per_category_maxima(result["nominal_scores"], names)
+    recalibrate(pipe, nominal, categories=names, min_images=len(names))  # as finalisation: too few images, no own
+    assert pipe.config.category_thresholds["ddad"] == {}
     # a product with fewer held-out images than the minimum keeps the shared threshold
     fitted = fit_category_thresholds(pipe, nominal, ["alpha", "alpha", "alpha", "beta"], {"ddad": [1.0, 2.0, 3.0, 9.0]},
                                      min_images=3)

@@ -193,14 +193,28 @@ def main(argv: list[str] | None = None) -> dict:
     results["timing"] = timing
     labels = np.array(types) != "good"
     results["at_threshold"] = {}
+    # a multi-class pipeline judges each image by the threshold of the product its memory recognises
+    own = {m: pipe.category_thresholds_for(m) for m in modes}
+    recognised = None
+    if any(own.values()):
+        recognised = [c for s in range(0, len(items), args.batch_size)
+                      for c in pipe.infer_categories(pipe.resize_to_map(images[s : s + args.batch_size]))]
+        results["recognised_products"] = {c: recognised.count(c) for c in sorted(set(recognised))}
     for mode in modes:  # each mode's verdicts at the threshold calibrated for it on held-out good images
         threshold = pipe.threshold_for(mode)
-        if threshold is not None:
-            flagged = outputs[mode][1] > threshold
-            results["at_threshold"][mode] = {
-                "threshold": threshold, "true_positive_rate": float(flagged[labels].mean()),
-                "false_positive_rate": float(flagged[~labels].mean()),
-                "flagged_rate": {kind: float(flagged[np.array(types) == kind].mean()) for kind in sorted(set(types))}}
+        if threshold is None:
+            continue
+        per_image = np.full(len(items), threshold, dtype=float)
+        if own[mode] and recognised is not None:
+            per_image = np.array([own[mode].get(c, threshold) for c in recognised], dtype=float)
+        flagged = outputs[mode][1] > per_image
+        results["at_threshold"][mode] = {
+            "threshold": threshold, "true_positive_rate": float(flagged[labels].mean()),
+            "false_positive_rate": float(flagged[~labels].mean()),
+            "flagged_rate": {kind: float(flagged[np.array(types) == kind].mean()) for kind in sorted(set(types))}}
+        if own[mode] and recognised is not None:
+            results["at_threshold"][mode]["thresholds_used"] = sorted({round(float(t), 6) for t in per_image})
+            results["at_threshold"][mode]["how"] = "each image judged by its recognised product's threshold"
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
 
     examples = []

@@ -111,8 +111,8 @@ def flagged_rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> d
 
 
 def per_category_thresholds(folder: str) -> dict[str, float]:
-    """Per-category thresholds that training already computed for the default mode (``train_diad.py`` keeps them
-    in ``training_info.json``), so the held-out images are not scored again; empty if there are none."""
+    """Per-category thresholds of DiAD mode that training already computed (``train_diad.py`` keeps them in
+    ``training_info.json``), so the held-out images are not scored again; empty if there are none."""
     info = Path(folder) / "training_info.json"
     if not info.is_file():
         return {}
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
             # the pipeline's own per-product thresholds (calibrated with the held-out images left out of its bank),
             # else those training kept, else the held-out images' scores where the bank does not hold them
             own = (pipe.config.get("category_thresholds") or {}).get(mode, {}).get(name)
-            own = known_thresholds.get(name) if own is None and mode == pipe.config.mode else own
+            own = known_thresholds.get(name) if own is None and mode == "diad" else own
             in_bank = mode in ("d3ad", "fused") and pipe.feature_memory.config.cross_fitted
             if own is None and not in_bank:
                 own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out", verdicts=False)[1].max())
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():
         # the card's model-index gets one entry per category
-        (write_diad_model_card if pipe.config.mode == "diad" else write_model_card)(out_dir)
+        (write_diad_model_card if "sg_network" in pipe.components else write_model_card)(out_dir)
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
     for d in detectors:
         cells = [" / ".join(f"{results['per_category'][c][d]['all'][m]:.3f}" for m in METRICS) for c in names]

@@ -10,9 +10,10 @@
 checkpoint instead, so DiAD can train while the baseline pipeline is still being calibrated. Its input layers,
 down path and middle block stay frozen; a copy of them becomes the SG network, which trains with the U-Net's up
 path on the epsilon loss at every timestep (DiAD rebuilds from full noise). Checkpoints are atomic; ``--resume``
-continues with the same batches. At the end a ``DiADPipeline`` is saved to ``<output-dir>/pipeline`` with one
-threshold from the held-out nominal images of all categories (per-category thresholds, for comparison only, go to
-its ``training_info.json``).
+continues with the same batches (and, once the budget is spent, only finalises again). At the end a
+``DiADPipeline`` is saved to ``<output-dir>/pipeline``, calibrated by ``ddad_hub.recipe.finalize_diad`` on the
+held-out nominal images of all categories: DiAD's threshold and, when the preset fits a feature memory (its
+"memory" entry), fused mode (DiAD's map plus the memory's), the default mode and per-product thresholds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
-from ddad_hub.data import categories_label, category_of, find_categories, load_images, split_categories
+from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.model_card import write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
@@ -38,7 +39,7 @@ from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.pipelines.pipeline_diad import DiADPipeline
 from ddad_hub.presets import PRESETS, load_preset, preset_section
-from ddad_hub.recipe import autoencoder_info, calibrate_threshold, per_category_maxima
+from ddad_hub.recipe import autoencoder_info, finalize_diad
 from ddad_hub.schedulers import DDADScheduler
 from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
 
@@ -171,11 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
     if accelerator.is_main_process:
         pipe = build_diad(vae, sg.eval().float(), unet.eval().float(), preset)
         pipe.set_progress_bar_config(disable=True)
-        threshold, scores = calibrate_threshold(pipe, load_images(held_out, preset["resolution"]), mode="diad")
-        pipe.register_to_config(threshold=threshold)
-        names = [category_of(p) for p in held_out]
-        per_category = {name: {"threshold": value, "nominal_scores": [s for s, n in zip(scores, names) if n == name]}
-                        for name, value in per_category_maxima(scores, names).items()}
+        fitted = finalize_diad(pipe, train_paths, held_out, preset)
         folder = out / "pipeline"
         pipe.save_pretrained(folder)
         info = {
@@ -185,14 +182,11 @@ def main(argv: list[str] | None = None) -> Path:
             "training": {"steps": progress.step, "minutes": round(progress.minutes, 2), **accelerator.run_info},
             "sg_params": f"{sum(p.numel() for p in sg.parameters()) / 1e6:.1f}M",
             "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M",
-            "autoencoder": autoencoder_info(vae),
-            "calibration": {"threshold": threshold, "nominal_scores": scores, "per_category": per_category,
-                            "how": "highest score among held-out nominal training images of all categories; "
-                                   "per_category: the same per category, for comparison only"},
+            "autoencoder": autoencoder_info(vae), **fitted,
         }
         (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
         write_diad_model_card(folder)
-        accelerator.print(f"DiAD pipeline written to {folder}; threshold {threshold:.4f}")
+        accelerator.print(f"DiAD pipeline written to {folder}; default mode {pipe.config.mode}")
     finish(accelerator)
     return out / "pipeline"
 

@@ -27,9 +27,16 @@ POOLING_PADS = ("zeros", "exclude")
 
 
 def patch_features(
-    encoder: FeatureEncoder, images: torch.Tensor, normalization: str = "none", pooling_pad: str = "zeros"
+    encoder: FeatureEncoder,
+    images: torch.Tensor,
+    normalization: str = "none",
+    pooling_pad: str = "zeros",
+    feature_strides: tuple[int, ...] = (),
 ) -> torch.Tensor:
-    """Locally averaged multi-scale features, (B, C, h, w) at the finest configured stride.
+    """Locally averaged multi-scale features, (B, C, h, w) at the finest stride read.
+
+    ``feature_strides`` picks the encoder stages to read (default: all of them), so a memory on strides 8 and 16
+    can share one encoder pass with a map that also reads stride 4 (DiAD's).
 
     ``normalization="l2"`` scales each stage's averaged feature vector to unit length at every position, so the
     distance compares the direction of the features (what is there) and not their magnitude (how strongly).
@@ -43,6 +50,12 @@ def patch_features(
     if pooling_pad not in POOLING_PADS:
         raise ValueError(f"pooling_pad must be one of {POOLING_PADS}, got {pooling_pad!r}")
     feats = encoder(images)
+    if feature_strides:
+        available = list(encoder.config.feature_strides)
+        missing = [s for s in feature_strides if s not in available]
+        if missing:
+            raise ValueError(f"the memory reads strides {list(feature_strides)}, but the encoder gives {available}")
+        feats = [feats[available.index(s)] for s in feature_strides]
     size = feats[0].shape[-2:]
     pooled = []
     for f in feats:
@@ -105,6 +118,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         group_names: the products of a multi-class bank, in the order of the ids in the ``bank_groups`` buffer
             (each entry's product); empty for a one-product bank and in memories saved before the option existed.
             With them, :meth:`infer_groups` names the product an image shows, from its nearest neighbours.
+        feature_strides: the encoder stages the bank holds (:func:`patch_features`); empty: all of the encoder's
+            (memories saved before the option existed).
 
     After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
     saved: only the recipe that fitted the memory needs it, for cross-fitting).
@@ -122,6 +137,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         normalization: str = "none",
         pooling_pad: str = "exclude",
         group_names: tuple[str, ...] = (),
+        feature_strides: tuple[int, ...] = (),
     ):
         super().__init__()
         self.register_buffer("bank", torch.zeros(num_patches, feature_dim))
@@ -163,6 +179,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         pooling_pad: str = "zeros",
         groups: list[int] | torch.Tensor | None = None,
         group_names: list[str] | None = None,
+        feature_strides: tuple[int, ...] = (),
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
@@ -175,12 +192,13 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         grows with the sum, not the square, of the groups' sizes. Scoring still needs no group: a test patch is
         compared with the whole bank. With more than one group the bank also records each entry's group, named by
         ``group_names`` (one name per distinct id, in increasing id order; default the ids as text), so
-        :meth:`infer_groups` can tell which product a test image shows.
+        :meth:`infer_groups` can tell which product a test image shows. ``feature_strides`` picks the encoder
+        stages the bank holds (default: all).
         """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
             x = _resize(images[start : start + batch_size], image_size)
-            f = patch_features(encoder, x, normalization, pooling_pad)
+            f = patch_features(encoder, x, normalization, pooling_pad, tuple(feature_strides))
             chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         features = torch.cat(chunks)
         patches_per_image = features.shape[0] // images.shape[0]
@@ -198,7 +216,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
                                       max_patches, max_candidates, seed)
                           for g in distinct])
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
-                     blur_sigma=blur_sigma, normalization=normalization, pooling_pad=pooling_pad, group_names=names)
+                     blur_sigma=blur_sigma, normalization=normalization, pooling_pad=pooling_pad, group_names=names,
+                     feature_strides=tuple(feature_strides))
         memory.bank.copy_(features[keep])
         memory.bank_sources = keep // patches_per_image
         if names:
@@ -244,7 +263,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h, w) distance of every patch to its nearest bank entry, and that entry's index in the whole bank."""
         f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization,
-                           self.config.pooling_pad)
+                           self.config.pooling_pad, tuple(self.config.feature_strides))
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
         bank = self.bank if self._active is None else self.bank[self._active]

@@ -92,8 +92,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             first estimate, noise-free scaled start; needs ``feature_memory``) or "fused" (the reconstruction map
             of ``fused_base`` and the feature memory's nearest-neighbour map, each normalised, then combined).
         d3ad_t_max / d3ad_w / d3ad_eta: D3AD's largest start step, conditioning weight and stochasticity.
-        fused_base: the reconstruction mode ("ddad" or "d3ad") whose map fused mode uses; ``None``: fused mode is
-            not fitted (pipelines saved before it existed).
+        fused_base: the reconstruction mode ("ddad" or "d3ad"; "diad" in a DiAD pipeline) whose map fused mode
+            uses; ``None``: fused mode is not fitted (pipelines saved before it existed).
         fused_stats: nominal ``[mean, std]`` of the maps, per source ("ddad", "d3ad", "memory"), that fused mode
             normalises them with; measured on held-out nominal images (the memory's cross-fitted).
         fused_rule / fused_weight: how the two normalised maps combine (``ddad_hub.anomaly_map.fuse_maps``).
@@ -191,6 +191,10 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         if memory is not None and self.config.fused_base in modes and self.config.fused_stats:
             modes.append("fused")
         return modes
+
+    def reconstruction_modes(self) -> list[str]:
+        """The available modes whose map is a reconstruction's (the candidates for fused mode's ``fused_base``)."""
+        return [m for m in self.available_modes() if m in ("ddad", "d3ad")]
 
     def check_mode(self, mode: str) -> None:
         """Raise a ``ValueError`` that says why ``mode`` cannot run on this pipeline."""

@@ -8,6 +8,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
 from diffusers.image_processor import VaeImageProcessor
 
 from ..models.feature_encoder import FeatureEncoder
+from ..models.feature_memory import FeatureMemory
 from ..models.semantic_guided import SemanticGuidedNetwork, unet_forward_with_residuals
 from ..schedulers.scheduling_ddad import DDADScheduler
 from .pipeline_ddad import DDADPipeline
@@ -25,16 +26,23 @@ class DiADPipeline(DDADPipeline):
     the map, the output type, thresholds and checked safetensors loading are the same code. The model never sees
     a class label: one pipeline serves every category it was trained on.
 
+    Modes: "diad" (the reconstruction map above) and, once ``ddad_hub.recipe.finalize_diad`` fitted it, "fused":
+    DiAD's map and the feature memory's nearest-neighbour map, each normalised by nominal statistics, combined as
+    in :class:`DDADPipeline` (``fused_base`` is "diad"). A memory that knows each bank entry's product also lets
+    the pipeline judge each image by its recognised product's threshold (``category_thresholds``).
+
     Components:
         unet: the denoiser (``UNet2DModel``), its up path fine-tuned together with the SG network.
         sg_network: :class:`SemanticGuidedNetwork`.
         scheduler: :class:`DDADScheduler`; ``start_step``, ``skip``, ``eta`` (and ``w``, 0 in DiAD) of the run.
         feature_encoder: :class:`FeatureEncoder` for the map.
         vae: the ``AutoencoderKL`` whose latents are denoised (optional: without it the U-Net works on pixels).
+        feature_memory: :class:`FeatureMemory` for fused mode (optional; its ``feature_strides`` pick the stages it
+            reads from ``feature_encoder``, which computes them in the same pass as the map's).
     """
 
     model_cpu_offload_seq = "vae->sg_network->unet->feature_encoder"
-    _optional_components = ["vae"]
+    _optional_components = ["vae", "feature_memory"]
 
     def __init__(
         self,
@@ -51,23 +59,29 @@ class DiADPipeline(DDADPipeline):
         seed: int = 0,
         compute_dtype: str = "auto",
         mode: str = "diad",
+        feature_memory: FeatureMemory | None = None,
+        fused_base: str | None = None,
+        fused_stats: dict | None = None,
+        fused_rule: str = "sum",
+        fused_weight: float = 0.5,
+        fused_threshold: float | None = None,
+        memory_at_map_size: bool = True,
+        category_thresholds: dict | None = None,
     ):
         DiffusionPipeline.__init__(self)  # not DDADPipeline's: its D3AD components and settings do not apply
-        for module in (unet, sg_network, feature_encoder, vae):
+        for module in (unet, sg_network, feature_encoder, vae, feature_memory):
             if module is not None:
                 module.eval()
-        if mode != "diad":
-            raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
+        if mode not in ("diad", "fused"):
+            raise ValueError(f"a DiADPipeline's modes are 'diad' and 'fused'; got {mode!r}")
         self.register_modules(unet=unet, sg_network=sg_network, scheduler=scheduler, feature_encoder=feature_encoder,
-                              vae=vae)
+                              vae=vae, feature_memory=feature_memory)
         self.register_to_config(v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight,
-                                threshold=threshold, seed=seed, compute_dtype=compute_dtype, mode=mode)
+                                threshold=threshold, seed=seed, compute_dtype=compute_dtype, mode=mode,
+                                fused_base=fused_base, fused_stats=fused_stats, fused_rule=fused_rule,
+                                fused_weight=fused_weight, fused_threshold=fused_threshold,
+                                memory_at_map_size=memory_at_map_size, category_thresholds=category_thresholds)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=True, do_normalize=True)
-
-    @property
-    def feature_memory(self):
-        """DiAD has no feature memory (DDADPipeline's D3AD first estimate); scripts test for ``None``."""
-        return None
 
     def hint_images(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """The input images at the size the SG network's conv stack maps onto the latent grid."""
@@ -93,15 +107,27 @@ class DiADPipeline(DDADPipeline):
         down, mid = self.sg_network(sample, timesteps, guidance)
         return unet_forward_with_residuals(self.unet, sample, timesteps, down, mid).sample
 
-    def available_modes(self) -> list[str]:
-        """DiAD's one mode (what the app and ``evaluate.py`` offer for this pipeline)."""
+    def reconstruction_modes(self) -> list[str]:
+        """DiAD's reconstruction map is its one: the base of fused mode."""
         return ["diad"]
 
+    def available_modes(self) -> list[str]:
+        """"diad", and "fused" once the recipe fitted it (what the app and ``evaluate.py`` offer)."""
+        modes = ["diad"]
+        if self.feature_memory is not None and self.config.fused_base == "diad" and self.config.fused_stats:
+            modes.append("fused")
+        return modes
+
     def check_mode(self, mode: str) -> None:
-        """Accept "diad" (and "ddad"): :meth:`DDADPipeline.__call__` runs either on its fixed-start-step path, whose
-        ``reconstruct`` uses DiAD's hooks above; ``start_steps`` in the output are all ``start_step``."""
-        if mode not in ("diad", "ddad"):
-            raise ValueError(f"a DiADPipeline has one mode, 'diad'; got {mode!r}")
+        """Accept "diad" (and "ddad", its synonym here) and a fitted "fused": :meth:`DDADPipeline.__call__` runs
+        DiAD on its fixed-start-step path, whose ``reconstruct`` uses DiAD's hooks above (``start_steps`` in the
+        output are all ``start_step``)."""
+        if mode in ("diad", "ddad") or (mode == "fused" and mode in self.available_modes()):
+            return
+        if mode == "fused":
+            raise ValueError("fused mode is not fitted in this DiAD pipeline (it needs a feature_memory and "
+                             "fused_stats): finalise it with training/train_diad.py --resume on its run")
+        raise ValueError(f"a DiADPipeline's modes are 'diad' and 'fused'; got {mode!r}")
 
     def to_openvino(self, *args, **kwargs):
         """Not available yet: the OpenVINO stand-ins cover the plain U-Net call, not the SG network's residuals."""
@@ -109,5 +135,6 @@ class DiADPipeline(DDADPipeline):
                                   "this pipeline with the default backend (backend='pytorch')")
 
     def threshold_for(self, mode: str | None = None) -> float | None:
-        """The calibrated image-score threshold (one for the single mode)."""
-        return self.config.threshold
+        """The calibrated image-score threshold of ``mode`` (default ``config.mode``)."""
+        mode = mode or self.config.mode
+        return self.config.fused_threshold if mode == "fused" else self.config.threshold
