@@ -187,7 +187,7 @@ def test_diad_fused_mode_is_fitted_without_test_images_and_round_trips(tmp_path)
            "categories": {"alpha": "a", "beta": "b"}, "training": {"steps": 0, "minutes": 0}, **info}
     (tmp_path / "saved" / "training_info.json").write_text(json.dumps(run, default=str))
     card = write_diad_model_card(tmp_path / "saved").read_text()
-    assert "DIAD map and memory map" in card and "recognises (nearest neighbours" in card
+    assert "DiAD map and memory map" in card and "recognises (nearest neighbours" in card
 
 
 def test_diad_runs_ten_ddim_steps_from_full_noise(monkeypatch):

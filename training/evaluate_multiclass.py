@@ -205,10 +205,12 @@ def main(argv: list[str] | None = None) -> dict:
     results["thresholds"] = {"one_threshold": global_thresholds,
                              "how": "one: the pipeline's calibrated threshold (highest score among held-out nominal "
                                     "training images of all categories); per category: the same per category"}
-    results["protocol"] = (
-        f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3; memory: one bank, the union of "
-        f"per-category greedy coresets (10%, at most {args.memory_patches} patches each) of all categories' "
-        "training split" + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
+    results["protocol"] = f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3"
+    if memory is not None:
+        results["protocol"] += (
+            f"; memory: one bank, the union of per-category greedy coresets (10%, at most {args.memory_patches} "
+            "patches each) of all categories' training split"
+            + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
     if args.max_test_images:
         results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
                                 "within each defect type)")
