@@ -130,10 +130,12 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     # evaluate.py (one category at a time) judges each test image by its recognised product's threshold
     from training.evaluate import main as evaluate
 
-    single = evaluate(["--pipeline", str(folder), "--data", str(cats[1]), "--output-dir", str(tmp_path / "ev1"),
-                       "--modes", "fused", "--no-memory"])
-    assert single["recognised_products"] == {"beta": len(list_test_items(cats[1]))}
-    assert single["at_threshold"]["fused"]["thresholds_used"] == pytest.approx([own["fused"]["beta"]])
+    for modes in (["fused"], ["ddad", "d3ad", "fused"]):  # the product from its own search, or from fused's
+        single = evaluate(["--pipeline", str(folder), "--data", str(cats[1]), "--output-dir", str(tmp_path / "ev1"),
+                           "--modes", *modes, "--no-memory"])
+        assert single["recognised_products"] == {"beta": len(list_test_items(cats[1]))}
+        for mode in modes:
+            assert single["at_threshold"][mode]["thresholds_used"] == pytest.approx([own[mode]["beta"]], abs=1e-6)
 
     # recalibrating without product names drops the per-product thresholds it cannot refresh...
     nominal = load_images(held, 64)

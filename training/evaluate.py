@@ -62,16 +62,22 @@ def run_pipeline(
     return np.concatenate(maps), np.concatenate(scores), torch.cat(recons), np.concatenate(starts)
 
 
-def pipeline_memory_maps(pipe: DDADPipeline, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, float]:
-    """The pipeline's own memory maps of ``images`` (read at map size, as its calls do) and seconds per image."""
+def pipeline_memory_maps(
+    pipe: DDADPipeline, images: torch.Tensor, batch_size: int
+) -> tuple[np.ndarray, float, list[str] | None]:
+    """The pipeline's own memory maps of ``images`` (read at map size, as its calls do), seconds per image and, for
+    a multi-class memory, the product each image was recognised as (from the same search; else ``None``)."""
     start = time.perf_counter()
-    maps = []
+    maps, products = [], []
+    grouped = pipe.feature_memory.has_groups
     for s in tqdm(range(0, images.shape[0], batch_size), desc="feature memory"):
         x = images[s : s + batch_size]
         x = pipe.resize_to_map(x) if pipe.config.memory_at_map_size else pipe.resize_to_map(
             pipe.preprocess(to_unit_range(x))[0])
-        maps.append(pipe.memory_maps(x)[0].numpy())
-    return np.concatenate(maps), (time.perf_counter() - start) / images.shape[0]
+        m, _, *found = pipe.memory_maps(x, return_categories=grouped)
+        maps.append(m.numpy())
+        products += found[0] if found else []
+    return np.concatenate(maps), (time.perf_counter() - start) / images.shape[0], products if grouped else None
 
 
 def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
@@ -134,13 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
     images = load_images([it.image for it in items], max(pipe.sample_size[0], size[0]))
     modes = args.modes or pipe.available_modes()
     results, curves, timing, outputs = {}, {}, {}, {}
-    memory_maps = None
+    memory_maps, recognised = None, None
     for mode in sorted(modes, key=lambda m: m == "fused"):  # fused last: it reuses its reconstruction mode's maps
         start = time.perf_counter()
         if mode == "fused" and pipe.config.fused_base in outputs:
             # the same maps a fused call makes (same per-image seeds), without reconstructing twice
             pipe.check_mode("fused")
-            memory_maps, memory_seconds = pipeline_memory_maps(pipe, images, args.batch_size)
+            memory_maps, memory_seconds, recognised = pipeline_memory_maps(pipe, images, args.batch_size)
             base = outputs[pipe.config.fused_base]
             fused = pipe.fuse(torch.from_numpy(base[0]), torch.from_numpy(memory_maps)).numpy()
             outputs[mode] = (fused, fused.reshape(len(fused), -1).max(1), base[2], base[3])
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     own_memory = pipe.feature_memory is not None and pipe.feature_memory.config.cross_fitted
     if not args.no_memory and own_memory:
         if memory_maps is None:
-            memory_maps, timing["memory_seconds_per_image"] = pipeline_memory_maps(pipe, images, args.batch_size)
+            memory_maps, timing["memory_seconds_per_image"], recognised = pipeline_memory_maps(
+                pipe, images, args.batch_size)
         else:
             timing["memory_seconds_per_image"] = memory_seconds
         m_scores = memory_maps.reshape(len(memory_maps), -1).max(1)
@@ -195,10 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     results["at_threshold"] = {}
     # a multi-class pipeline judges each image by the threshold of the product its memory recognises
     own = {m: pipe.category_thresholds_for(m) for m in modes}
-    recognised = None
     if any(own.values()):
-        recognised = [c for s in range(0, len(items), args.batch_size)
-                      for c in pipe.infer_categories(pipe.resize_to_map(images[s : s + args.batch_size]))]
+        if recognised is None:  # no memory maps were computed: only the product search
+            recognised = [c for s in range(0, len(items), args.batch_size)
+                          for c in pipe.infer_categories(pipe.resize_to_map(images[s : s + args.batch_size]))]
         results["recognised_products"] = {c: recognised.count(c) for c in sorted(set(recognised))}
     for mode in modes:  # each mode's verdicts at the threshold calibrated for it on held-out good images
         threshold = pipe.threshold_for(mode)
