@@ -62,6 +62,14 @@ def run_pipeline(
     return np.concatenate(maps), np.concatenate(scores), torch.cat(recons), np.concatenate(starts)
 
 
+def memory_inputs(pipe: DDADPipeline, images: torch.Tensor) -> torch.Tensor:
+    """``images`` as the pipeline's calls hand them to its memory: at map size, or (pipelines saved before
+    ``memory_at_map_size``) at the U-Net's size, then resized."""
+    if pipe.config.memory_at_map_size:
+        return pipe.resize_to_map(images)
+    return pipe.resize_to_map(pipe.preprocess(to_unit_range(images))[0])
+
+
 def pipeline_memory_maps(
     pipe: DDADPipeline, images: torch.Tensor, batch_size: int
 ) -> tuple[np.ndarray, float, list[str] | None]:
@@ -71,10 +79,7 @@ def pipeline_memory_maps(
     maps, products = [], []
     grouped = pipe.feature_memory.has_groups
     for s in tqdm(range(0, images.shape[0], batch_size), desc="feature memory"):
-        x = images[s : s + batch_size]
-        x = pipe.resize_to_map(x) if pipe.config.memory_at_map_size else pipe.resize_to_map(
-            pipe.preprocess(to_unit_range(x))[0])
-        m, _, *found = pipe.memory_maps(x, return_categories=grouped)
+        m, _, *found = pipe.memory_maps(memory_inputs(pipe, images[s : s + batch_size]), return_categories=grouped)
         maps.append(m.numpy())
         products += found[0] if found else []
     return np.concatenate(maps), (time.perf_counter() - start) / images.shape[0], products if grouped else None
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     if any(own.values()):
         if recognised is None:  # no memory maps were computed: only the product search
             recognised = [c for s in range(0, len(items), args.batch_size)
-                          for c in pipe.infer_categories(pipe.resize_to_map(images[s : s + args.batch_size]))]
+                          for c in pipe.infer_categories(memory_inputs(pipe, images[s : s + args.batch_size]))]
         results["recognised_products"] = {c: recognised.count(c) for c in sorted(set(recognised))}
     for mode in modes:  # each mode's verdicts at the threshold calibrated for it on held-out good images
         threshold = pipe.threshold_for(mode)
