@@ -69,6 +69,19 @@ def test_sff_mixes_the_previous_level_into_the_deepest_outputs():
 
 
 # ---------------------------------------------------------------------------- pipeline, training, save/load
+def test_corrupt_guidance_defects_the_given_share_of_images_reproducibly():
+    from training.train_diad import corrupt_guidance
+
+    images = torch.rand(64, 3, 16, 16) * 2 - 1
+    assert corrupt_guidance(images, 0.0, seed=1) is images
+    every = corrupt_guidance(images, 1.0, seed=1)
+    assert all(not torch.equal(a, b) for a, b in zip(every, images)), "share 1: every guidance image is defective"
+    half = corrupt_guidance(images, 0.5, seed=3)
+    changed = sum(not torch.equal(a, b) for a, b in zip(half, images))
+    assert 16 <= changed <= 48
+    assert torch.equal(half, corrupt_guidance(images, 0.5, seed=3))
+
+
 def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     from ddad_hub.pipelines.loading import load_pipeline
     from ddad_hub.pipelines.pipeline_ddad import DDADPipelineOutput
@@ -110,8 +123,11 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     assert sorted((r.dataset_name, r.metric_type) for r in results) == sorted(
         (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
 
-    # resuming continues from the newest checkpoint (step 3 was written at the end)
-    assert train_diad([*args, "--max-steps", "4", "--resume"]) == folder
+    # resuming continues from the newest checkpoint (step 3 was written at the end); the extra step sees
+    # defective guidance images, and the run records the share
+    assert train_diad([*args, "--max-steps", "4", "--resume", "--guidance-defects", "0.5"]) == folder
+    resumed = json.loads((folder / "training_info.json").read_text())["training"]
+    assert resumed["steps"] == 4 and resumed["guidance_defects"] == 0.5
 
     pipe.set_progress_bar_config(disable=True)
     x = torch.rand(3, 3, 40, 40)

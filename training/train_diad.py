@@ -39,7 +39,7 @@ from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.pipelines.pipeline_diad import DiADPipeline
 from ddad_hub.presets import PRESETS, load_preset, preset_section
-from ddad_hub.recipe import autoencoder_info, finalize_diad
+from ddad_hub.recipe import autoencoder_info, finalize_diad, synthetic_defects
 from ddad_hub.schedulers import DDADScheduler
 from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
 
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--guidance-defects", type=float, default=None,
+                   help="share of training images whose guidance image gets a synthetic defect while the target "
+                        "latent stays clean (default: the preset's diad.guidance_defects, 0 = DiAD as published)")
     return p.parse_args(argv)
 
 
@@ -72,6 +75,21 @@ def pack(latents: torch.Tensor, images: torch.Tensor, scale: int) -> torch.Tenso
 
 def unpack(batch: torch.Tensor, latent_channels: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[:, :latent_channels], F.pixel_shuffle(batch[:, latent_channels:], scale)
+
+
+def corrupt_guidance(images: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """A copy of the guidance ``images`` in which about ``share`` of them carry one of the recipe's synthetic
+    defects, as a pure function of ``seed``.
+
+    Trained on clean images only, the SG network can learn to pass its input, defects included, through to the
+    denoiser (``benchmarks/diad_diagnostic.py`` measures it). With a defective guidance image and the clean latent
+    as target, copying a defect costs loss. An option of this project; DiAD trains on clean images.
+    """
+    if share <= 0:
+        return images
+    broken, _ = synthetic_defects(images.detach().float().cpu(), seed=seed)
+    pick = torch.rand(images.shape[0], generator=torch.Generator().manual_seed(seed)) < share
+    return torch.where(pick.view(-1, 1, 1, 1).to(images.device), broken.to(images.device, images.dtype), images)
 
 
 def load_base(args: argparse.Namespace) -> tuple[UNet2DModel, AutoencoderKL, str]:
@@ -104,6 +122,9 @@ def main(argv: list[str] | None = None) -> Path:
     categories = find_categories(args.data)
     preset = load_preset(args.preset, categories_label(categories), mixed_precision=args.mixed_precision)
     spec = preset_section(preset, "diad", "cpu_diad", args.max_minutes)
+    if args.guidance_defects is not None:
+        spec["guidance_defects"] = args.guidance_defects
+    guidance_defects = float(spec.get("guidance_defects", 0.0))
     accelerator = make_accelerator(preset["mixed_precision"], args.threads)
     out = Path(args.output_dir)
     ckpt_dir = out / "diad_checkpoints"
@@ -155,6 +176,8 @@ def main(argv: list[str] | None = None) -> Path:
         batch, t, noise = sample_batch(batches, progress.step, spec["batch_size"], scheduler.config.num_train_timesteps,
                                        0, args.seed, accelerator.process_index)
         x0, hint = unpack(batch.to(accelerator.device), latent_channels, scale)
+        hint = corrupt_guidance(hint, guidance_defects, seed=(args.seed * 1_000_003 + progress.step) * 17
+                                + accelerator.process_index)
         noise = noise[:, :latent_channels].to(accelerator.device)
         with accelerator.autocast():
             loss = epsilon_loss(functools.partial(model, image=hint), scheduler, x0, t.to(accelerator.device), noise)
@@ -179,7 +202,8 @@ def main(argv: list[str] | None = None) -> Path:
             "preset": preset, "category": categories_label(categories),
             "categories": {k: str(v) for k, v in categories.items()}, "data": ", ".join(map(str, categories.values())),
             "held_out_nominal": [p.name for p in held_out], "base_denoiser": source,
-            "training": {"steps": progress.step, "minutes": round(progress.minutes, 2), **accelerator.run_info},
+            "training": {"steps": progress.step, "minutes": round(progress.minutes, 2),
+                         "guidance_defects": guidance_defects, **accelerator.run_info},
             "sg_params": f"{sum(p.numel() for p in sg.parameters()) / 1e6:.1f}M",
             "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M",
             "autoencoder": autoencoder_info(vae), **fitted,
