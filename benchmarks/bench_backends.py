@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_io import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -308,11 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     text = report(rows, aurocs, args, summary)
     print(text)
     if args.output:
-        stem = Path(args.output)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps({"machine": summary, "rows": rows, "auroc": aurocs,
-                                                         "args": vars(args)}, indent=2))
-        stem.with_suffix(".md").write_text(text + "\n")
+        write_results(args.output, {"machine": summary, "rows": rows, "auroc": aurocs, "args": vars(args)}, text)
 
 
 if __name__ == "__main__":

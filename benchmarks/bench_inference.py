@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from results_io import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -285,10 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     text = f"Machine: {machine_summary(args.threads)}\n\n" + report(peaks, results, args.threads)
     print(text)
     if args.output:
-        stem = Path(args.output)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps({"peaks": peaks, "results": results}, indent=2))
-        stem.with_suffix(".md").write_text(text + "\n")
+        write_results(args.output, {"peaks": peaks, "results": results}, text)
 
 
 if __name__ == "__main__":

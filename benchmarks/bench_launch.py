@@ -13,7 +13,6 @@ own clock (checkpoint I/O and data loading excluded).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from results_io import write_results  # noqa: E402
 
 from ddad_hub.hardware import default_threads, machine_summary  # noqa: E402
 
@@ -85,10 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        stem = Path(args.output)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-        stem.with_suffix(".md").write_text(text + "\n")
+        write_results(args.output, rows, text)
 
 
 if __name__ == "__main__":

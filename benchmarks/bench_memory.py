@@ -23,6 +23,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results_io import write_results  # noqa: E402
+
 from ddad_hub.data import find_categories, list_test_items, list_train_images, load_images, load_mask  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
 from ddad_hub.metrics import summarize  # noqa: E402
@@ -67,9 +69,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "fit_wall_minutes": (time.perf_counter() - wall) / 60, **evaluate(memory, encoder, folder)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
     lines = [f"Feature memory alone ({machine}; coreset {args.coreset_ratio:.0%}, at most {args.max_patches} entries "
              f"among at most {args.max_candidates} candidate patches, {args.threads} thread(s))", "",
              "| category | pooling border | training images | bank | fit CPU-min | image AUROC | pixel AUROC | AUPRO |",
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lines.append(f"| {r['category']} | {r['pooling_pad']} | {r['train_images']} | {r['bank']} | "
                      f"{r['fit_cpu_minutes']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
                      f"{r['aupro']:.3f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
     return rows
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from results_io import write_results
 
 from ddad_hub.hardware import has_native_bf16, machine_summary, resolve_mixed_precision
 from ddad_hub.models.autoencoder import build_vae
@@ -125,11 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        stem = Path(args.output)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        record = {"machine": machine_summary(args.threads), "auto": auto, "rows": rows}
-        stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
-        stem.with_suffix(".md").write_text(text + "\n")
+        write_results(args.output, {"machine": machine_summary(args.threads), "auto": auto, "rows": rows}, text)
 
 
 if __name__ == "__main__":

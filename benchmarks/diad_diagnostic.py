@@ -30,6 +30,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results_io import write_results  # noqa: E402
+
 from ddad_hub.data import find_categories, load_images, split_categories  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
 from ddad_hub.pipelines.loading import load_pipeline  # noqa: E402
@@ -85,9 +87,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {"pipeline": folder, "held_out_images": len(held), **diagnose(pipe, nominal)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
     lines = [f"Reconstruction diagnostic on {rows[0]['held_out_images']} held-out images with synthetic defects "
              f"({machine})", "",
              "| pipeline | mode | start step | defect kept | kept by the autoencoder alone | nominal error | "
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lines.append(f"| {r['pipeline']} | {r['mode']} | {r['start_step']} | {r['defect_kept']:.2f} | "
                      f"{r['defect_kept_by_round_trip']:.2f} | {r['nominal_error']:.3f} | {r['image_auroc']:.3f} | "
                      f"{r['pixel_auroc']:.3f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
     return rows
 
