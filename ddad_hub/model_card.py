@@ -183,6 +183,8 @@ def _fused_text(index: dict, info: dict) -> str:
             if index.get("fused_rule", "sum") == "sum" else "maximum of the two")
     memory = info.get("memory") or info.get("d3ad", {}).get("memory", {})  # DiAD's run keeps it at the top
     bank = f"; bank {memory['bank_size']} patches of {memory['images']} images" if memory.get("bank_size") else ""
+    if bank and memory.get("bank_dtype", "float32") != "float32":
+        bank += f", stored as {memory['bank_dtype']}"
     base = {"diad": "DiAD"}.get(index["fused_base"], index["fused_base"].upper())
     return (f"{base} map and memory map, each normalised by nominal mean and std, "
             f"{rule}{bank}; threshold {index.get('fused_threshold')}")

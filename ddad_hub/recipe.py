@@ -170,13 +170,17 @@ def fit_memory(
     pooling_pad: str = "zeros",
     group_names: list[str] | None = None,
     feature_strides: tuple[int, ...] = (),
+    bank_dtype: str = "float32",
+    max_total_patches: int | None = None,
 ) -> dict:
     """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
     nominal map statistics.
 
     ``groups`` gives the category of each image of ``train`` then ``nominal`` in a multi-class set: one coreset per
     category, and ``group_names`` their names, which the bank keeps to recognise products (:meth:`FeatureMemory.fit`).
-    ``feature_strides`` picks the encoder stages the bank holds (default: all the encoder gives).
+    ``feature_strides`` picks the encoder stages the bank holds (default: all the encoder gives); ``bank_dtype``
+    how the bank is stored ("float16" halves it); ``max_total_patches`` caps a multi-class bank as a whole
+    (:func:`~ddad_hub.models.feature_memory.bank_shares`).
 
     ``train`` and ``nominal`` are in [-1, 1], best at map size. The bank keeps every image (no image is held out of
     it, which matters for small training sets); the statistics come from maps of each image scored against the bank
@@ -189,7 +193,8 @@ def fit_memory(
                                blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
                                max_candidates=max_candidates, normalization=normalization,
                                pooling_pad=pooling_pad, groups=groups, group_names=group_names,
-                               feature_strides=tuple(feature_strides))
+                               feature_strides=tuple(feature_strides), bank_dtype=bank_dtype,
+                               max_total_patches=max_total_patches)
     fit_seconds = time.perf_counter() - start
     memory.register_to_config(cross_fitted=True)
     pipe.register_modules(feature_memory=memory)
@@ -198,7 +203,8 @@ def fit_memory(
     cross_fit_seconds = time.perf_counter() - start - fit_seconds
     return {"bank_size": int(memory.bank.shape[0]), "images": int(images.shape[0]), "coreset_ratio": coreset_ratio,
             "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds,
-            "normalization": normalization, "pooling_pad": pooling_pad,
+            "normalization": normalization, "pooling_pad": pooling_pad, "bank_dtype": bank_dtype,
+            "max_total_patches": max_total_patches,
             "feature_strides": list(feature_strides) or list(pipe.feature_encoder.config.feature_strides),
             "per_category_coreset": groups is not None and len(set(groups)) > 1, "stats": map_statistics(maps),
             "fit_seconds": round(fit_seconds, 1), "cross_fit_seconds": round(cross_fit_seconds, 1),
@@ -405,7 +411,8 @@ def memory_options(preset: dict) -> dict | None:
     return {"coreset_ratio": mem.get("coreset_ratio", d3ad.get("coreset_ratio", 0.1)),
             "max_patches": mem.get("max_patches", d3ad.get("max_patches")), "folds": mem.get("folds", 5),
             "max_candidates": mem.get("max_candidates"), "normalization": mem.get("normalization", "none"),
-            "pooling_pad": mem.get("pooling_pad", "zeros"), "feature_strides": tuple(mem.get("feature_strides", ()))}
+            "pooling_pad": mem.get("pooling_pad", "zeros"), "feature_strides": tuple(mem.get("feature_strides", ())),
+            "bank_dtype": mem.get("bank_dtype", "float32"), "max_total_patches": mem.get("max_total_patches")}
 
 
 @torch.no_grad()

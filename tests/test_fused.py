@@ -242,6 +242,30 @@ def test_pooling_pad_zeros_in_new_fits_and_exclude_in_memories_saved_before_it(t
         FeatureMemory.fit(encoder, images, pooling_pad="reflect")
 
 
+def test_a_float16_bank_halves_the_file_and_scores_as_the_float32_bank(tmp_path):
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = _nominal(3, seed=12)
+    full = FeatureMemory.fit(encoder, images, coreset_ratio=0.5, image_size=64)
+    half = FeatureMemory.fit(encoder, images, coreset_ratio=0.5, image_size=64, bank_dtype="float16")
+    assert full.bank.dtype == torch.float32 and half.bank.dtype == torch.float16
+    assert torch.equal(half.bank_sources, full.bank_sources)  # the same coreset, picked in float32
+    full.save_pretrained(tmp_path / "full")
+    half.save_pretrained(tmp_path / "half")
+    size = {k: (tmp_path / k / "diffusion_pytorch_model.safetensors").stat().st_size for k in ("full", "half")}
+    assert size["half"] < 0.55 * size["full"]
+    again = FeatureMemory.from_pretrained(tmp_path / "half")
+    assert again.config.bank_dtype == "float16" and again.bank.dtype == torch.float16
+    assert torch.equal(again.bank, half.bank)
+    test = _nominal(2, seed=13)
+    torch.testing.assert_close(again.patch_distances(encoder, test), full.patch_distances(encoder, test),
+                               rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="bank_dtype"):
+        FeatureMemory.fit(encoder, images, bank_dtype="int8")
+
+
 def test_grouped_memory_keeps_a_coreset_per_group():
     torch.manual_seed(0)
     from ddad_hub import FeatureEncoder
@@ -256,6 +280,28 @@ def test_grouped_memory_keeps_a_coreset_per_group():
     assert memory.bank.shape[0] == 72
     with pytest.raises(ValueError, match="one id per image"):
         FeatureMemory.fit(encoder, images, groups=[0, 1])
+
+
+def test_bank_shares_split_a_total_in_proportion_and_pass_on_what_a_group_cannot_use():
+    from ddad_hub.models.feature_memory import bank_shares
+
+    patches = [1000, 1000, 4000]
+    assert bank_shares(patches, 0.5) == [500, 500, 2000]  # no caps: the ratio
+    assert bank_shares(patches, 0.5, max_patches=800) == [500, 500, 800]
+    assert bank_shares(patches, 0.5, max_total=1200) == [200, 200, 800]  # in proportion, 1 : 1 : 4
+    # the large group's proportional share (2000 of 3000) exceeds its cap (800): the rest goes to the others
+    assert bank_shares(patches, 0.5, max_patches=800, max_total=1600) == [400, 400, 800]
+    assert bank_shares(patches, 0.5, max_patches=800, max_total=5000) == [500, 500, 800]  # the total does not bind
+    with pytest.raises(ValueError, match="max_total_patches"):
+        bank_shares(patches, 0.5, max_total=2)
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    images = torch.cat([_nominal(1, seed=14), -_nominal(3, seed=15)])  # 64 and 192 patches
+    memory = FeatureMemory.fit(encoder, images, coreset_ratio=0.5, image_size=64, groups=[0, 1, 1, 1],
+                               max_total_patches=64)
+    assert int((memory.bank_sources < 1).sum()) == 16 and int((memory.bank_sources >= 1).sum()) == 48
 
 
 def test_category_ids_follow_the_category_folders():

@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-patches", type=int, default=10000,
                    help="per category, at most this many bank entries (a greedy coreset of 10%% of its patches, "
                         "picked among at most 250000 of them); the bank is their union")
+    p.add_argument("--memory-total-patches", type=int, default=None,
+                   help="at most this many bank entries in all, shared in proportion to the categories' training "
+                        "patches (as the recipe's memory.max_total_patches)")
     p.add_argument("--memory-size", type=int, default=256, help="image side for the memory's features")
     p.add_argument("--memory-every", type=int, default=1,
                    help="fit the memory on every n-th training image only (the coreset's cost grows with the pool)")
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         pool = train_paths[:: args.memory_every]
         memory = FeatureMemory.fit(encoder, load_images(pool, args.memory_size), coreset_ratio=0.1,
                                    image_size=args.memory_size, max_patches=args.memory_patches,
-                                   max_candidates=250_000, groups=category_ids(pool))
+                                   max_candidates=250_000, groups=category_ids(pool),
+                                   max_total_patches=args.memory_total_patches)
         timing["memory_fit_seconds"] = time.perf_counter() - start
 
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
@@ -209,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     if memory is not None:
         results["protocol"] += (
             f"; memory: one bank, the union of per-category greedy coresets (10%, at most {args.memory_patches} "
-            "patches each) of all categories' training split"
+            "patches each" + (f", {args.memory_total_patches} in all, shared in proportion to the categories' patches"
+                              if args.memory_total_patches else "")
+            + ") of all categories' training split"
             + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
     if args.max_test_images:
         results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "

@@ -24,6 +24,7 @@ from .feature_encoder import FeatureEncoder
 
 NORMALIZATIONS = ("none", "l2")
 POOLING_PADS = ("zeros", "exclude")
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def patch_features(
@@ -120,6 +121,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             With them, :meth:`infer_groups` names the product an image shows, from its nearest neighbours.
         feature_strides: the encoder stages the bank holds (:func:`patch_features`); empty: all of the encoder's
             (memories saved before the option existed).
+        bank_dtype: how the bank is stored: "float32", or "float16" to halve its bytes (a model that must stay
+            small keeps twice the patches); distances are always computed in float32.
 
     After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
     saved: only the recipe that fitted the memory needs it, for cross-fitting).
@@ -138,9 +141,12 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         pooling_pad: str = "exclude",
         group_names: tuple[str, ...] = (),
         feature_strides: tuple[int, ...] = (),
+        bank_dtype: str = "float32",
     ):
         super().__init__()
-        self.register_buffer("bank", torch.zeros(num_patches, feature_dim))
+        if bank_dtype not in BANK_DTYPES:
+            raise ValueError(f"bank_dtype must be one of {tuple(BANK_DTYPES)}, got {bank_dtype!r}")
+        self.register_buffer("bank", torch.zeros(num_patches, feature_dim, dtype=BANK_DTYPES[bank_dtype]))
         if group_names:
             self.register_buffer("bank_groups", torch.zeros(num_patches, dtype=torch.long))
         self.bank_sources: torch.Tensor | None = None
@@ -180,6 +186,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         groups: list[int] | torch.Tensor | None = None,
         group_names: list[str] | None = None,
         feature_strides: tuple[int, ...] = (),
+        bank_dtype: str = "float32",
+        max_total_patches: int | None = None,
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
@@ -193,7 +201,9 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         compared with the whole bank. With more than one group the bank also records each entry's group, named by
         ``group_names`` (one name per distinct id, in increasing id order; default the ids as text), so
         :meth:`infer_groups` can tell which product a test image shows. ``feature_strides`` picks the encoder
-        stages the bank holds (default: all).
+        stages the bank holds (default: all); ``bank_dtype`` how the bank is stored (the coreset is picked in
+        float32 either way). ``max_total_patches`` caps the whole bank, shared among the groups by
+        :func:`bank_shares` (in proportion to their patches, none beyond its own ratio and cap).
         """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
@@ -212,12 +222,12 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         if group_names is not None and len(set(group_names)) != len(group_names):
             raise ValueError(f"group_names must be distinct, got {list(group_names)}")
         names = tuple(group_names or (str(int(g)) for g in distinct)) if len(distinct) > 1 else ()
-        keep = torch.cat([_coreset_of(features, torch.nonzero(patch_groups == g).squeeze(1), coreset_ratio,
-                                      max_patches, max_candidates, seed)
-                          for g in distinct])
+        rows = [torch.nonzero(patch_groups == g).squeeze(1) for g in distinct]
+        sizes = bank_shares([len(r) for r in rows], coreset_ratio, max_patches, max_total_patches)
+        keep = torch.cat([_coreset_of(features, r, n, max_candidates, seed) for r, n in zip(rows, sizes)])
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
                      blur_sigma=blur_sigma, normalization=normalization, pooling_pad=pooling_pad, group_names=names,
-                     feature_strides=tuple(feature_strides))
+                     feature_strides=tuple(feature_strides), bank_dtype=bank_dtype)
         memory.bank.copy_(features[keep])
         memory.bank_sources = keep // patches_per_image
         if names:
@@ -266,7 +276,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
                            self.config.pooling_pad, tuple(self.config.feature_strides))
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
-        bank = self.bank if self._active is None else self.bank[self._active]
+        bank = (self.bank if self._active is None else self.bank[self._active]).float()
         found = [torch.cdist(flat[i : i + chunk], bank).min(dim=1) for i in range(0, flat.shape[0], chunk)]
         distances = torch.cat([d.values for d in found])
         indices = torch.cat([d.indices for d in found])
@@ -311,13 +321,34 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         return maps, image_scores(maps)
 
 
+def bank_shares(
+    group_patches: list[int], ratio: float, max_patches: int | None = None, max_total: int | None = None
+) -> list[int]:
+    """How many patches each group keeps: ``ratio`` of its patches, at most ``max_patches``; with ``max_total``,
+    a total budget shared in proportion to the groups' patches, a group's share that exceeds its own limit going
+    to the others (water-filling). A group with more nominal images, which show more variation, keeps more."""
+    limits = [max(1, min(int(ratio * n), max_patches) if max_patches else int(ratio * n)) for n in group_patches]
+    if not max_total or sum(limits) <= max_total:
+        return limits
+    if max_total < len(limits):
+        raise ValueError(f"max_total_patches ({max_total}) must leave each of the {len(limits)} groups a patch")
+    shares, open_groups, budget = list(limits), set(range(len(limits))), max_total
+    while open_groups:
+        weight = sum(group_patches[g] for g in open_groups)
+        full = {g for g in open_groups if limits[g] <= budget * group_patches[g] / weight}
+        if not full:
+            for g in open_groups:
+                shares[g] = max(1, int(budget * group_patches[g] / weight))
+            break
+        open_groups -= full
+        budget -= sum(limits[g] for g in full)
+    return shares
+
+
 def _coreset_of(
-    features: torch.Tensor, rows: torch.Tensor, ratio: float, max_patches: int | None, max_candidates: int | None,
-    seed: int,
+    features: torch.Tensor, rows: torch.Tensor, n_keep: int, max_candidates: int | None, seed: int
 ) -> torch.Tensor:
-    """Indices (into ``features``) of the greedy coreset of the patches ``rows``."""
-    n_keep = max(1, int(ratio * len(rows)))
-    n_keep = min(n_keep, max_patches) if max_patches else n_keep
+    """Indices (into ``features``) of a greedy coreset of ``n_keep`` of the patches ``rows``."""
     if max_candidates and len(rows) > max(max_candidates, n_keep):
         g = torch.Generator().manual_seed(seed)
         rows = rows[torch.randperm(len(rows), generator=g)[:max_candidates].sort().values]
