@@ -7,6 +7,13 @@ The memory is fitted as the recipe fits it (``ddad_hub.recipe.fit_memory``: ever
 of 10% of the patches, at most ``--max-patches`` entries picked among at most ``--max-candidates`` patches), on the
 ImageNet EfficientNet-Lite0 encoder at 256 px, and scored on the whole test set. Fit cost is CPU seconds (user +
 system of this process), so a busy machine does not inflate it. Writes ``benchmarks/results/memory.{json,md}``.
+
+``--bank-sizes`` measures accuracy against the bank's size instead: one fit with the largest size, then each size
+scored with the first picks of that greedy coreset, which is exactly the coreset of that size (each pick depends
+only on the picks before it):
+
+    python benchmarks/bench_memory.py --data ../shared/data/mtd/magnetic_tile --pooling-pad zeros --threads 2 \
+        --bank-sizes 3500 5000 7500 10000 15000 20000 30000 --output benchmarks/results/memory_bank_size
 """
 
 from __future__ import annotations
@@ -43,6 +50,15 @@ def evaluate(memory: FeatureMemory, encoder: FeatureEncoder, folder: Path, batch
     return summarize(scores, maps, masks, types, np.array([it.has_pixel_labels for it in items]))["all"]
 
 
+def first_picks(memory: FeatureMemory, size: int) -> FeatureMemory:
+    """The memory with only the first ``size`` entries of its (one-group) greedy coreset, kept in pick order."""
+    if size >= memory.bank.shape[0]:
+        return memory
+    part = FeatureMemory.from_config({**memory.config, "num_patches": size})
+    part.bank.copy_(memory.bank[:size])
+    return part.eval()
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="category folders")
@@ -50,6 +66,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--coreset-ratio", type=float, default=0.1)
     p.add_argument("--max-patches", type=int, default=10000)
     p.add_argument("--max-candidates", type=int, default=250000)
+    p.add_argument("--bank-sizes", type=int, nargs="+", default=None,
+                   help="score these bank sizes (prefixes of one coreset) instead of --max-patches alone")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "memory"))
     args = p.parse_args(argv)
@@ -62,15 +80,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train = load_images(list_train_images(folder), 256)
         for pad in args.pooling_pad:
             cpu, wall = time.process_time(), time.perf_counter()
-            memory = FeatureMemory.fit(encoder, train, coreset_ratio=args.coreset_ratio, max_patches=args.max_patches,
+            sizes = sorted(args.bank_sizes or [args.max_patches])
+            memory = FeatureMemory.fit(encoder, train, coreset_ratio=args.coreset_ratio, max_patches=sizes[-1],
                                        max_candidates=args.max_candidates, pooling_pad=pad)
-            row = {"category": name, "pooling_pad": pad, "train_images": int(train.shape[0]),
-                   "bank": int(memory.bank.shape[0]), "fit_cpu_minutes": (time.process_time() - cpu) / 60,
-                   "fit_wall_minutes": (time.perf_counter() - wall) / 60, **evaluate(memory, encoder, folder)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    lines = [f"Feature memory alone ({machine}; coreset {args.coreset_ratio:.0%}, at most {args.max_patches} entries "
-             f"among at most {args.max_candidates} candidate patches, {args.threads} thread(s))", "",
+            fit = {"fit_cpu_minutes": (time.process_time() - cpu) / 60,
+                   "fit_wall_minutes": (time.perf_counter() - wall) / 60}
+            for size in sizes:
+                part = first_picks(memory, size)
+                row = {"category": name, "pooling_pad": pad, "train_images": int(train.shape[0]),
+                       "bank": int(part.bank.shape[0]), **fit, **evaluate(part, encoder, folder)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    cap = f"banks of {args.bank_sizes} entries" if args.bank_sizes else f"at most {args.max_patches} entries"
+    lines = [f"Feature memory alone ({machine}; coreset {args.coreset_ratio:.0%}, {cap} "
+             f"among at most {args.max_candidates} candidate patches, {args.threads} thread(s); fit cost: the "
+             "largest bank's)", "",
              "| category | pooling border | training images | bank | fit CPU-min | image AUROC | pixel AUROC | AUPRO |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

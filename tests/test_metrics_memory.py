@@ -75,6 +75,12 @@ def test_coreset_covers_clusters():
     assert torch.cdist(centres, picked).amin(dim=1).max() < 1.0  # one pick per cluster
 
 
+def test_a_smaller_coreset_is_the_first_picks_of_a_larger_one():
+    """benchmarks/bench_memory.py --bank-sizes relies on it: one fit measures every bank size."""
+    points = torch.randn(500, 200, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(greedy_coreset(points, 40)[:15], greedy_coreset(points, 15))
+
+
 @pytest.fixture(scope="module")
 def encoder() -> FeatureEncoder:
     torch.manual_seed(0)
