@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     machine = machine_summary()
     print(machine)
     encoder = FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16))
+    sizes = sorted(args.bank_sizes or [args.max_patches])
     rows = []
     for name, folder in find_categories(args.data).items():
         train = load_images(list_train_images(folder), 256)
         for pad in args.pooling_pad:
             cpu, wall = time.process_time(), time.perf_counter()
-            sizes = sorted(args.bank_sizes or [args.max_patches])
             memory = FeatureMemory.fit(encoder, train, coreset_ratio=args.coreset_ratio, max_patches=sizes[-1],
                                        max_candidates=args.max_candidates, pooling_pad=pad)
             fit = {"fit_cpu_minutes": (time.process_time() - cpu) / 60,
