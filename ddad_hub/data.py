@@ -50,6 +50,31 @@ def list_train_images(root: str | os.PathLike) -> list[Path]:
     return images
 
 
+def list_validation_images(root: str | os.PathLike) -> list[Path]:
+    """A category's own nominal validation images, ``<root>/validation/good/*`` (MVTec 3D-AD ships such a split),
+    or an empty list when it has none."""
+    folder = Path(root) / "validation" / "good"
+    return _images_in(folder) if folder.is_dir() else []
+
+
+def nominal_id(path: str | os.PathLike) -> str:
+    """How ``training_info.json`` names a held-out nominal image: the file name of a ``train/good`` image (as runs
+    always have), ``validation/good/<name>`` for an image of the category's own validation split."""
+    path = Path(path)
+    split = path.parent.parent.name
+    return path.name if split == "train" else f"{split}/{path.parent.name}/{path.name}"
+
+
+def held_out_split(root: str | os.PathLike, ids: list[str]) -> tuple[list[Path], list[Path]]:
+    """One category's (training, held-out) nominal images, from the held-out ids a run recorded
+    (:func:`nominal_id`): what scripts that refit or recalibrate a saved pipeline need to see the same split."""
+    ids = set(ids)
+    train_images = list_train_images(root)
+    train = [p for p in train_images if p.name not in ids]
+    held = [p for p in train_images + list_validation_images(root) if nominal_id(p) in ids]
+    return train, held
+
+
 def list_test_items(root: str | os.PathLike) -> list[TestItem]:
     """The test images with their defect type and mask path, ``<root>/test/<type>/*``.
 
@@ -150,16 +175,22 @@ def find_categories(paths: list[str | os.PathLike] | str | os.PathLike) -> dict[
 
 
 def split_categories(
-    categories: dict[str, Path], holdout: float, seed: int = 0
+    categories: dict[str, Path], holdout: float, seed: int = 0, use_validation: bool = True
 ) -> tuple[list[Path], list[Path], dict[str, list[Path]]]:
     """The nominal training images of all categories as one set: (train, held-out, held-out per category).
 
-    Each category is split on its own with :func:`split_nominal`, so every category has held-out images (for
-    thresholds and settings) and a single category splits exactly as before.
+    A category that ships its own nominal validation split (``validation/good``, as MVTec 3D-AD does) is held out
+    by it and trains on all of ``train/good``, the data set's protocol; any other is split on its own with
+    :func:`split_nominal` (a ``holdout`` share, fixed seed), so every category has held-out images (for
+    thresholds and settings). ``use_validation=False`` splits every category's ``train/good``.
     """
     train, held, held_by_category = [], [], {}
     for name, folder in categories.items():
-        t, h = split_nominal(list_train_images(folder), holdout, seed=seed)
+        validation = list_validation_images(folder) if use_validation else []
+        if validation:
+            t, h = list_train_images(folder), validation
+        else:
+            t, h = split_nominal(list_train_images(folder), holdout, seed=seed)
         train += t
         held += h
         held_by_category[name] = h
@@ -167,7 +198,8 @@ def split_categories(
 
 
 def category_of(path: str | os.PathLike) -> str:
-    """The category a ``<category>/train/good/<image>`` training image belongs to: its category folder's name."""
+    """The category a ``<category>/{train,validation}/good/<image>`` nominal image belongs to: its category folder's
+    name."""
     return Path(path).parent.parent.parent.name
 
 

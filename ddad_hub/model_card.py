@@ -96,7 +96,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         selection_text = (
             f"w, start step and the pixel-weight mode were chosen on {selection['how']} (objective: mean of image "
             f"and pixel AUROC there, best {best['objective']:.3f} of {len(selection['table'])} settings); no test "
-            "image was used. Each mode's threshold is the highest score among held-out nominal training images."
+            "image was used. Each mode's threshold is the highest score among held-out nominal images."
         )
     if info.get("mode"):
         objectives = ", ".join(f"{m.upper()} {v:.4f}" for m, v in info["mode"]["objectives"].items())
@@ -225,7 +225,7 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
     else:
         results_text = "Not evaluated yet: run `training/evaluate_multiclass.py` with `--output-dir` this folder."
     per_category = info.get("calibration", {}).get("per_category", {})
-    threshold_text = ("DiAD mode's shared threshold is the highest score among held-out nominal training images of all "
+    threshold_text = ("DiAD mode's shared threshold is the highest score among held-out nominal images of all "
                       "categories, so it needs no labels and no category. The same rule per category: "
                       + ", ".join(f"{k} {v['threshold']:.4f}" for k, v in per_category.items()) + ".")
     credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in names)

@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, UNet2DModel
 from tqdm.auto import tqdm
 
 from .anomaly_map import FUSION_RULES, fuse_maps, image_scores, map_statistics
-from .data import category_of, load_images, to_unit_range
+from .data import category_of, load_images, nominal_id, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc
 from .model_card import write_model_card
@@ -496,7 +496,7 @@ def finalize_run(
     pipe.set_progress_bar_config(disable=True)
     nominal = load_images(held_out, preset["resolution"])
     info: dict = {"preset": preset, "data": str(data), "category": category or Path(data).name, "training": training,
-                  "held_out_nominal": [p.name for p in held_out],
+                  "held_out_nominal": [nominal_id(p) for p in held_out],
                   **({"categories": _category_names(train_paths + held_out)}
                      if train_paths and len(set(category_ids(train_paths + held_out))) > 1 else {}),
                   "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}

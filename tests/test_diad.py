@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ import torch
 from conftest import make_tiny_pipeline, write_category
 from PIL import Image
 
-from ddad_hub.data import DatasetLayoutError, find_categories, split_categories
+from ddad_hub.data import (
+    DatasetLayoutError,
+    category_of,
+    find_categories,
+    held_out_split,
+    nominal_id,
+    split_categories,
+)
 from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork, unet_forward_with_residuals
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -238,6 +246,30 @@ def test_a_folder_of_categories_is_read_as_one_set(tmp_path):
     assert list(mixed) == ["beta", "alpha"]
 
 
+def test_a_category_with_its_own_validation_split_is_held_out_by_it(tmp_path):
+    alpha = write_category(tmp_path, "alpha", n_train=6)
+    beta = write_category(tmp_path, "beta", n_train=6, seed=1)
+    (beta / "validation" / "good").mkdir(parents=True)
+    for name in ("000.png", "001.png"):  # the same file names as train/good's, as in MVTec 3D-AD
+        shutil.copy(beta / "test" / "good" / name, beta / "validation" / "good" / name)
+    train, held, by_category = split_categories(find_categories(tmp_path), holdout=0.5)
+    assert [p.relative_to(beta).as_posix() for p in by_category["beta"]] == ["validation/good/000.png",
+                                                                             "validation/good/001.png"]
+    assert sum(category_of(p) == "beta" for p in train) == 6  # all of train/good trains
+    assert len(by_category["alpha"]) == 3 and sum(category_of(p) == "alpha" for p in train) == 3
+    assert {category_of(p) for p in held} == {"alpha", "beta"}
+    # the ids a run records bring the same split back, though the file names repeat across the two splits
+    ids = [nominal_id(p) for p in by_category["beta"]]
+    assert ids == ["validation/good/000.png", "validation/good/001.png"]
+    assert held_out_split(beta, ids) == ([p for p in train if category_of(p) == "beta"], by_category["beta"])
+    alpha_ids = [nominal_id(p) for p in by_category["alpha"]]  # plain file names, as every earlier run recorded
+    assert all("/" not in i for i in alpha_ids)
+    assert held_out_split(alpha, alpha_ids) == ([p for p in train if category_of(p) == "alpha"], by_category["alpha"])
+    # opting out splits train/good as before
+    _, held_split, by_split = split_categories(find_categories(tmp_path), holdout=0.5, use_validation=False)
+    assert len(by_split["beta"]) == 3 and not any("validation" in p.parts for p in held_split)
+
+
 def test_a_broken_category_folder_is_named(tmp_path):
     write_category(tmp_path, "alpha")
     (tmp_path / "gamma" / "train").mkdir(parents=True)  # no train/good
@@ -256,8 +288,9 @@ def test_the_four_shared_categories_are_one_set():
                              DATA / "mvtec3d_256" / "tire", DATA / "mtd" / "magnetic_tile"])
     train, held, by_category = split_categories(found, holdout=0.1)
     assert list(found) == ["transistor", "bottle", "tire", "magnetic_tile"]
-    assert len(train) + len(held) == 213 + 209 + 210 + 762
+    assert len(train) + len(held) == 213 + 209 + (210 + 29) + 762  # tire holds out its own validation/good
     assert all(len(v) > 0 for v in by_category.values())
+    assert len(by_category["tire"]) == 29 and all("validation" in p.parts for p in by_category["tire"])
 
 
 def test_multiclass_evaluation_reports_each_category_and_their_mean(tmp_path, tiny_pipeline_dir):

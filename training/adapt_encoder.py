@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from ddad_hub.data import list_train_images, load_images
+from ddad_hub.data import held_out_split, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_model_card
 from ddad_hub.recipe import fit_d3ad, fit_fused, recalibrate
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
     pipe.set_progress_bar_config(disable=True)
     info_file = Path(args.pipeline) / "training_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    held = set(info.get("held_out_nominal", []))
-    all_paths = list_train_images(args.data)
-    train_paths = [p for p in all_paths if p.name not in held]
-    held_paths = [p for p in all_paths if p.name in held]
+    train_paths, held_paths = held_out_split(args.data, info.get("held_out_nominal", []))
     images = load_images(train_paths, pipe.sample_size[0])
 
     frozen = pipe.feature_encoder.eval().requires_grad_(False)

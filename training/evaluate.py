@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
-from ddad_hub.data import list_test_items, list_train_images, load_images, load_mask, to_unit_range
+from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range
 from ddad_hub.metrics import METRICS, roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
     elif not args.no_memory:
         info_file = folder / "training_info.json"
-        held = set(json.loads(info_file.read_text()).get("held_out_nominal", [])) if info_file.is_file() else set()
-        train_paths = [p for p in list_train_images(data) if p.name not in held]
+        held = json.loads(info_file.read_text()).get("held_out_nominal", []) if info_file.is_file() else []
+        train_paths, _ = held_out_split(data, held)
         start = time.perf_counter()
         memory = FeatureMemory.fit(
             pipe.feature_encoder, load_images(train_paths, size[0]), coreset_ratio=args.memory_coreset,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
-from ddad_hub.data import categories_label, find_categories, list_train_images, split_categories
+from ddad_hub.data import categories_label, find_categories, held_out_split, split_categories
 from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
@@ -49,10 +49,7 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     info = json.loads((folder / "training_info.json").read_text())
     pipe = DDADPipeline.from_pretrained(folder)
     data = Path(args.data[0] if args.data else info["data"])
-    held = set(info["held_out_nominal"])
-    paths = list_train_images(data)
-    train_paths = [p for p in paths if p.name not in held]
-    held_out = [p for p in paths if p.name in held]
+    train_paths, held_out = held_out_split(data, info["held_out_nominal"])
     training = {**info["training"], "refinalized_from": str(folder)}
     return finalize_run(args.output_dir, pipe.unet, fill_preset(info["preset"]), data, held_out, training,
                         encoder=pipe.feature_encoder, train_paths=train_paths, vae=pipe.vae)

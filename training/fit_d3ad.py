@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from ddad_hub import DDADPipeline
-from ddad_hub.data import list_train_images, load_images
+from ddad_hub.data import held_out_split, load_images
 from ddad_hub.model_card import write_model_card
 from ddad_hub.recipe import fit_d3ad, fit_fused
 
@@ -31,13 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     folder = Path(args.pipeline)
     info = json.loads((folder / "training_info.json").read_text())
-    held = set(info["held_out_nominal"])
-    paths = list_train_images(args.data)
+    train_paths, held_paths = held_out_split(args.data, info["held_out_nominal"])
     pipe = DDADPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     size = pipe.map_hw[0]  # the memory reads images at map size
-    train = load_images([q for q in paths if q.name not in held], size)
-    nominal = load_images([q for q in paths if q.name in held], size)
+    train = load_images(train_paths, size)
+    nominal = load_images(held_paths, size)
     info["d3ad"] = fit_d3ad(pipe, train, nominal, args.coreset_ratio, args.t_max, args.max_patches)
     with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
         info["fused"] = fit_fused(pipe, nominal, info["d3ad"]["memory"]["stats"])

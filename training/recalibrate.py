@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ddad_hub import DDADPipeline
-from ddad_hub.data import list_train_images, load_images
+from ddad_hub.data import held_out_split, load_images
 from ddad_hub.model_card import write_model_card
 from ddad_hub.recipe import recalibrate
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     folder = Path(args.pipeline)
     info = json.loads((folder / "training_info.json").read_text())
     held = set(info["held_out_nominal"])
-    paths = [path for path in list_train_images(args.data) if path.name in held]
+    _, paths = held_out_split(args.data, held)
     if len(paths) != len(held):
         raise SystemExit(f"{len(held) - len(paths)} held-out images of {folder} are not in {args.data}")
     pipe = DDADPipeline.from_pretrained(folder)

@@ -29,7 +29,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
-from ddad_hub.data import categories_label, find_categories, load_images, split_categories
+from ddad_hub.data import categories_label, find_categories, load_images, nominal_id, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.model_card import write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> Path:
         info = {
             "preset": preset, "category": categories_label(categories),
             "categories": {k: str(v) for k, v in categories.items()}, "data": ", ".join(map(str, categories.values())),
-            "held_out_nominal": [p.name for p in held_out], "base_denoiser": source,
+            "held_out_nominal": [nominal_id(p) for p in held_out], "base_denoiser": source,
             "training": {"steps": progress.step, "minutes": round(progress.minutes, 2),
                          "guidance_defects": guidance_defects, **accelerator.run_info},
             "sg_params": f"{sum(p.numel() for p in sg.parameters()) / 1e6:.1f}M",

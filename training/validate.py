@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ddad_hub import DDADPipeline
-from ddad_hub.data import list_train_images, load_images
+from ddad_hub.data import held_out_split, load_images
 from ddad_hub.recipe import synthetic_objective
 
 
@@ -25,10 +25,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     rows = []
     for folder in map(Path, args.pipelines):
-        held = set(json.loads((folder / "training_info.json").read_text())["held_out_nominal"])
+        held = json.loads((folder / "training_info.json").read_text())["held_out_nominal"]
         pipe = DDADPipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
-        nominal = load_images([q for q in list_train_images(args.data) if q.name in held], pipe.sample_size[0])
+        nominal = load_images(held_out_split(args.data, held)[1], pipe.sample_size[0])
         for mode in ("ddad", "d3ad") if pipe.feature_memory is not None else ("ddad",):
             row = {"pipeline": str(folder), "mode": mode, **synthetic_objective(pipe, nominal, mode=mode)}
             rows.append(row)
