@@ -186,11 +186,9 @@ def split_categories(
     """
     train, held, held_by_category = [], [], {}
     for name, folder in categories.items():
+        images = list_train_images(folder)
         validation = list_validation_images(folder) if use_validation else []
-        if validation:
-            t, h = list_train_images(folder), validation
-        else:
-            t, h = split_nominal(list_train_images(folder), holdout, seed=seed)
+        t, h = (images, validation) if validation else split_nominal(images, holdout, seed=seed)
         train += t
         held += h
         held_by_category[name] = h
