@@ -39,15 +39,21 @@ from ddad_hub.models.feature_encoder import FeatureEncoder  # noqa: E402
 from ddad_hub.models.feature_memory import FeatureMemory  # noqa: E402
 
 
-def evaluate(memory: FeatureMemory, encoder: FeatureEncoder, folder: Path, batch_size: int = 16) -> dict:
+def load_test_set(folder: Path) -> dict:
+    """A category's test images at 256 px with their masks, types and pixel-label flags, read once per category."""
     items = list_test_items(folder)
-    types = [it.defect_type for it in items]
-    masks = np.stack([load_mask(it.mask, (256, 256)) for it in items])
-    images = load_images([it.image for it in items], 256)
+    return {"images": load_images([it.image for it in items], 256),
+            "masks": np.stack([load_mask(it.mask, (256, 256)) for it in items]),
+            "types": [it.defect_type for it in items],
+            "pixel_labelled": np.array([it.has_pixel_labels for it in items])}
+
+
+def evaluate(memory: FeatureMemory, encoder: FeatureEncoder, test: dict, batch_size: int = 16) -> dict:
+    images = test["images"]
     maps = torch.cat([memory.anomaly_maps(encoder, images[s : s + batch_size])[0]
-                      for s in range(0, len(items), batch_size)]).numpy()
+                      for s in range(0, images.shape[0], batch_size)]).numpy()
     scores = maps.reshape(len(maps), -1).max(1)
-    return summarize(scores, maps, masks, types, np.array([it.has_pixel_labels for it in items]))["all"]
+    return summarize(scores, maps, test["masks"], test["types"], test["pixel_labelled"])["all"]
 
 
 def first_picks(memory: FeatureMemory, size: int) -> FeatureMemory:
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name, folder in find_categories(args.data).items():
         train = load_images(list_train_images(folder), 256)
+        test = load_test_set(folder)
         for pad in args.pooling_pad:
             cpu, wall = time.process_time(), time.perf_counter()
             memory = FeatureMemory.fit(encoder, train, coreset_ratio=args.coreset_ratio, max_patches=sizes[-1],
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for size in sizes:
                 part = first_picks(memory, size)
                 row = {"category": name, "pooling_pad": pad, "train_images": int(train.shape[0]),
-                       "bank": int(part.bank.shape[0]), **fit, **evaluate(part, encoder, folder)}
+                       "bank": int(part.bank.shape[0]), **fit, **evaluate(part, encoder, test)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     cap = f"banks of {args.bank_sizes} entries" if args.bank_sizes else f"at most {args.max_patches} entries"
