@@ -140,7 +140,8 @@ def build(preset_name: str, model: str | None):
     preset = load_preset(preset_name)
     torch.manual_seed(0)
     unet = build_unet(preset)
-    encoder = FeatureEncoder(backbone=preset["feature_backbone"], feature_strides=tuple(preset["feature_strides"]))
+    encoder = FeatureEncoder(backbone=preset["feature_backbone"], feature_strides=tuple(preset["feature_strides"]),
+                             padding="same")
     scheduler = DDADScheduler(start_step=preset["start_step"], skip=preset["skip"], eta=preset["eta"],
                               w=preset.get("w") or 2.0)
     return DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=preset["map_size"])

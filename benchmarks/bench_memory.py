@@ -1,12 +1,14 @@
-"""The feature memory alone: its accuracy and its fit cost, per category and pooling border.
+"""The feature memory alone: its accuracy and its fit cost, per category, encoder padding and pooling border.
 
     python benchmarks/bench_memory.py --data ../shared/data/mvtec_ad_256/transistor ../shared/data/mtd/magnetic_tile \
-        --pooling-pad zeros exclude --threads 1
+        --padding same symmetric --pooling-pad zeros exclude --threads 1
 
 The memory is fitted as the recipe fits it (``ddad_hub.recipe.fit_memory``: every training image, a greedy coreset
 of 10% of the patches, at most ``--max-patches`` entries picked among at most ``--max-candidates`` patches), on the
-ImageNet EfficientNet-Lite0 encoder at 256 px, and scored on the whole test set. Fit cost is CPU seconds (user +
-system of this process), so a busy machine does not inflate it. Writes ``benchmarks/results/memory.{json,md}``.
+ImageNet EfficientNet-Lite0 encoder at 256 px (``--padding``: its strided convolutions padded as the weights were
+trained, ``same``, or as encoders saved before that option, ``symmetric``), and scored on the whole test set. Fit
+cost is CPU seconds (user + system of this process), so a busy machine does not inflate it. Writes
+``benchmarks/results/memory.{json,md}``.
 
 ``--bank-sizes`` measures accuracy against the bank's size instead: one fit with the largest size, then each size
 scored with the first picks of that greedy coreset, which is exactly the coreset of that size (each pick depends
@@ -19,6 +21,7 @@ only on the picks before it):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -35,6 +38,7 @@ from results_io import write_results  # noqa: E402
 from ddad_hub.data import find_categories, list_test_items, list_train_images, load_images, load_mask  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
 from ddad_hub.metrics import summarize  # noqa: E402
+from ddad_hub.models.backbones.efficientnet_lite import PADDINGS  # noqa: E402
 from ddad_hub.models.feature_encoder import FeatureEncoder  # noqa: E402
 from ddad_hub.models.feature_memory import FeatureMemory  # noqa: E402
 
@@ -68,6 +72,8 @@ def first_picks(memory: FeatureMemory, size: int) -> FeatureMemory:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="category folders")
+    p.add_argument("--padding", nargs="+", default=["same"], choices=list(PADDINGS),
+                   help="the encoder's padding of strided convolutions")
     p.add_argument("--pooling-pad", nargs="+", default=["zeros", "exclude"], choices=["zeros", "exclude"])
     p.add_argument("--coreset-ratio", type=float, default=0.1)
     p.add_argument("--max-patches", type=int, default=10000)
@@ -80,13 +86,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     machine = machine_summary()
     print(machine)
-    encoder = FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16))
+    encoders = {pad: FeatureEncoder.from_imagenet("efficientnet_lite0", (8, 16), padding=pad) for pad in args.padding}
     sizes = sorted(args.bank_sizes or [args.max_patches])
     rows = []
     for name, folder in find_categories(args.data).items():
         train = load_images(list_train_images(folder), 256)
         test = load_test_set(folder)
-        for pad in args.pooling_pad:
+        for (padding, encoder), pad in itertools.product(encoders.items(), args.pooling_pad):
             cpu, wall = time.process_time(), time.perf_counter()
             memory = FeatureMemory.fit(encoder, train, coreset_ratio=args.coreset_ratio, max_patches=sizes[-1],
                                        max_candidates=args.max_candidates, pooling_pad=pad)
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "fit_wall_minutes": (time.perf_counter() - wall) / 60}
             for size in sizes:
                 part = first_picks(memory, size)
-                row = {"category": name, "pooling_pad": pad, "train_images": int(train.shape[0]),
+                row = {"category": name, "padding": padding, "pooling_pad": pad, "train_images": int(train.shape[0]),
                        "bank": int(part.bank.shape[0]), **fit, **evaluate(part, encoder, test)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -102,10 +108,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = [f"Feature memory alone ({machine}; coreset {args.coreset_ratio:.0%}, {cap} "
              f"among at most {args.max_candidates} candidate patches, {args.threads} thread(s); fit cost: the "
              "largest bank's)", "",
-             "| category | pooling border | training images | bank | fit CPU-min | image AUROC | pixel AUROC | AUPRO |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| category | encoder padding | pooling border | training images | bank | fit CPU-min | image AUROC | "
+             "pixel AUROC | AUPRO |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['category']} | {r['pooling_pad']} | {r['train_images']} | {r['bank']} | "
+        lines.append(f"| {r['category']} | {r.get('padding', 'symmetric')} | {r['pooling_pad']} | "
+                     f"{r['train_images']} | {r['bank']} | "
                      f"{r['fit_cpu_minutes']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
                      f"{r['aupro']:.3f} |")
     write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))

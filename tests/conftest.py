@@ -38,7 +38,7 @@ def make_tiny_pipeline(
         layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     )
-    encoder = FeatureEncoder(backbone="efficientnet_lite0")
+    encoder = FeatureEncoder(backbone="efficientnet_lite0", padding="same")  # new encoders pad as the weights do
     scheduler = DDADScheduler(start_step=100, skip=50, w=w)
     pipe = DDADPipeline(unet=unet, scheduler=scheduler, feature_encoder=encoder, map_size=map_size,
                         threshold=threshold, vae=vae)

@@ -99,3 +99,55 @@ def test_offline_hub_weights_fail_clearly(tmp_path, monkeypatch):
 def test_bad_stride_is_explained():
     with pytest.raises(ValueError, match="no stage at stride"):
         FeatureEncoder(backbone="resnet18", feature_strides=(8, 64))
+
+
+def _look_centre(encoder: FeatureEncoder, stride_index: int, cell: int) -> tuple[float, float]:
+    """Where one feature looks: the centroid of its input gradient, in pixel indices (rows, columns)."""
+    torch.manual_seed(0)
+    x = (torch.rand(1, 3, 256, 256) * 2 - 1).requires_grad_(True)
+    feature = encoder(x)[stride_index][0, :, cell, cell]
+    (grad,) = torch.autograd.grad(feature.pow(2).sum(), x)
+    weight = grad.abs().sum(1)[0]
+    idx = torch.arange(256.0)
+    return float((weight.sum(1) * idx).sum() / weight.sum()), float((weight.sum(0) * idx).sum() / weight.sum())
+
+
+@_needs_wheel("efficientnet_lite0")
+def test_lite_features_look_where_the_maps_put_them():
+    """With the weights' own (TensorFlow SAME) padding a stride-8 feature looks at its cell's centre; with
+    PyTorch's symmetric padding 7 pixels up and left, which shifted every map built on it."""
+    cell, stride = 16, 8
+    centre = stride * cell + stride / 2 - 0.5  # where bilinear upsampling (align_corners=False) puts the feature
+    same = FeatureEncoder.from_imagenet("efficientnet_lite0").eval()
+    symmetric = FeatureEncoder.from_imagenet("efficientnet_lite0", padding="symmetric").eval()
+    assert same.config.padding == "same" and symmetric.config.padding == "symmetric"
+    rows, cols = _look_centre(same, 0, cell)
+    assert abs(rows - centre) < 2 and abs(cols - centre) < 2, (rows, cols, centre)
+    rows, cols = _look_centre(symmetric, 0, cell)
+    assert rows < centre - 5 and cols < centre - 5, (rows, cols, centre)
+    odd = same(torch.zeros(1, 3, 65, 63))  # SAME padding of odd sizes: ceil(size / stride)
+    assert [tuple(f.shape[-2:]) for f in odd] == [(9, 8), (5, 4)]
+
+
+def test_an_encoder_saved_before_the_padding_option_loads_with_symmetric_padding(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    old = FeatureEncoder(backbone="efficientnet_lite0", padding="symmetric").eval()
+    old.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["padding"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = FeatureEncoder.from_pretrained(tmp_path).eval()
+    assert loaded.config.padding == "symmetric"
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(old(x), loaded(x)):
+            assert torch.equal(a, b)
+        moved = loaded.with_padding("same")  # finalize.py --encoder-padding same
+        assert moved.config.padding == "same" and loaded.config.padding == "symmetric"
+        reference = FeatureEncoder(backbone="efficientnet_lite0", padding="same").eval()
+        reference.load_state_dict(old.state_dict())
+        for a, b in zip(moved(x), reference(x)):
+            assert torch.equal(a, b)
+        assert not torch.allclose(moved(x)[0], old(x)[0])

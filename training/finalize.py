@@ -1,11 +1,14 @@
 """Build the calibrated pipeline folder of a training run: settings selection, D3AD fit, threshold, model card.
 
     python training/finalize.py --run-dir runs/transistor
-    python training/finalize.py --pipeline models/ddad-transistor-cpu --output-dir runs/refinalized
+    python training/finalize.py --pipeline models/ddad-transistor-cpu --output-dir runs/refinalized \
+        --encoder-padding same
 
 ``train_unet.py`` does this itself at the end; run it by hand after ``--no-finalize``, or to redo the recipe
 (for example after it changed) on a run's newest checkpoint (EMA weights if present) or on a saved pipeline's
-networks. The result goes to ``<output-dir>/pipeline``.
+networks. The result goes to ``<output-dir>/pipeline``. A saved pipeline keeps its encoder as it is unless
+``--encoder-padding`` says otherwise: ``same`` moves an encoder saved before the option to the padding its ImageNet
+weights were trained with (a run's finalisation, ``--run-dir``, starts from those weights and has it already).
 """
 
 from __future__ import annotations
@@ -48,11 +51,15 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     folder = Path(args.pipeline)
     info = json.loads((folder / "training_info.json").read_text())
     pipe = DDADPipeline.from_pretrained(folder)
+    encoder = pipe.feature_encoder
+    if args.encoder_padding and args.encoder_padding != encoder.config.padding:
+        print(f"feature encoder padding: {encoder.config.padding} -> {args.encoder_padding}")
+        encoder = encoder.with_padding(args.encoder_padding)
     data = Path(args.data[0] if args.data else info["data"])
     train_paths, held_out = held_out_split(data, info["held_out_nominal"])
     training = {**info["training"], "refinalized_from": str(folder)}
     return finalize_run(args.output_dir, pipe.unet, fill_preset(info["preset"]), data, held_out, training,
-                        encoder=pipe.feature_encoder, train_paths=train_paths, vae=pipe.vae)
+                        encoder=encoder, train_paths=train_paths, vae=pipe.vae)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> Path:
                    help="the category folder(s) (default: the ones the run trained on)")
     p.add_argument("--output-dir", default=None, help="where to write pipeline/ (default: --run-dir)")
     p.add_argument("--vae", default=None, help="with --run-dir: the run's autoencoder (default: the one it used)")
+    p.add_argument("--encoder-padding", default=None, choices=["same", "symmetric"],
+                   help="with --pipeline: pad the feature encoder's strided convolutions this way (default: keep it)")
     p.add_argument("--set", nargs="+", default=None, type=_setting, metavar="KEY=JSON",
                    help="with --run-dir: override preset entries, e.g. w=4 start_step=400 skip=40 d3ad=null to skip "
                         "the settings search and the D3AD fit (a cheaper finalisation)")

@@ -41,6 +41,10 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         backbone: one of ``ddad_hub.models.backbones.BACKBONES``.
         feature_strides: output strides of the returned feature maps; DDAD uses 8 and 16.
         image_mean / image_std: input normalisation; ``None`` takes the backbone's default.
+        padding: of EfficientNet-Lite's strided convolutions: ``"same"``, TensorFlow's, which the ImageNet weights
+            were trained with and which keeps the features where the maps put them (new encoders, through
+            :meth:`from_imagenet`), or ``"symmetric"``, PyTorch's, whose features look 7 to 14 pixels up and left
+            (encoders saved before the option, so they score as they did).
     """
 
     @register_to_config
@@ -50,9 +54,10 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         feature_strides: tuple[int, ...] = (8, 16),
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
+        padding: str = "symmetric",
     ):
         super().__init__()
-        self.cnn = build_backbone(backbone)
+        self.cnn = build_backbone(backbone, padding=padding)
         stride_to_stage = {s: k for k, s in self.cnn.stage_strides.items()}
         missing = [s for s in feature_strides if s not in stride_to_stage]
         if missing:
@@ -64,6 +69,14 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         std = image_std or (LITE_STD if lite else IMAGENET_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def with_padding(self, padding: str) -> FeatureEncoder:
+        """The same weights with another padding of the strided convolutions (no parameter changes shape)."""
+        # keys starting with "_" hold loading notes (e.g. which keys took defaults) that from_config would act on
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        encoder = type(self).from_config({**config, "padding": padding})
+        encoder.load_state_dict(self.state_dict(), strict=True)
+        return encoder.to(self.device).eval()
 
     @property
     def channels(self) -> list[int]:
@@ -88,6 +101,7 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         backbone: str = "efficientnet_lite0",
         feature_strides: tuple[int, ...] = (8, 16),
         weights: str | os.PathLike | None = None,
+        padding: str = "same",
         **kwargs,
     ) -> FeatureEncoder:
         """An encoder initialised with ImageNet weights.
@@ -98,12 +112,12 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         """
         path = Path(weights) if weights is not None else _default_weights_file(backbone)
         state = load_state_dict_file(path)
-        full = build_backbone(backbone)
+        full = build_backbone(backbone, padding=padding)
         try:
             full.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise ValueError(f"{path} does not hold {backbone} ImageNet weights: {err}") from err
-        encoder = cls(backbone=backbone, feature_strides=tuple(feature_strides), **kwargs)
+        encoder = cls(backbone=backbone, feature_strides=tuple(feature_strides), padding=padding, **kwargs)
         kept = encoder.cnn.state_dict().keys()
         encoder.cnn.load_state_dict({k: v for k, v in full.state_dict().items() if k in kept}, strict=True)
         return encoder.eval()

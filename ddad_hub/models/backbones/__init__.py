@@ -8,10 +8,14 @@ from .resnet import RESNET_SPECS, ResNet
 BACKBONES = sorted([*LITE_SPECS, *RESNET_SPECS])
 
 
-def build_backbone(name: str) -> nn.Module:
-    """An untrained backbone by name; ``stage_strides`` maps its stage indices to output strides."""
+def build_backbone(name: str, padding: str = "same") -> nn.Module:
+    """An untrained backbone by name; ``stage_strides`` maps its stage indices to output strides.
+
+    ``padding`` matters only for EfficientNet-Lite (see :class:`EfficientNetLite`); ResNets pad as PyTorch does, as
+    their ImageNet weights expect.
+    """
     if name in LITE_SPECS:
-        return EfficientNetLite(name)
+        return EfficientNetLite(name, padding=padding)
     if name in RESNET_SPECS:
         return ResNet(name)
     raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")

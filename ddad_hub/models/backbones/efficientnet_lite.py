@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Base stages: (repeats, kernel, stride, expand ratio, in channels, out channels)
@@ -29,6 +30,41 @@ LITE_SPECS: dict[str, tuple[float, float, int]] = {
     "efficientnet_lite2": (1.1, 1.2, 260),
 }
 _BN_EPS = 1e-3  # the TensorFlow original's
+PADDINGS = ("same", "symmetric")
+
+
+class StridedConv2d(nn.Conv2d):
+    """A strided convolution with TensorFlow's ``SAME`` padding, the one the ImageNet weights were trained with.
+
+    On an even input TensorFlow pads a stride-2 convolution one pixel less on the left and top than PyTorch's
+    ``kernel // 2`` does. It matters for where the features look: measured by the input gradient of one feature,
+    the weights with their own padding look 0.5 image pixels from where a bilinear upsampling (``align_corners=False``)
+    puts a stride-8 feature and 3 pixels at stride 16; with symmetric padding 7 and 14 pixels up and to the left,
+    and maps built on them are shifted by as much.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1):
+        super().__init__(in_ch, out_ch, kernel, stride, padding=0, groups=groups, bias=False)
+
+    @staticmethod
+    def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        top, bottom = self.same_padding(x.shape[-2], k, s)
+        left, right = self.same_padding(x.shape[-1], k, s)
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, padding: str, groups: int = 1) -> nn.Conv2d:
+    """Stride 1 pads ``kernel // 2`` on every side in either mode; only strided convolutions differ."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if stride > 1 and padding == "same":
+        return StridedConv2d(in_ch, out_ch, kernel, stride, groups=groups)
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False)
 
 
 def _round_channels(ch: int, width: float, divisor: int = 8) -> int:
@@ -42,13 +78,13 @@ def _round_channels(ch: int, width: float, divisor: int = 8) -> int:
 class MBConv(nn.Module):
     """Inverted residual: 1x1 expansion, depthwise convolution, 1x1 projection (no squeeze-excitation)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int, padding: str = "same"):
         super().__init__()
         mid = in_ch * expand
         if expand != 1:
             self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._depthwise_conv = _conv(mid, mid, kernel, stride, padding, groups=mid)
         self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS)
         self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_ch, eps=_BN_EPS)
@@ -65,14 +101,19 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """ImageNet EfficientNet-Lite; "stage" ``k`` ends at stride ``2**k`` (k = 1..5)."""
+    """ImageNet EfficientNet-Lite; "stage" ``k`` ends at stride ``2**k`` (k = 1..5).
 
-    def __init__(self, name: str, num_classes: int = 1000):
+    ``padding="same"`` is the weights' own (:class:`StridedConv2d`); ``"symmetric"`` is PyTorch's, which encoders
+    saved before the option used.
+    """
+
+    def __init__(self, name: str, num_classes: int = 1000, padding: str = "same"):
         super().__init__()
         if name not in LITE_SPECS:
             raise ValueError(f"unknown EfficientNet-Lite {name!r}; choose from {sorted(LITE_SPECS)}")
         width, depth, _ = LITE_SPECS[name]
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self.padding = padding
+        self._conv_stem = _conv(3, 32, 3, 2, padding)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
         blocks: list[nn.Module] = []
         # last block index of each stride (2, 4, 8, 16, 32)
@@ -88,7 +129,9 @@ class EfficientNetLite(nn.Module):
             if stride == 2:
                 stride_level += 1
             for j in range(repeats):
-                blocks.append(MBConv(in_ch if j == 0 else out_ch, out_ch, kernel, stride if j == 0 else 1, expand))
+                blocks.append(
+                    MBConv(in_ch if j == 0 else out_ch, out_ch, kernel, stride if j == 0 else 1, expand, padding)
+                )
             self.stage_ends[stride_level] = len(blocks) - 1
             self._stage_channels[stride_level] = out_ch
         self._blocks = nn.ModuleList(blocks)
