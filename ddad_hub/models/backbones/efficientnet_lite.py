@@ -112,7 +112,6 @@ class EfficientNetLite(nn.Module):
         if name not in LITE_SPECS:
             raise ValueError(f"unknown EfficientNet-Lite {name!r}; choose from {sorted(LITE_SPECS)}")
         width, depth, _ = LITE_SPECS[name]
-        self.padding = padding
         self._conv_stem = _conv(3, 32, 3, 2, padding)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
         blocks: list[nn.Module] = []
