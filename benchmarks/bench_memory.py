@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
              "pixel AUROC | AUPRO |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['category']} | {r.get('padding', 'symmetric')} | {r['pooling_pad']} | "
+        lines.append(f"| {r['category']} | {r['padding']} | {r['pooling_pad']} | "
                      f"{r['train_images']} | {r['bank']} | "
                      f"{r['fit_cpu_minutes']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
                      f"{r['aupro']:.3f} |")

@@ -112,7 +112,7 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         """
         path = Path(weights) if weights is not None else _default_weights_file(backbone)
         state = load_state_dict_file(path)
-        full = build_backbone(backbone, padding=padding)
+        full = build_backbone(backbone)  # padding changes no parameter, so either reads the weights
         try:
             full.load_state_dict(state, strict=True)
         except RuntimeError as err:
