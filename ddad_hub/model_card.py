@@ -185,6 +185,8 @@ def _fused_text(index: dict, info: dict) -> str:
     bank = f"; bank {memory['bank_size']} patches of {memory['images']} images" if memory.get("bank_size") else ""
     if bank and memory.get("bank_dtype", "float32") != "float32":
         bank += f", stored as {memory['bank_dtype']}"
+    if bank and memory.get("input_norm", "none") == "image":
+        bank += ", each image's brightness and contrast standardised before the encoder"
     base = {"diad": "DiAD"}.get(index["fused_base"], index["fused_base"].upper())
     return (f"{base} map and memory map, each normalised by nominal mean and std, "
             f"{rule}{bank}; threshold {index.get('fused_threshold')}")

@@ -172,6 +172,8 @@ def fit_memory(
     feature_strides: tuple[int, ...] = (),
     bank_dtype: str = "float32",
     max_total_patches: int | None = None,
+    input_norm: str | list[str] = "none",
+    seed: int = 0,
 ) -> dict:
     """Fit the pipeline's feature memory on every nominal image, the held-out ones included, and cross-fit its
     nominal map statistics.
@@ -180,35 +182,54 @@ def fit_memory(
     category, and ``group_names`` their names, which the bank keeps to recognise products (:meth:`FeatureMemory.fit`).
     ``feature_strides`` picks the encoder stages the bank holds (default: all the encoder gives); ``bank_dtype``
     how the bank is stored ("float16" halves it); ``max_total_patches`` caps a multi-class bank as a whole
-    (:func:`~ddad_hub.models.feature_memory.bank_shares`).
+    (:func:`~ddad_hub.models.feature_memory.bank_shares`). ``input_norm`` is the memory's input normalisation, or a
+    list of candidates: each is fitted and scored alone (mean of image and pixel AUROC) on the held-out images, left
+    out of its bank, and synthetic defects made from them; the best is kept, ties going to the earlier candidate.
 
     ``train`` and ``nominal`` are in [-1, 1], best at map size. The bank keeps every image (no image is held out of
     it, which matters for small training sets); the statistics come from maps of each image scored against the bank
     without its fold. Returns the fit's facts, with ``held_out_ids``: the held-out images' indices in the bank,
     for :meth:`FeatureMemory.leaving_out` while the recipe scores them.
     """
-    start = time.perf_counter()
     images = pipe.resize_to_map(torch.cat([train, nominal]))
-    memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio, image_size=pipe.map_hw[0],
-                               blur_sigma=pipe.config.blur_sigma, max_patches=max_patches,
-                               max_candidates=max_candidates, normalization=normalization,
-                               pooling_pad=pooling_pad, groups=groups, group_names=group_names,
-                               feature_strides=tuple(feature_strides), bank_dtype=bank_dtype,
-                               max_total_patches=max_total_patches)
-    fit_seconds = time.perf_counter() - start
-    memory.register_to_config(cross_fitted=True)
+    held_out_ids = list(range(train.shape[0], images.shape[0]))
+    candidates = [input_norm] if isinstance(input_norm, str) else list(input_norm)
+    if not candidates:
+        raise ValueError("input_norm needs at least one candidate")
+    fits = []  # (held-out objective row, memory, fit seconds) per candidate
+    for candidate in candidates:
+        start = time.perf_counter()
+        memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=coreset_ratio,
+                                   image_size=pipe.map_hw[0], blur_sigma=pipe.config.blur_sigma,
+                                   max_patches=max_patches, max_candidates=max_candidates,
+                                   normalization=normalization, pooling_pad=pooling_pad, groups=groups,
+                                   group_names=group_names, feature_strides=tuple(feature_strides),
+                                   bank_dtype=bank_dtype, max_total_patches=max_total_patches,
+                                   input_norm=candidate)
+        fit_seconds = time.perf_counter() - start
+        memory.register_to_config(cross_fitted=True)
+        pipe.register_modules(feature_memory=memory)
+        pipe.register_to_config(memory_at_map_size=True)
+        row = {"input_norm": candidate, "objective": 0.0}
+        if len(candidates) > 1:
+            with memory.leaving_out(held_out_ids):
+                row.update(memory_objective(pipe, nominal, seed), fit_seconds=round(fit_seconds, 1))
+        fits.append((row, memory, fit_seconds))
+    _, memory, fit_seconds = max(fits, key=lambda fit: fit[0]["objective"])  # max keeps the first of equals
+    selection = [row for row, _, _ in fits] if len(fits) > 1 else []
     pipe.register_modules(feature_memory=memory)
-    pipe.register_to_config(memory_at_map_size=True)
+    start = time.perf_counter()
     maps, _ = memory.out_of_fold_maps(pipe.feature_encoder, images, folds=folds, size=pipe.map_hw)
-    cross_fit_seconds = time.perf_counter() - start - fit_seconds
+    cross_fit_seconds = time.perf_counter() - start
     return {"bank_size": int(memory.bank.shape[0]), "images": int(images.shape[0]), "coreset_ratio": coreset_ratio,
             "max_patches": max_patches, "max_candidates": max_candidates, "folds": folds,
             "normalization": normalization, "pooling_pad": pooling_pad, "bank_dtype": bank_dtype,
-            "max_total_patches": max_total_patches,
+            "max_total_patches": max_total_patches, "input_norm": memory.config.input_norm,
+            **({"input_norm_selection": selection} if selection else {}),
             "feature_strides": list(feature_strides) or list(pipe.feature_encoder.config.feature_strides),
             "per_category_coreset": groups is not None and len(set(groups)) > 1, "stats": map_statistics(maps),
             "fit_seconds": round(fit_seconds, 1), "cross_fit_seconds": round(cross_fit_seconds, 1),
-            "held_out_ids": list(range(train.shape[0], images.shape[0])),
+            "held_out_ids": held_out_ids,
             "how": "bank on all nominal training images; map statistics cross-fitted (each fold left out in turn)"}
 
 
@@ -255,6 +276,19 @@ def _objective(scores: np.ndarray, maps: np.ndarray, labels: np.ndarray, masks: 
     return row
 
 
+def _memory_maps(pipe: DDADPipeline, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    return torch.cat([pipe.memory_maps(images[s : s + batch_size])[0] for s in range(0, images.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def memory_objective(pipe: DDADPipeline, nominal: torch.Tensor, seed: int = 0) -> dict:
+    """The feature memory's objective alone (mean of image and pixel AUROC) on ``nominal`` and synthetic defects
+    made from them; call it with those images left out of the bank."""
+    defective, all_masks, labels = _synthetic_set(pipe, nominal, seed)
+    maps = _memory_maps(pipe, torch.cat([nominal, defective]))
+    return _objective(image_scores(maps).numpy(), maps.numpy(), labels, all_masks)
+
+
 @torch.no_grad()
 def fit_fused(
     pipe: DDADPipeline,
@@ -274,7 +308,7 @@ def fit_fused(
     defective, all_masks, labels = _synthetic_set(pipe, nominal, seed)
     both = torch.cat([nominal, defective])
     n = nominal.shape[0]
-    memory_maps = torch.cat([pipe.memory_maps(both[s : s + 16])[0] for s in range(0, both.shape[0], 16)])
+    memory_maps = _memory_maps(pipe, both)
     alone = {"memory": _objective(image_scores(memory_maps).numpy(), memory_maps.numpy(), labels, all_masks)}
     stats, table = {"memory": list(memory_stats)}, []
     for base in pipe.reconstruction_modes():
@@ -412,7 +446,8 @@ def memory_options(preset: dict) -> dict | None:
             "max_patches": mem.get("max_patches", d3ad.get("max_patches")), "folds": mem.get("folds", 5),
             "max_candidates": mem.get("max_candidates"), "normalization": mem.get("normalization", "none"),
             "pooling_pad": mem.get("pooling_pad", "zeros"), "feature_strides": tuple(mem.get("feature_strides", ())),
-            "bank_dtype": mem.get("bank_dtype", "float32"), "max_total_patches": mem.get("max_total_patches")}
+            "bank_dtype": mem.get("bank_dtype", "float32"), "max_total_patches": mem.get("max_total_patches"),
+            "input_norm": mem.get("input_norm", "none")}
 
 
 @torch.no_grad()

@@ -309,3 +309,59 @@ def test_category_ids_follow_the_category_folders():
 
     paths = [Path(f"d/{c}/train/good/{i}.png") for c, i in [("a", 0), ("b", 0), ("a", 1), ("c", 0)]]
     assert category_ids(paths) == [0, 1, 0, 2]
+
+
+def test_an_image_standardised_memory_ignores_lighting_and_loads_as_saved(tmp_path):
+    torch.manual_seed(0)
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    train, test = _nominal(4, seed=10), _nominal(1, seed=11)
+    test[:, :, 20:30, 20:30] = 0.1
+    dim = 0.5 * test - 0.3  # the same part under weaker light: darker, less contrast, nothing clipped
+    memory = FeatureMemory.fit(encoder, train, coreset_ratio=0.5, image_size=64, input_norm="image")
+    plain = FeatureMemory.fit(encoder, train, coreset_ratio=0.5, image_size=64)
+    assert plain.config.input_norm == "none"
+    torch.testing.assert_close(memory.anomaly_maps(encoder, dim)[0], memory.anomaly_maps(encoder, test)[0],
+                               rtol=1e-3, atol=1e-3)
+    # without it the dimmed part moves away from the bank: its score rises by a third
+    assert float(plain.anomaly_maps(encoder, dim)[1]) > 1.3 * float(plain.anomaly_maps(encoder, test)[1])
+    memory.save_pretrained(tmp_path / "new")
+    again = FeatureMemory.from_pretrained(tmp_path / "new")
+    assert again.config.input_norm == "image"
+    torch.testing.assert_close(again.anomaly_maps(encoder, dim)[0], memory.anomaly_maps(encoder, dim)[0])
+    plain.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["input_norm"]  # as a memory saved before the option existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    old = FeatureMemory.from_pretrained(tmp_path / "old")
+    assert old.config.input_norm == "none"
+    torch.testing.assert_close(old.anomaly_maps(encoder, test)[0], plain.anomaly_maps(encoder, test)[0])
+    with pytest.raises(ValueError, match="input_norm"):
+        FeatureMemory.fit(encoder, train, input_norm="zscore")
+
+
+def test_the_recipe_keeps_the_input_norm_whose_held_out_objective_is_higher(monkeypatch):
+    from ddad_hub import recipe
+
+    pipe = make_tiny_pipeline(threshold=0.5)
+    train, held = _nominal(6, seed=12), _nominal(4, seed=13)
+    seen = []
+
+    def objective(pipe, nominal, seed=0):  # a stand-in that prefers "image", and checks the held-out images are out
+        memory = pipe.feature_memory
+        assert memory._active is not None and int((~memory._active).sum()) > 0
+        seen.append(memory.config.input_norm)
+        value = 0.9 if memory.config.input_norm == "image" else 0.8
+        return {"image_auroc": value, "pixel_auroc": value, "objective": value}
+
+    monkeypatch.setattr(recipe, "memory_objective", objective)
+    info = recipe.fit_memory(pipe, train, held, coreset_ratio=0.2, folds=3, input_norm=["none", "image"])
+    assert seen == ["none", "image"]
+    assert pipe.feature_memory.config.input_norm == "image" and info["input_norm"] == "image"
+    assert [row["input_norm"] for row in info["input_norm_selection"]] == ["none", "image"]
+    monkeypatch.setattr(recipe, "memory_objective", lambda *a, **k: {"objective": 0.8})  # a tie: the first stays
+    assert recipe.fit_memory(pipe, train, held, coreset_ratio=0.2, folds=3,
+                             input_norm=["none", "image"])["input_norm"] == "none"
+    single = recipe.fit_memory(pipe, train, held, coreset_ratio=0.2, folds=3, input_norm="image")
+    assert single["input_norm"] == "image" and "input_norm_selection" not in single

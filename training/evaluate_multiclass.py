@@ -28,7 +28,7 @@ from ddad_hub.data import find_categories, list_test_items, load_images, load_ma
 from ddad_hub.metrics import summarize
 from ddad_hub.model_card import write_diad_model_card, write_model_card
 from ddad_hub.models.feature_encoder import FeatureEncoder
-from ddad_hub.models.feature_memory import FeatureMemory
+from ddad_hub.models.feature_memory import INPUT_NORMS, FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.recipe import category_ids
 
@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="at most this many bank entries in all, shared in proportion to the categories' training "
                         "patches (as the recipe's memory.max_total_patches)")
     p.add_argument("--memory-size", type=int, default=256, help="image side for the memory's features")
+    p.add_argument("--memory-input-norm", default="none", choices=INPUT_NORMS,
+                   help="the one-bank memory's input normalisation (FeatureMemory's input_norm)")
     p.add_argument("--memory-every", type=int, default=1,
                    help="fit the memory on every n-th training image only (the coreset's cost grows with the pool)")
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share of train/good (as in training)")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         memory = FeatureMemory.fit(encoder, load_images(pool, args.memory_size), coreset_ratio=0.1,
                                    image_size=args.memory_size, max_patches=args.memory_patches,
                                    max_candidates=250_000, groups=category_ids(pool),
-                                   max_total_patches=args.memory_total_patches)
+                                   max_total_patches=args.memory_total_patches, input_norm=args.memory_input_norm)
         timing["memory_fit_seconds"] = time.perf_counter() - start
 
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
             "patches each" + (f", {args.memory_total_patches} in all, shared in proportion to the categories' patches"
                               if args.memory_total_patches else "")
             + ") of all categories' training split"
-            + (f", every {args.memory_every}th image" if args.memory_every > 1 else ""))
+            + (f", every {args.memory_every}th image" if args.memory_every > 1 else "")
+            + ("; each image standardised before the encoder" if args.memory_input_norm == "image" else ""))
     if args.max_test_images:
         results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
                                 "within each defect type)")

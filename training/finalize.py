@@ -50,6 +50,10 @@ def from_pipeline(args: argparse.Namespace) -> Path:
         raise SystemExit("--pipeline needs --output-dir (the saved pipeline is not overwritten)")
     folder = Path(args.pipeline)
     info = json.loads((folder / "training_info.json").read_text())
+    if len(info.get("categories", [])) > 1:
+        raise SystemExit(f"{folder} is a multi-class pipeline: its held-out images are named by file name only, "
+                         "which several categories share; re-finalise it from its run with --run-dir <run folder> "
+                         "(the split is drawn again from the run's seed)")
     pipe = DDADPipeline.from_pretrained(folder)
     encoder = pipe.feature_encoder
     if args.encoder_padding and args.encoder_padding != encoder.config.padding:
@@ -58,7 +62,8 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     data = Path(args.data[0] if args.data else info["data"])
     train_paths, held_out = held_out_split(data, info["held_out_nominal"])
     training = {**info["training"], "refinalized_from": str(folder)}
-    return finalize_run(args.output_dir, pipe.unet, fill_preset(info["preset"]), data, held_out, training,
+    preset = fill_preset({**info["preset"], **(args.set or {})})
+    return finalize_run(args.output_dir, pipe.unet, preset, data, held_out, training,
                         encoder=encoder, train_paths=train_paths, vae=pipe.vae)
 
 
@@ -75,8 +80,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--encoder-padding", default=None, choices=["same", "symmetric"],
                    help="with --pipeline: pad the feature encoder's strided convolutions this way (default: keep it)")
     p.add_argument("--set", nargs="+", default=None, type=_setting, metavar="KEY=JSON",
-                   help="with --run-dir: override preset entries, e.g. w=4 start_step=400 skip=40 d3ad=null to skip "
-                        "the settings search and the D3AD fit (a cheaper finalisation)")
+                   help="override preset entries, e.g. w=4 start_step=400 skip=40 d3ad=null to skip the settings "
+                        "search and the D3AD fit (a cheaper finalisation), or memory='{...}' to refit the memory "
+                        "another way")
     args = p.parse_args(argv)
     args.set = dict(item for pair in args.set for item in pair.items()) if args.set else None
     folder = from_pipeline(args) if args.pipeline else from_checkpoint(args)

@@ -23,8 +23,23 @@ from ..anomaly_map import gaussian_blur, image_scores
 from .feature_encoder import FeatureEncoder
 
 NORMALIZATIONS = ("none", "l2")
+INPUT_NORMS = ("none", "image")
 POOLING_PADS = ("zeros", "exclude")
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def standardize_images(images: torch.Tensor, spread: float = 0.5, eps: float = 1e-3) -> torch.Tensor:
+    """Each image in [-1, 1] shifted to mean 0 and scaled to standard deviation ``spread`` (over its channels and
+    pixels), then clipped to [-1, 1].
+
+    The encoder then sees every image with the same brightness and contrast, whatever the product's lighting: a
+    dark product (MVTec 3D-AD's tire averages 19/255) otherwise reaches the ImageNet network as a nearly flat input,
+    and lighting that drifts between the training and the test images reads as an anomaly everywhere.
+    """
+    flat = images.float().flatten(1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    std = flat.std(dim=1).clamp(min=eps).view(-1, 1, 1, 1)
+    return ((images.float() - mean) * (spread / std)).clamp(-1, 1).to(images.dtype)
 
 
 def patch_features(
@@ -33,6 +48,7 @@ def patch_features(
     normalization: str = "none",
     pooling_pad: str = "zeros",
     feature_strides: tuple[int, ...] = (),
+    input_norm: str = "none",
 ) -> torch.Tensor:
     """Locally averaged multi-scale features, (B, C, h, w) at the finest stride read.
 
@@ -45,12 +61,16 @@ def patch_features(
     new fits) shrinks border features toward zero in train and test alike, ``"exclude"`` averages only the pixels
     inside (memories fitted before the option existed). On transistor, zeros lifted image AUROC from 0.986 to 1.000
     (the README's memory table): the image maximum was no longer taken by border patches of nominal images.
+    ``input_norm="image"`` standardises each image before the encoder (:func:`standardize_images`); ``"none"``
+    passes it as it is.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if pooling_pad not in POOLING_PADS:
         raise ValueError(f"pooling_pad must be one of {POOLING_PADS}, got {pooling_pad!r}")
-    feats = encoder(images)
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+    feats = encoder(standardize_images(images) if input_norm == "image" else images)
     if feature_strides:
         available = list(encoder.config.feature_strides)
         missing = [s for s in feature_strides if s not in available]
@@ -123,6 +143,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             (memories saved before the option existed).
         bank_dtype: how the bank is stored: "float32", or "float16" to halve its bytes (a model that must stay
             small keeps twice the patches); distances are always computed in float32.
+        input_norm: "image" standardises each image's brightness and contrast before the encoder
+            (:func:`standardize_images`); "none" (memories saved before the option existed) does not.
 
     After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
     saved: only the recipe that fitted the memory needs it, for cross-fitting).
@@ -142,8 +164,11 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         group_names: tuple[str, ...] = (),
         feature_strides: tuple[int, ...] = (),
         bank_dtype: str = "float32",
+        input_norm: str = "none",
     ):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         if bank_dtype not in BANK_DTYPES:
             raise ValueError(f"bank_dtype must be one of {tuple(BANK_DTYPES)}, got {bank_dtype!r}")
         self.register_buffer("bank", torch.zeros(num_patches, feature_dim, dtype=BANK_DTYPES[bank_dtype]))
@@ -188,6 +213,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         feature_strides: tuple[int, ...] = (),
         bank_dtype: str = "float32",
         max_total_patches: int | None = None,
+        input_norm: str = "none",
     ) -> FeatureMemory:
         """Build the bank from nominal ``images`` in [-1, 1], keeping a greedy coreset of ``coreset_ratio``.
 
@@ -203,12 +229,13 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         :meth:`infer_groups` can tell which product a test image shows. ``feature_strides`` picks the encoder
         stages the bank holds (default: all); ``bank_dtype`` how the bank is stored (the coreset is picked in
         float32 either way). ``max_total_patches`` caps the whole bank, shared among the groups by
-        :func:`bank_shares` (in proportion to their patches, none beyond its own ratio and cap).
+        :func:`bank_shares` (in proportion to their patches, none beyond its own ratio and cap). ``input_norm``:
+        see the class.
         """
         chunks = []
         for start in tqdm(range(0, images.shape[0], batch_size), desc="memory features", leave=False):
             x = _resize(images[start : start + batch_size], image_size)
-            f = patch_features(encoder, x, normalization, pooling_pad, tuple(feature_strides))
+            f = patch_features(encoder, x, normalization, pooling_pad, tuple(feature_strides), input_norm)
             chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         features = torch.cat(chunks)
         patches_per_image = features.shape[0] // images.shape[0]
@@ -227,7 +254,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         keep = torch.cat([_coreset_of(features, r, n, max_candidates, seed) for r, n in zip(rows, sizes)])
         memory = cls(num_patches=len(keep), feature_dim=features.shape[1], image_size=image_size,
                      blur_sigma=blur_sigma, normalization=normalization, pooling_pad=pooling_pad, group_names=names,
-                     feature_strides=tuple(feature_strides), bank_dtype=bank_dtype)
+                     feature_strides=tuple(feature_strides), bank_dtype=bank_dtype, input_norm=input_norm)
         memory.bank.copy_(features[keep])
         memory.bank_sources = keep // patches_per_image
         if names:
@@ -273,7 +300,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h, w) distance of every patch to its nearest bank entry, and that entry's index in the whole bank."""
         f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization,
-                           self.config.pooling_pad, tuple(self.config.feature_strides))
+                           self.config.pooling_pad, tuple(self.config.feature_strides), self.config.input_norm)
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
         bank = (self.bank if self._active is None else self.bank[self._active]).float()
