@@ -1,13 +1,14 @@
-"""How far fused mode's image AUROC can move on one product: every memory weight and image-score rule, on test labels.
+"""How far fused mode's image and pixel AUROC can move on one product: every memory weight, on test labels.
 
     python benchmarks/fused_weight_sweep.py --pipeline models/ddad-multiclass-cpu-latent \
         --data ../shared/data/mvtec3d_256/tire --threads 2
 
 A feasibility check, not a setting: it reads the test labels to show the range of image AUROC the pipeline's two
-maps allow (reconstruction map of ``fused_base``, memory map; normalised with the pipeline's own statistics), for
-the memory weights 0..1 of the weighted sum and for the maximum, a high quantile or the mean of the map as image
-score. Per-product normalisation statistics would only move the weight within a product, so they are covered too.
-Prints a table and writes it to ``benchmarks/results/fused_weight_sweep_<category>.md``.
+maps allow (reconstruction map of ``fused_base``, or of ``--base``, and memory map; normalised with the pipeline's
+own statistics), for the memory weights 0..1 of the weighted sum and for the maximum, a high quantile or the mean
+of the map as image score, with the pixel AUROC of each weight's map. Per-product normalisation statistics would
+only move the weight within a product, so they are covered too. Prints a table and writes it to
+``benchmarks/results/fused_weight_sweep_<category>[_<base>].md``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ddad_hub.anomaly_map import normalize_map  # noqa: E402
-from ddad_hub.data import list_test_items, load_images, to_unit_range  # noqa: E402
+from ddad_hub.data import list_test_items, load_images, load_mask, to_unit_range  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
-from ddad_hub.metrics import image_auroc  # noqa: E402
+from ddad_hub.metrics import image_auroc, pixel_auroc  # noqa: E402
 from ddad_hub.pipelines.loading import load_pipeline  # noqa: E402
 
 WEIGHTS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--data", required=True, help="one category folder")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--base", default=None, help="the reconstruction mode to fuse (default: the pipeline's fused_base)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(f"{args.pipeline} has no fused mode to sweep")
     items = list_test_items(args.data)
     labels = np.array([it.defect_type != "good" for it in items])
+    masks = np.stack([load_mask(it.mask, pipe.map_hw) for it in items])
     images = to_unit_range(load_images([it.image for it in items], max(pipe.sample_size[0], pipe.map_hw[0])))
-    base = pipe.config.fused_base
+    base = args.base or pipe.config.fused_base
     recon, memory = [], []
     for s in range(0, len(items), args.batch_size):
         chunk = images[s : s + args.batch_size]
@@ -57,16 +60,19 @@ def main(argv: list[str] | None = None) -> str:
     stats = pipe.config.fused_stats
     z_r = normalize_map(torch.cat(recon), stats[base]).flatten(1)
     z_m = normalize_map(torch.cat(memory), stats["memory"]).flatten(1)
-    rows = [f"{Path(args.data).name}, {len(items)} test images, {args.pipeline} (fused base {base}, chosen memory "
-            f"weight {pipe.config.fused_weight}); {machine_summary()}", "",
-            "| memory weight | " + " | ".join(SCORES) + " |", "|---" * (len(SCORES) + 1) + "|"]
+    rows = [f"{Path(args.data).name}, {len(items)} test images, {args.pipeline} (fused base {base}; the pipeline "
+            f"fuses {pipe.config.fused_base} with memory weight {pipe.config.fused_weight}); {machine_summary()}", "",
+            "| memory weight | " + " | ".join(SCORES) + " | pixel AUROC |", "|---" * (len(SCORES) + 2) + "|"]
     for w in WEIGHTS:
         fused = (1 - w) * z_r + w * z_m
-        rows.append(f"| {w:.1f} | " + " | ".join(f"{image_auroc(f(fused).numpy(), labels):.3f}"
-                                                 for f in SCORES.values()) + " |")
+        rows.append(f"| {w:.1f} | " + " | ".join(f"{image_auroc(f(fused).numpy(), labels):.4f}"
+                                                 for f in SCORES.values())
+                    + f" | {pixel_auroc(fused.view(len(items), *pipe.map_hw).numpy(), masks):.4f} |")
     table = "\n".join(rows)
-    out = REPO / "benchmarks" / "results" / f"fused_weight_sweep_{Path(args.data).name}.md"
-    out.write_text("Image AUROC of the fused map per memory weight (rows) and image score (columns)\n\n" + table + "\n")
+    suffix = f"_{args.base}" if args.base else ""
+    out = REPO / "benchmarks" / "results" / f"fused_weight_sweep_{Path(args.data).name}{suffix}.md"
+    out.write_text("Image AUROC of the fused map per memory weight (rows) and image score (columns), and its pixel "
+                   "AUROC\n\n" + table + "\n")
     print(table)
     return table
 

@@ -188,8 +188,11 @@ def _fused_text(index: dict, info: dict) -> str:
     if bank and memory.get("input_norm", "none") == "image":
         bank += ", each image's brightness and contrast standardised before the encoder"
     base = {"diad": "DiAD"}.get(index["fused_base"], index["fused_base"].upper())
+    se = info.get("fused", {}).get("bootstrap_se")
+    chosen = (f" (of the settings within one bootstrap standard error, {se:.4f}, of the best held-out objective, "
+              "the one nearest the part stronger alone)" if se is not None else "")
     return (f"{base} map and memory map, each normalised by nominal mean and std, "
-            f"{rule}{bank}; threshold {index.get('fused_threshold')}")
+            f"{rule}{chosen}{bank}; threshold {index.get('fused_threshold')}")
 
 
 def write_diad_model_card(folder: str | Path, repo_id: str | None = None, template: Path = DIAD_TEMPLATE) -> Path:

@@ -14,7 +14,7 @@ from conftest import make_tiny_pipeline
 from ddad_hub import DDADPipeline
 from ddad_hub.anomaly_map import fuse_maps, map_statistics, normalize_map
 from ddad_hub.models.feature_memory import FeatureMemory, greedy_coreset
-from ddad_hub.recipe import fit_d3ad, fit_fused
+from ddad_hub.recipe import bootstrap_se, choose_within_noise, fit_d3ad, fit_fused
 
 EMBEDDED_PIXEL = Path(__file__).resolve().parents[1] / "models" / "ddad-transistor-cpu"
 
@@ -71,6 +71,43 @@ def test_fuse_maps_rules():
     assert torch.equal(fuse_maps(r, m, [0.0, 1.0], [0.0, 2.0], "max"), torch.tensor([[[2.0, 2.0]]]))
     with pytest.raises(ValueError, match="rule"):
         fuse_maps(r, m, [0.0, 1.0], [0.0, 1.0], "product")
+
+
+def _row(base: str, weight: float, objective: float, rule: str = "sum") -> dict:
+    return {"base": base, "rule": rule, "memory_weight": weight, "objective": objective}
+
+
+def test_fused_setting_moves_from_the_stronger_part_only_as_far_as_the_held_out_noise_allows():
+    table = [_row("ddad", 0.5, 0.990), _row("ddad", 0.7, 0.994), _row("d3ad", 0.8, 0.993), _row("ddad", 0.9, 0.985),
+             _row("ddad", 0.5, 0.9945, rule="max")]
+    memory_strong = {"memory": {"objective": 0.992}, "ddad": {"objective": 0.95}, "d3ad": {"objective": 0.96}}
+    recon_strong = {"memory": {"objective": 0.95}, "ddad": {"objective": 0.992}, "d3ad": {"objective": 0.96}}
+    # no noise: the best row, whatever its rule
+    assert choose_within_noise(table, memory_strong, 0.0)["rule"] == "max"
+    # within 0.002 of the best: 0.7 and 0.8 (and max); the memory is stronger alone, so the higher weight
+    assert choose_within_noise(table, memory_strong, 0.002) == table[2]
+    # the reconstruction is stronger alone: the lowest memory weight within the noise
+    assert choose_within_noise(table, recon_strong, 0.002) == table[1]
+    assert choose_within_noise(table, recon_strong, 0.01) == table[0]
+    # equal weights: the higher objective
+    tied = [_row("ddad", 0.8, 0.991), _row("d3ad", 0.8, 0.992)]
+    assert choose_within_noise(tied, memory_strong, 0.01) == tied[1]
+
+
+def test_bootstrap_error_is_zero_for_a_perfect_map_and_shrinks_with_more_images():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(20), np.ones(20)]
+    masks = np.zeros((40, 16, 16), dtype=bool)
+    masks[20:, 4:8, 4:8] = True
+    perfect = masks.astype(np.float32)
+    assert bootstrap_se(perfect.reshape(40, -1).max(1), perfect, labels, masks, pixel_stride=1) == 0.0
+    noisy = perfect + rng.normal(0, 0.7, perfect.shape).astype(np.float32)
+    scores = noisy.reshape(40, -1).max(1)
+    few = bootstrap_se(scores, noisy, labels, masks, rounds=200, pixel_stride=1)
+    # the same images four times over: the same objective, measured on four times as many images
+    many = bootstrap_se(np.tile(scores, 4), np.tile(noisy, (4, 1, 1)), np.tile(labels, 4), np.tile(masks, (4, 1, 1)),
+                        rounds=200, pixel_stride=1)
+    assert 0.0 < many < 0.7 * few
 
 
 def test_recipe_fits_fused_and_the_statistics_round_trip(fused_pipe, tmp_path):
