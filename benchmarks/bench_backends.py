@@ -154,7 +154,8 @@ def auroc_worker(config: str, args) -> dict:
     if args.auroc_limit:
         step = max(1, len(items) // args.auroc_limit)  # spread over the defect types, not the first folder only
         items = items[::step][: args.auroc_limit]
-    images = load_images([it.image for it in items], pipe.sample_size[0])
+    # read at map size when it is larger, as training/evaluate.py does: the memory reads images at map size
+    images = load_images([it.image for it in items], max(pipe.sample_size[0], pipe.map_hw[0]))
     masks = np.stack([load_mask(it.mask, pipe.map_hw) for it in items])
     maps, scores = [], []
     start = time.perf_counter()
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=str(REPO / "models" / "ddad-transistor-cpu-latent"))
     p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
                    help="default: all, the bf16 ones only where bf16 is native")
-    p.add_argument("--modes", nargs="+", default=["d3ad", "ddad"], choices=["ddad", "d3ad"])
+    p.add_argument("--modes", nargs="+", default=["fused", "d3ad", "ddad"], choices=["ddad", "d3ad", "fused"])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2)

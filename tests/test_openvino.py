@@ -4,6 +4,7 @@ use, stale IR refused. Skipped where openvino is not installed (it is the option
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 
@@ -34,6 +35,9 @@ def _with_memory(pipe):
                                image_size=64, max_patches=500)
     pipe.register_modules(feature_memory=memory)
     memory.register_to_config(score_bins=score_bin_edges(pipe.first_estimate(_images(4, 2) * 2 - 1)))
+    # fused mode as the recipe configures it (statistics set by hand: only the backends' agreement is tested here)
+    pipe.register_to_config(fused_base="d3ad", fused_rule="sum", fused_weight=0.7,
+                            fused_stats={"ddad": [0.1, 0.05], "d3ad": [0.1, 0.05], "memory": [0.5, 0.2]})
     return pipe
 
 
@@ -67,7 +71,7 @@ def test_export_writes_ir_beside_a_complete_pipeline(exported):
 
 
 @needs_openvino
-@pytest.mark.parametrize("mode", ["ddad", "d3ad"])
+@pytest.mark.parametrize("mode", ["ddad", "d3ad", "fused"])
 def test_openvino_maps_match_pytorch_fp32(exported, mode):
     pipe, folder = exported
     images = _images(3, 0)
@@ -82,6 +86,33 @@ def test_openvino_maps_match_pytorch_fp32(exported, mode):
     _close(out, reference)
     np.testing.assert_array_equal(out.start_steps, reference.start_steps)  # D3AD: the same first estimate's choice
     assert out.threshold == reference.threshold
+
+
+@needs_openvino
+@pytest.mark.parametrize("size", [64, 96, 75, 128])
+def test_exported_feature_encoder_pads_every_input_size_as_pytorch_does(exported, size):
+    """The IR is traced on 64 px; real pipelines feed it 256 px maps and their memory's own size. Its SAME padding
+    must follow the input (it once froze the example's, and 256 px features came out at the wrong size)."""
+    pipe, folder = exported
+    assert pipe.feature_encoder.config.padding == "same"
+    ov_pipe = load_pipeline(folder, backend="openvino", **FP32)
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size)) * 2 - 1
+    with torch.no_grad():
+        reference = pipe.feature_encoder(images)
+    for ours, ref in zip(ov_pipe.feature_encoder(images), reference):
+        assert ours.shape == ref.shape
+        assert (ours - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+@needs_openvino
+def test_ir_of_an_earlier_export_format_is_not_used(exported, tmp_path):
+    _, folder = exported
+    shutil.copytree(folder, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / ov_backend.MANIFEST).read_text())
+    del manifest["export_format"]  # as written before the format was recorded
+    (tmp_path / "old" / ov_backend.MANIFEST).write_text(json.dumps(manifest))
+    ov_pipe = load_pipeline(tmp_path / "old", backend="openvino", openvino_cache_dir=tmp_path / "cache", **FP32)
+    assert ov_pipe.openvino_folder.startswith(str(tmp_path / "cache"))  # exported afresh, the old IR left alone
 
 
 @needs_openvino

@@ -34,6 +34,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 MANIFEST = "openvino_export.json"
+# Raised when an export's graphs change for the same weights. 2: the feature encoder's SAME padding follows the input
+# size (format 1 froze the export example's, which broke the maps of every other size).
+EXPORT_FORMAT = 2
 INSTALL_HINT = "pip install 'ddad-hub[openvino]'"
 
 
@@ -151,7 +154,7 @@ def export_components(
     unknown = set(int8_weights) - set(modules)
     if unknown:
         raise ValueError(f"int8_weights names {sorted(unknown)}, which are not exported (exported: {sorted(modules)})")
-    manifest = {"openvino_version": ov.__version__, "components": {}}
+    manifest = {"openvino_version": ov.__version__, "export_format": EXPORT_FORMAT, "components": {}}
     for name, module in modules.items():
         files = []
         for part in ir_parts(module):
@@ -193,7 +196,12 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
     manifest_file = folder / MANIFEST
     if not manifest_file.is_file():
         return False
-    manifest = json.loads(manifest_file.read_text())["components"]
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("export_format", 1) != EXPORT_FORMAT:
+        logger.warning("%s holds OpenVINO IR of an earlier export format (%s, now %s); not using it", folder,
+                       manifest.get("export_format", 1), EXPORT_FORMAT)
+        return False
+    manifest = manifest["components"]
     for name, digest in digests.items():
         entry = manifest.get(name)
         if entry is None or entry["weights_sha256"] != digest:
@@ -221,7 +229,8 @@ def find_or_export(
     if folder is not None and _matches(Path(folder), digests, tuple(int8_weights)):
         return Path(folder)
     ov = require_openvino()
-    key = hashlib.sha256(json.dumps([ov.__version__, sorted(digests.items()), sorted(int8_weights)]).encode())
+    key = hashlib.sha256(json.dumps([ov.__version__, EXPORT_FORMAT, sorted(digests.items()),
+                                     sorted(int8_weights)]).encode())
     target = cache_root(cache_dir) / key.hexdigest()[:24]
     if target.is_dir() and _matches(target, digests, tuple(int8_weights)):
         return target

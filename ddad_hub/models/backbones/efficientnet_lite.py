@@ -44,11 +44,19 @@ class StridedConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1):
+        if kernel < stride:
+            raise ValueError(f"SAME padding here needs kernel >= stride, got kernel {kernel}, stride {stride}")
         super().__init__(in_ch, out_ch, kernel, stride, padding=0, groups=groups, bias=False)
 
     @staticmethod
     def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        """TensorFlow's ``max((ceil(size / stride) - 1) * stride + kernel - size, 0)``, split low side first.
+
+        Written as ``kernel - 1 - (size - 1) mod stride`` (equal when ``kernel >= stride``) with ``//`` only: a
+        traced export (OpenVINO) then records the arithmetic on the input's size instead of freezing the padding of
+        the example input, so the exported encoder pads every input size as PyTorch does.
+        """
+        total = kernel - 1 - ((size - 1) - ((size - 1) // stride) * stride)
         return total // 2, total - total // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
