@@ -105,6 +105,16 @@ def test_exported_feature_encoder_pads_every_input_size_as_pytorch_does(exported
 
 
 @needs_openvino
+def test_a_feature_encoder_ir_answering_at_the_wrong_size_is_refused(exported):
+    _, folder = exported
+    encoder = load_pipeline(folder, backend="openvino", **FP32).feature_encoder
+    network = encoder.network
+    encoder.network = lambda x: network(x[..., ::2, ::2])  # what an IR frozen at another input size answers
+    with pytest.raises(RuntimeError, match="export it again"):
+        encoder(torch.rand(1, 3, 64, 64) * 2 - 1)
+
+
+@needs_openvino
 def test_ir_of_an_earlier_export_format_is_not_used(exported, tmp_path):
     _, folder = exported
     shutil.copytree(folder, tmp_path / "old")

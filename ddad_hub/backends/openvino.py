@@ -345,7 +345,15 @@ class OVFeatureEncoder(OVModel):
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        return self.network(images)
+        feats = self.network(images)
+        # every stage of the PyTorch encoder gives ceil(size / stride); an IR that does not was exported wrongly
+        h, w = images.shape[-2:]
+        for feat, stride in zip(feats, self.config.feature_strides):
+            if tuple(feat.shape[-2:]) != (-(-h // stride), -(-w // stride)):
+                raise RuntimeError(f"the OpenVINO feature encoder gave {tuple(feat.shape[-2:])} features at stride "
+                                   f"{stride} for a {h}x{w} input; its IR does not match the PyTorch encoder: "
+                                   "delete it (or the ddad_hub cache) to export it again")
+        return feats
 
 
 def load_stand_ins(
