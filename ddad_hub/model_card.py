@@ -190,7 +190,8 @@ def _fused_text(index: dict, info: dict) -> str:
     base = {"diad": "DiAD"}.get(index["fused_base"], index["fused_base"].upper())
     se = info.get("fused", {}).get("bootstrap_se")
     chosen = (f" (of the settings within one bootstrap standard error, {se:.4f}, of the best held-out objective, "
-              "the one nearest the part stronger alone)" if se is not None else "")
+              "the one nearest the part stronger alone; equal weights go to the reconstruction mode stronger alone)"
+              if se is not None else "")
     return (f"{base} map and memory map, each normalised by nominal mean and std, "
             f"{rule}{chosen}{bank}; threshold {index.get('fused_threshold')}")
 

@@ -364,17 +364,20 @@ def bootstrap_se(scores: np.ndarray, maps: np.ndarray, labels: np.ndarray, masks
 def choose_within_noise(table: list[dict], alone: dict[str, dict], se: float) -> dict:
     """Fused mode's setting: among the rows of ``table`` whose objective is within ``se`` of the best, the one
     nearest the part that is stronger alone (the highest memory weight if the memory's objective alone beats every
-    reconstruction mode's, else the lowest); equal weights go to the higher objective. The maximum rule, which has
-    no weight, is taken only if no weighted sum comes that close.
+    reconstruction mode's, else the lowest). Equal weights go to the reconstruction mode that is stronger alone,
+    then to the higher objective. The maximum rule, which has no weight, is taken only if no weighted sum comes
+    that close.
 
     Closer settings are indistinguishable on the held-out images, and synthetic defects are not real ones: a
-    setting is moved away from the stronger part only as far as the held-out evidence carries it.
+    setting is moved away from the stronger part only as far as the held-out evidence carries it, and between rows
+    the noise cannot order, the parts' own objectives (each measured on every held-out image) decide.
     """
     floor = max(r["objective"] for r in table) - se
     near = [r for r in table if r["objective"] >= floor]
     memory_stronger = all(alone["memory"]["objective"] >= v["objective"] for k, v in alone.items() if k != "memory")
     sign = 1.0 if memory_stronger else -1.0
-    return max(near, key=lambda r: (sign * r["memory_weight"] if r["rule"] == "sum" else -np.inf, r["objective"]))
+    return max(near, key=lambda r: (sign * r["memory_weight"] if r["rule"] == "sum" else -np.inf,
+                                    alone.get(r["base"], {}).get("objective", -np.inf), r["objective"]))
 
 
 def choose_mode(pipe: DDADPipeline, objectives: dict[str, float]) -> dict:
