@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ddad_hub.anomaly_map import normalize_map  # noqa: E402
+from ddad_hub.anomaly_map import fuse_maps  # noqa: E402
 from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
 from ddad_hub.metrics import image_auroc, pixel_auroc  # noqa: E402
@@ -94,13 +94,12 @@ def main(argv: list[str] | None = None) -> str:
             recon.append(pipe(chunk, mode=base, output_type="pt", per_category_thresholds=False).anomaly_maps)
             memory.append(pipe.memory_maps(pipe.preprocess(chunk, size=pipe.map_hw)[0])[0])
     stats = pipe.config.fused_stats
-    z_r = normalize_map(torch.cat(recon), stats[base]).flatten(1)
-    z_m = normalize_map(torch.cat(memory), stats["memory"]).flatten(1)
+    recon, memory = torch.cat(recon), torch.cat(memory)
     rows = [f"{Path(args.data).name}, {len(images)} {what}, {args.pipeline} (fused base {base}; the pipeline "
             f"fuses {pipe.config.fused_base} with memory weight {pipe.config.fused_weight}); {machine_summary()}", "",
             "| memory weight | " + " | ".join(SCORES) + " | pixel AUROC |", "|---" * (len(SCORES) + 2) + "|"]
     for w in WEIGHTS:
-        fused = (1 - w) * z_r + w * z_m
+        fused = fuse_maps(recon, memory, stats[base], stats["memory"], "sum", w).flatten(1)
         rows.append(f"| {w:.1f} | " + " | ".join(f"{image_auroc(f(fused).numpy(), labels):.4f}"
                                                  for f in SCORES.values())
                     + f" | {pixel_auroc(fused.view(len(images), *pipe.map_hw).numpy(), masks):.4f} |")

@@ -318,7 +318,7 @@ def fit_fused(
     for base in pipe.reconstruction_modes():
         recon = pipe(to_unit_range(both), output_type="pt", batch_size=16, mode=base,
                      per_category_thresholds=False).anomaly_maps
-        alone[base] = _objective(recon.flatten(1).amax(1).numpy(), recon.numpy(), labels, all_masks)
+        alone[base] = _objective(image_scores(recon).numpy(), recon.numpy(), labels, all_masks)
         stats[base] = map_statistics(recon[:n])
         recon_by_base[base] = recon
         for rule in FUSION_RULES:
