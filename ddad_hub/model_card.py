@@ -128,6 +128,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                          for k in ("image_auroc", "pixel_auroc", "aupro")]
                 rows.append(f"| {label} | {subset} | {' | '.join(shown)} |")
         results_text = (f"On the {ds_name} test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows))
+        results_text += _fused_vs_parts_text(results.get("fused_vs_parts"))
     else:
         results_text = "Not evaluated yet: run `training/evaluate.py` on this folder."
     if names:
@@ -173,6 +174,17 @@ def _products_text(index: dict, info: dict) -> str:
     recognised = f" ({accuracy:.1%} of held-out nominal images recognised correctly)" if accuracy is not None else ""
     return ("each image is judged by the threshold of the product its feature memory recognises (nearest "
             f"neighbours, no label){recognised}: " + ", ".join(f"{k} {v:.4f}" for k, v in own.items()))
+
+
+def _fused_vs_parts_text(comparison: dict | None) -> str:
+    """Fused mode's image AUROC against each part's, with the paired bootstrap interval ``evaluate.py`` measured."""
+    if not comparison:
+        return ""
+    names = {"feature_memory": "the feature memory", "ddad": "DDAD mode", "d3ad": "D3AD mode"}
+    parts = "; ".join(f"{names.get(k, k)} {d['difference']:+.4f} (95% interval {d['ci95'][0]:+.4f} to "
+                      f"{d['ci95'][1]:+.4f})" for k, d in comparison.items())
+    return ("\n\nFused mode's image AUROC minus each part's, on all test images, with a paired bootstrap over the "
+            f"images: {parts}. An interval that spans 0 means the test set cannot order the two.")
 
 
 def _fused_text(index: dict, info: dict) -> str:

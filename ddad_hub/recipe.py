@@ -48,8 +48,9 @@ def synthetic_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor
     """Paste defect-like changes into nominal images in [-1, 1]; returns (images, boolean masks (B, H, W)).
 
     Three kinds, in turn: a rectangle cut from another place of another image with jittered brightness (CutPaste),
-    a thin bar of random colour (a scratch), and a large rectangle erased to the image's background colour, the
-    median of its border, with a little noise (a missing part, the defect a fixed small noise level cannot repaint).
+    a thin bar of random colour (a scratch; of random grey on a grey image, where a coloured bar could not occur and
+    would be trivially found), and a large rectangle erased to the image's background colour, the median of its
+    border, with a little noise (a missing part, the defect a fixed small noise level cannot repaint).
     They stand in for real defects only to rank settings; no test image is involved.
     """
     g = torch.Generator().manual_seed(seed)
@@ -74,6 +75,8 @@ def synthetic_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor
             long, thin = max(3, int(rand(0.15, 0.4) * h)), max(1, int(rand(0.02, 0.05) * h))
             ph, pw = (thin, long) if horizontal else (long, thin)
             colour = torch.rand(3, 1, 1, generator=g) * 2 - 1
+            if bool((images[i] - images[i, :1]).abs().max() < 1e-6):  # a grey image gets a grey scratch
+                colour = colour[:1].expand(3, 1, 1)
             patch = colour.expand(3, ph, pw)
         else:
             ph, pw = max(2, int(rand(0.2, 0.4) * h)), max(2, int(rand(0.2, 0.4) * w))

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ddad_hub.dynamic_noise import dynamic_start_steps, score_bin_edges
-from ddad_hub.metrics import aupro, image_auroc, pixel_auroc, summarize
+from ddad_hub.metrics import aupro, image_auroc, paired_auroc_difference, pixel_auroc, summarize
 from ddad_hub.models import FeatureEncoder
 from ddad_hub.models.feature_memory import FeatureMemory, greedy_coreset
 
@@ -28,6 +28,21 @@ def test_auroc_matches_sklearn():
     masks = _masks()
     maps = rng.random(masks.shape) + masks * 0.3
     assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+
+
+def test_paired_auroc_difference_sign_spread_and_identity():
+    rng = np.random.default_rng(2)
+    labels = np.arange(200) >= 100
+    signal = labels + rng.normal(0, 1.0, 200)
+    strong, weak = signal + rng.normal(0, 0.1, 200), signal + rng.normal(0, 2.0, 200)
+    out = paired_auroc_difference(strong, weak, labels, rounds=300)
+    assert out["difference"] == pytest.approx(image_auroc(strong, labels) - image_auroc(weak, labels))
+    assert out["difference"] > 0 and out["ci95"][0] > 0 and out["share_ahead"] > 0.97
+    # the same scores twice: no difference in any round, so no spread
+    same = paired_auroc_difference(strong, strong, labels, rounds=50)
+    assert same["difference"] == 0 and same["se"] == 0 and same["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="nominal and defective"):
+        paired_auroc_difference(strong, weak, np.ones(200, dtype=bool))
 
 
 def test_aupro_perfect_random_and_region_weighting():

@@ -31,3 +31,16 @@ def test_masks_cover_exactly_what_changed_and_all_three_kinds_appear():
     again, _ = synthetic_defects(nominal, seed=3)
     other, _ = synthetic_defects(nominal, seed=4)
     assert torch.equal(again, defective) and not torch.equal(other, defective)
+
+
+def test_a_grey_image_gets_a_grey_scratch_and_a_colour_image_a_coloured_one():
+    grey = _nominal(3)[:, :1].expand(-1, 3, -1, -1).contiguous()  # all channels equal
+    colour = grey.clone()
+    colour[:, 0] += 0.05  # the same part, tinted
+    for images, is_grey in ((grey, True), (colour, False)):
+        defective, masks = synthetic_defects(images, seed=5)
+        scratch = defective[1][:, masks[1]]  # the second kind, a bar of one colour
+        spread = (scratch.amax(dim=0) - scratch.amin(dim=0)).max()
+        assert (spread < 1e-6) if is_grey else (spread > 1e-3)
+    # the grey rule draws the same random numbers: the defects' places and sizes do not move
+    assert torch.equal(synthetic_defects(grey, seed=5)[1], synthetic_defects(colour, seed=5)[1])

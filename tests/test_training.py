@@ -191,10 +191,18 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
                 assert 0.0 <= results[detector][subset][metric] <= 1.0
     # The white bar is obvious to ImageNet features: the memory must find it.
     assert results["feature_memory"]["all"]["image_auroc"] > 0.9
+    # fused mode against each of its parts, the same images resampled for both
+    vs = results["fused_vs_parts"]
+    assert set(vs) == {"feature_memory", "ddad", "d3ad"}
+    for name, d in vs.items():
+        own = results[name]["all"]["image_auroc"]
+        assert d["difference"] == pytest.approx(results["fused"]["all"]["image_auroc"] - own)
+        assert d["ci95"][0] <= d["ci95"][1] and d["se"] >= 0
     assert (folder / "evaluation.png").stat().st_size > 10_000
     card = (folder / "README.md").read_text()
     assert "model-index" in card and "image_auroc" in card and "D3AD mode" in card
     assert "non-commercial" not in card  # synthetic data: no data set licence to pass on
+    assert f"the feature memory {vs['feature_memory']['difference']:+.4f}" in card
     assert 20 <= results["d3ad"]["all"]["mean_start_step"] <= info["d3ad"]["best"]["t_max"]
     assert set(results["at_threshold"]) == {"ddad", "d3ad", "fused"}
     assert results["at_threshold"]["d3ad"]["threshold"] == pytest.approx(index["d3ad_threshold"])
