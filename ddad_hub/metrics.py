@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from skimage.measure import label
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -50,24 +52,30 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, num_thres
     return float(np.trapezoid(pro, fpr) / fpr_limit)
 
 
+def stratified_resamples(labels: np.ndarray, rounds: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Bootstrap index sets over images: nominal and defective images are resampled separately, so every round
+    keeps both classes in their own numbers."""
+    labels = np.asarray(labels).astype(bool)
+    nominal, defective = np.flatnonzero(~labels), np.flatnonzero(labels)
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        yield np.concatenate([rng.choice(nominal, nominal.size), rng.choice(defective, defective.size)])
+
+
 def paired_auroc_difference(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, rounds: int = 2000,
                             seed: int = 0) -> dict:
     """Image AUROC of ``scores_a`` minus that of ``scores_b`` on the same images, with a paired bootstrap.
 
-    Nominal and defective images are resampled separately (every round keeps both classes) and both score sets are
-    read at the same indices, so the spread is that of the difference, not of either AUROC. Returns the difference,
-    its bootstrap standard error, a 95% percentile interval and the share of rounds in which ``a`` is ahead.
+    Both score sets are read at the same resampled indices (:func:`stratified_resamples`), so the spread is that of
+    the difference, not of either AUROC. Returns the difference, its bootstrap standard error, a 95% percentile
+    interval and the share of rounds in which ``a`` is ahead.
     """
     scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    nominal, defective = np.flatnonzero(~labels), np.flatnonzero(labels)
-    if nominal.size == 0 or defective.size == 0:
+    if labels.all() or not labels.any():
         raise ValueError("an AUROC difference needs nominal and defective images")
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(rounds)
-    for k in range(rounds):
-        idx = np.concatenate([rng.choice(nominal, nominal.size), rng.choice(defective, defective.size)])
-        diffs[k] = image_auroc(scores_a[idx], labels[idx]) - image_auroc(scores_b[idx], labels[idx])
+    diffs = np.array([image_auroc(scores_a[idx], labels[idx]) - image_auroc(scores_b[idx], labels[idx])
+                      for idx in stratified_resamples(labels, rounds, seed)])
     low, high = np.percentile(diffs, [2.5, 97.5])
     return {"difference": image_auroc(scores_a, labels) - image_auroc(scores_b, labels),
             "se": float(diffs.std(ddof=1)), "ci95": [float(low), float(high)], "share_ahead": float((diffs > 0).mean())}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .anomaly_map import FUSION_RULES, fuse_maps, image_scores, map_statistics
 from .data import category_of, load_images, nominal_id, to_unit_range
 from .dynamic_noise import score_bin_edges
-from .metrics import image_auroc, pixel_auroc
+from .metrics import image_auroc, pixel_auroc, stratified_resamples
 from .model_card import write_model_card
 from .models.feature_encoder import FeatureEncoder
 from .models.feature_memory import FeatureMemory
@@ -352,12 +352,9 @@ def bootstrap_se(scores: np.ndarray, maps: np.ndarray, labels: np.ndarray, masks
     column, which keeps 50 rounds to seconds; an error estimate needs no finer grid."""
     if rounds < 2:
         return 0.0
-    rng = np.random.default_rng(seed)
     maps, masks = maps[:, ::pixel_stride, ::pixel_stride], masks[:, ::pixel_stride, ::pixel_stride]
-    nominal, defective = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     values = []
-    for _ in range(rounds):
-        idx = np.concatenate([rng.choice(nominal, nominal.size), rng.choice(defective, defective.size)])
+    for idx in stratified_resamples(labels == 1, rounds, seed):
         if not masks[idx].any():
             continue
         values.append(_objective(scores[idx], maps[idx], labels[idx], masks[idx])["objective"])

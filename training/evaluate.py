@@ -200,16 +200,17 @@ def main(argv: list[str] | None = None) -> dict:
         results["feature_memory"] = summarize(m_scores, m_maps, masks, types, pixel_labelled)
         curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
 
-    if "fused" in outputs and "feature_memory" in results:  # does fused mode beat each part, beyond the noise?
+    labels = np.array(types) != "good"
+    if "fused" in outputs and "feature_memory" in results and 0 < labels.sum() < len(labels):
+        # does fused mode beat each of its parts beyond what the test set can resolve?
         parts = {"feature_memory": m_scores, **{m: outputs[m][1] for m in outputs if m != "fused"}}
         results["fused_vs_parts"] = {
-            name: {**paired_auroc_difference(outputs["fused"][1], part, np.array(types) != "good"),
+            name: {**paired_auroc_difference(outputs["fused"][1], part, labels),
                    "how": "fused image AUROC minus this part's, paired bootstrap over images (2000 rounds)"}
             for name, part in parts.items()}
     results["protocol"] = (f"{len(items)} test images, maps and masks at {size[0]} px, whole image, "
                            "AUPRO up to FPR 0.3")
     results["timing"] = timing
-    labels = np.array(types) != "good"
     results["at_threshold"] = {}
     # a multi-class pipeline judges each image by the threshold of the product its memory recognises
     own = {m: pipe.category_thresholds_for(m) for m in modes}
