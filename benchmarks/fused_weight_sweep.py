@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> str:
                     + f" | {pixel_auroc(fused.view(len(images), *pipe.map_hw).numpy(), masks):.4f} |")
     shipped = image_scores(fuse_maps(recon, memory, stats[base], stats["memory"], pipe.config.fused_rule,
                                      pipe.config.fused_weight))
-    diff = paired_auroc_difference(shipped.numpy(), image_scores(memory).numpy(), labels)
+    rounds = 2000
+    diff = paired_auroc_difference(shipped.numpy(), image_scores(memory).numpy(), labels, rounds=rounds)
     rows += ["", f"Fused ({base}, rule {pipe.config.fused_rule}, memory weight {pipe.config.fused_weight}, maximum) "
-             f"minus memory alone, image AUROC: {diff['difference']:+.4f}, paired bootstrap (2000 rounds) standard "
+             f"minus memory alone, image AUROC: {diff['difference']:+.4f}, paired bootstrap ({rounds} rounds) standard "
              f"error {diff['se']:.4f}, 95% interval [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}], fused ahead in "
              f"{100 * diff['share_ahead']:.0f}% of rounds"]
     table = "\n".join(rows)

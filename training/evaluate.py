@@ -31,6 +31,8 @@ from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline
 
+BOOTSTRAP_ROUNDS = 2000  # resamples of the test images for fused mode's margin over each part
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     size = pipe.map_hw
     masks = np.stack([load_mask(it.mask, size) for it in items])
     types = [it.defect_type for it in items]
+    labels = np.array(types) != "good"  # defective = positive
     pixel_labelled = np.array([it.has_pixel_labels for it in items])
     maskless = sorted({it.defect_type for it in items if not it.has_pixel_labels})
     if maskless:
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         for kind in results[mode]:
             sel = np.ones(len(types), bool) if kind == "all" else np.array(types) == kind
             results[mode][kind]["mean_start_step"] = float(starts[sel].mean())
-        curves[mode] = roc_points(scores_m, np.array(types) != "good")
+        curves[mode] = roc_points(scores_m, labels)
     maps, scores, recons, _ = outputs[modes[0]]
 
     own_memory = pipe.feature_memory is not None and pipe.feature_memory.config.cross_fitted
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         m_scores = memory_maps.reshape(len(memory_maps), -1).max(1)
         results["feature_memory"] = summarize(m_scores, memory_maps, masks, types, pixel_labelled)
         results["feature_memory_source"] = "the pipeline's own memory (all training images, cross-fitted statistics)"
-        curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
+        curves["feature_memory"] = roc_points(m_scores, labels)
     elif not args.no_memory:
         info_file = folder / "training_info.json"
         held = json.loads(info_file.read_text()).get("held_out_nominal", []) if info_file.is_file() else []
@@ -198,15 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
         timing["memory_seconds_per_image"] = (time.perf_counter() - start) / len(items)
         m_maps, m_scores = np.concatenate(m_maps), np.concatenate(m_scores)
         results["feature_memory"] = summarize(m_scores, m_maps, masks, types, pixel_labelled)
-        curves["feature_memory"] = roc_points(m_scores, np.array(types) != "good")
+        curves["feature_memory"] = roc_points(m_scores, labels)
 
-    labels = np.array(types) != "good"
     if "fused" in outputs and "feature_memory" in results and 0 < labels.sum() < len(labels):
         # does fused mode beat each of its parts beyond what the test set can resolve?
         parts = {"feature_memory": m_scores, **{m: outputs[m][1] for m in outputs if m != "fused"}}
         results["fused_vs_parts"] = {
-            name: {**paired_auroc_difference(outputs["fused"][1], part, labels),
-                   "how": "fused image AUROC minus this part's, paired bootstrap over images (2000 rounds)"}
+            name: {**paired_auroc_difference(outputs["fused"][1], part, labels, rounds=BOOTSTRAP_ROUNDS),
+                   "how": f"fused image AUROC minus this part's, paired bootstrap over images "
+                          f"({BOOTSTRAP_ROUNDS} rounds)"}
             for name, part in parts.items()}
     results["protocol"] = (f"{len(items)} test images, maps and masks at {size[0]} px, whole image, "
                            "AUPRO up to FPR 0.3")
