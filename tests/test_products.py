@@ -94,7 +94,7 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     cats = [write_category(tmp_path / "data", name, n_train=8, seed=i) for i, name in enumerate(("alpha", "beta"))]
     train, held, _ = split_categories(find_categories(cats), holdout=0.25)
     tiny = make_tiny_pipeline()
-    preset = load_preset("cpu", resolution=32, map_size=64, start_step=100, skip=50, w=2.0,
+    preset = load_preset("cpu", resolution=32, map_size=64, start_step=100, skip=50, w=2.0, holdout=0.25,
                          d3ad={"coreset_ratio": 0.2, "t_max": [80]}, memory={"coreset_ratio": 0.2, "folds": 2},
                          category_threshold_min_images=2)
     folder = finalize_run(tmp_path / "run", tiny.unet, preset, tmp_path / "data", held, {"steps": 0},
@@ -126,6 +126,19 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
         at = results["per_category"][cat.name]["fused"]["at_threshold"]
         assert at["recognised_product_threshold"]["recognised"] == 1.0
         assert at["per_category_threshold"]["threshold"] == own["fused"][cat.name]  # the pipeline's own, measurable
+
+    # finalize.py --pipeline re-finalises it from the saved networks: the split is drawn again from the run's seed
+    # and must name the recorded held-out images, or the held-out images might have been trained on
+    from training.finalize import main as finalize
+
+    again = finalize(["--pipeline", str(folder), "--output-dir", str(tmp_path / "again")])
+    redone = json.loads((again / "training_info.json").read_text())
+    assert redone["held_out_nominal"] == info["held_out_nominal"] and redone["categories"] == info["categories"]
+    assert redone["category"] == "multiclass-2"
+    assert set(load_pipeline(again).config.category_thresholds["fused"]) == {"alpha", "beta"}
+    with pytest.raises(SystemExit, match="does not give the held-out images it records"):
+        finalize(["--pipeline", str(folder), "--output-dir", str(tmp_path / "other"), "--set", "holdout=0.5"])
+    assert not (tmp_path / "other").exists()
 
     # evaluate.py (one category at a time) judges each test image by its recognised product's threshold
     from training.evaluate import main as evaluate

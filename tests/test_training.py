@@ -311,14 +311,3 @@ def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
     refused = subprocess.run([sys.executable, *_train_args(dataset, tmp_path / "x", preset, 2)], cwd=REPO,
                              env=_env(), capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "train_vae.py" in refused.stderr
-
-
-def test_refinalising_a_multiclass_pipeline_points_to_its_run(tmp_path):
-    folder = tmp_path / "multi"
-    folder.mkdir()
-    info = {"categories": ["transistor", "tire"], "held_out_nominal": ["006.png"], "data": "a, b"}
-    (folder / "training_info.json").write_text(json.dumps(info))
-    proc = subprocess.run([sys.executable, "training/finalize.py", "--pipeline", str(folder), "--output-dir",
-                           str(tmp_path / "out")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "--run-dir" in proc.stderr and "multi-class" in proc.stderr
-    assert not (tmp_path / "out").exists()

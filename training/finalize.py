@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
-from ddad_hub.data import categories_label, find_categories, held_out_split, split_categories
+from ddad_hub.data import categories_label, find_categories, held_out_split, nominal_id, split_categories
 from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
@@ -40,7 +40,7 @@ def from_checkpoint(args: argparse.Namespace) -> Path:
     data = next(iter(categories.values())) if len(categories) == 1 else ", ".join(map(str, categories.values()))
     train_paths, held_out, _ = split_categories(categories, preset["holdout"], seed=state.get("seed", 0))
     training = {"steps": state["step"], "minutes": round(state["elapsed_seconds"] / 60, 2),
-                "processes": state.get("processes", 1), "checkpoint": ckpt.name}
+                "processes": state.get("processes", 1), "checkpoint": ckpt.name, "seed": state.get("seed", 0)}
     return finalize_run(args.output_dir or args.run_dir, unet, preset, data, held_out, training,
                         train_paths=train_paths, vae=vae, category=categories_label(categories))
 
@@ -50,21 +50,37 @@ def from_pipeline(args: argparse.Namespace) -> Path:
         raise SystemExit("--pipeline needs --output-dir (the saved pipeline is not overwritten)")
     folder = Path(args.pipeline)
     info = json.loads((folder / "training_info.json").read_text())
+    preset = fill_preset({**info["preset"], **(args.set or {})})
     if len(info.get("categories", [])) > 1:
-        raise SystemExit(f"{folder} is a multi-class pipeline: its held-out images are named by file name only, "
-                         "which several categories share; re-finalise it from its run with --run-dir <run folder> "
-                         "(the split is drawn again from the run's seed)")
+        categories = find_categories(args.data or info["data"].split(", "))
+        data = ", ".join(map(str, categories.values()))
+        train_paths, held_out = _redrawn_split(folder, info, categories, preset["holdout"])
+        category = categories_label(categories)
+    else:
+        data = Path(args.data[0] if args.data else info["data"])
+        train_paths, held_out = held_out_split(data, info["held_out_nominal"])
+        category = None
     pipe = DDADPipeline.from_pretrained(folder)
     encoder = pipe.feature_encoder
     if args.encoder_padding and args.encoder_padding != encoder.config.padding:
         print(f"feature encoder padding: {encoder.config.padding} -> {args.encoder_padding}")
         encoder = encoder.with_padding(args.encoder_padding)
-    data = Path(args.data[0] if args.data else info["data"])
-    train_paths, held_out = held_out_split(data, info["held_out_nominal"])
     training = {**info["training"], "refinalized_from": str(folder)}
-    preset = fill_preset({**info["preset"], **(args.set or {})})
     return finalize_run(args.output_dir, pipe.unet, preset, data, held_out, training,
-                        encoder=encoder, train_paths=train_paths, vae=pipe.vae)
+                        encoder=encoder, train_paths=train_paths, vae=pipe.vae, category=category)
+
+
+def _redrawn_split(folder: Path, info: dict, categories: dict[str, Path], holdout: float) -> tuple[list, list]:
+    """A multi-class pipeline's (training, held-out) images. Its record names held-out images by file name only,
+    which several products share, so the split is drawn again from the run's seed and must reproduce the record
+    name for name; otherwise the held-out images could have been trained on, and that is refused."""
+    seed = info["training"].get("seed", 0)
+    train_paths, held_out, _ = split_categories(categories, holdout, seed=seed)
+    if [nominal_id(p) for p in held_out] != info["held_out_nominal"]:
+        raise SystemExit(f"{folder} is a multi-class pipeline and drawing its split again (seed {seed}, holdout "
+                         f"{holdout}, data {', '.join(categories)}) does not give the held-out images it records; "
+                         "re-finalise it from its run with --run-dir <run folder>, or pass the --data it trained on")
+    return train_paths, held_out
 
 
 def main(argv: list[str] | None = None) -> Path:
