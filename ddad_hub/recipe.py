@@ -536,13 +536,16 @@ def finalize_diad(pipe, train_paths: list[Path], held_out: list[Path], preset: d
     return info
 
 
-def autoencoder_info(vae: AutoencoderKL) -> dict:
-    """Size and latent scale of the autoencoder, and how it was trained when ``train_vae.py`` made it."""
+def autoencoder_info(vae: AutoencoderKL, training: dict | None = None) -> dict:
+    """Size and latent scale of the autoencoder, and how it was trained: ``train_vae.py``'s record in its folder,
+    else ``training``, the record a saved pipeline carries (a pipeline's own ``vae/`` folder has none)."""
     info = {"params": f"{sum(p.numel() for p in vae.parameters()) / 1e6:.1f}M", "source": vae.config._name_or_path,
             "scaling_factor": vae.config.scaling_factor}
     trained = Path(vae.config._name_or_path) / "training_info.json"
     if trained.is_file():
         info["training"] = json.loads(trained.read_text())
+    elif training:
+        info["training"] = training
     return info
 
 
@@ -568,10 +571,12 @@ def finalize_run(
     train_paths: list[Path] | None = None,
     vae: AutoencoderKL | None = None,
     category: str | None = None,
+    autoencoder_training: dict | None = None,
 ) -> Path:
     """Assemble, select settings, calibrate and save the pipeline to ``<out>/pipeline`` with its model card.
 
-    ``category`` names what was trained on (default: the data folder's name).
+    ``category`` names what was trained on (default: the data folder's name); ``autoencoder_training`` is how the
+    ``vae`` was trained when its folder does not say (re-finalising a saved pipeline).
     """
     out = Path(out)
     pipe = assemble_pipeline(unet, preset, encoder, vae)
@@ -583,7 +588,7 @@ def finalize_run(
                      if train_paths and len(set(category_ids(train_paths + held_out))) > 1 else {}),
                   "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}
     if vae is not None:
-        info["autoencoder"] = autoencoder_info(vae)
+        info["autoencoder"] = autoencoder_info(vae, autoencoder_training)
     if preset.get("selection_grid") and preset.get("w") is None:
         best, table = select_settings(pipe, nominal, preset["selection_grid"])
         pipe.scheduler.register_to_config(w=best["w"], start_step=best["start_step"], skip=best["skip"])

@@ -301,6 +301,11 @@ def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
     assert "selection" in info and "d3ad" in info
     assert info["autoencoder"]["training"]["steps"] == 200  # the card says how the latent space was made
     assert "autoencoder trained 200 steps" in (out / "pipeline" / "README.md").read_text()
+    # re-finalising the saved pipeline keeps that record (the pipeline's own vae/ folder has none)
+    _run(["training/finalize.py", "--pipeline", str(out / "pipeline"), "--output-dir", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again" / "pipeline" / "training_info.json").read_text())
+    assert again["autoencoder"]["training"] == info["autoencoder"]["training"]
+    assert "autoencoder trained 200 steps" in (tmp_path / "again" / "pipeline" / "README.md").read_text()
 
     # domain adaptation reconstructs through the same latent path
     _run(["training/adapt_encoder.py", "--pipeline", str(out / "pipeline"), "--data", str(dataset), "--output-dir",

@@ -67,7 +67,8 @@ def from_pipeline(args: argparse.Namespace) -> Path:
         encoder = encoder.with_padding(args.encoder_padding)
     training = {**info["training"], "refinalized_from": str(folder)}
     return finalize_run(args.output_dir, pipe.unet, preset, data, held_out, training,
-                        encoder=encoder, train_paths=train_paths, vae=pipe.vae, category=category)
+                        encoder=encoder, train_paths=train_paths, vae=pipe.vae, category=category,
+                        autoencoder_training=info.get("autoencoder", {}).get("training"))
 
 
 def _redrawn_split(folder: Path, info: dict, categories: dict[str, Path], holdout: float) -> tuple[list, list]:
