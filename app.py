@@ -23,7 +23,8 @@ import torch
 
 import ddad_hub
 from ddad_hub import ImageLoadError, open_image
-from ddad_hub.inspection import InspectionRow, anomaly_picture, extract_zip, inspect_files, write_csv
+from ddad_hub.data import IMAGE_SUFFIXES
+from ddad_hub.inspection import InspectionRow, anomaly_picture, extract_zip, inspect_files, skipped_members, write_csv
 from ddad_hub.model_info import describe, find_pipelines
 from ddad_hub.visualize import outline, overlay
 
@@ -89,7 +90,7 @@ class Inspector:
     def analyze(self, upload, w: float, start_step: float, skip: float, mode: str = "ddad"):
         """Score one image. Returns input, reconstruction, heat-map overlay, defect outline, summary, details."""
         if upload is None:
-            raise gr.Error("Upload an image first (PNG, JPEG, BMP or TIFF).")
+            raise gr.Error("Upload an image first (PNG, JPEG, BMP, TIFF, WebP or GIF).")
         try:
             image = open_image(_upload_path(upload))
         except ImageLoadError as err:
@@ -108,15 +109,14 @@ class Inspector:
         product = out.categories[0] if out.categories else None
 
         score = float(out.image_scores[0])
-        amap = out.anomaly_maps[0]
-        view = image.resize(amap.shape[::-1])
+        amap = out.anomaly_maps_input_size[0]  # at the upload's own size and aspect, as the batch tab shows it
         scale = {"vmin": 0.0, "vmax": 2 * threshold} if threshold else {}
-        heat = overlay(view, amap, alpha=0.5, **scale)
+        heat = overlay(image, amap, alpha=0.5, **scale)
         if threshold is None:
-            verdict, mask_view = "not calibrated (this model has no threshold)", view
+            verdict, mask_view = "not calibrated (this model has no threshold)", image
         else:
             verdict = "DEFECTIVE" if score > threshold else "good"
-            mask_view = outline(view, amap > threshold, colour=(255, 0, 0))
+            mask_view = outline(image, amap > threshold, colour=(255, 0, 0))
         start_used = int(out.start_steps[0])
         shown_threshold = "none" if threshold is None else f"{threshold:.4f}"
         summary = (
@@ -128,7 +128,7 @@ class Inspector:
         details = {"score": score, "threshold": threshold, "verdict": verdict, "seconds": round(seconds, 3),
                    "mode": mode, "start_step": start_used, "image_size": list(image.size),
                    **({"product": product} if product else {})}
-        return image, out.reconstructions[0].resize(view.size), heat, mask_view, summary, details
+        return image, out.reconstructions[0].resize(image.size), heat, mask_view, summary, details
 
     def analyze_batch(self, uploads: list | None, mode: str, progress=None):
         """Score many images (or zips of them). Returns the table, the flagged images, a CSV and a summary."""
@@ -140,7 +140,7 @@ class Inspector:
             if len(files) > MAX_BATCH_FILES:
                 raise gr.Error(f"{len(files)} images is more than the {MAX_BATCH_FILES} one batch takes; split it.")
             if not files and not problems:
-                raise gr.Error("No images found in the upload (PNG, JPEG, BMP or TIFF, or a zip of them).")
+                raise gr.Error("No images found in the upload (PNG, JPEG, BMP, TIFF, WebP or GIF, or a zip of them).")
             report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
             began = time.perf_counter()
             rows, flagged, thresholds = list(problems), [], set()
@@ -183,6 +183,8 @@ def _expand_uploads(uploads: list, scratch: Path):
                 continue
             files += found
             names += [f"{path.name}/{f.relative_to(target)}" for f in found]
+            problems += [InspectionRow(f"{path.name}/{member}", error="skipped: not an image file ("
+                                       + ", ".join(IMAGE_SUFFIXES) + ")") for member in skipped_members(path)]
         else:
             files.append(path)
             names.append(path.name)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from .image_utils import open_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DatasetLayoutError(ValueError):

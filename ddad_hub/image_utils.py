@@ -7,7 +7,9 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Refuse images above this many pixels before decoding them (a decompression bomb is tiny on disk).
 MAX_PIXELS = 64_000_000
@@ -19,7 +21,8 @@ class ImageLoadError(ValueError):
 
 
 def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
-    """Open a path, raw bytes or a PIL image and return a fully decoded 8-bit RGB image.
+    """Open a path, raw bytes or a PIL image and return a fully decoded 8-bit RGB image, upright as a viewer shows
+    it (a camera's EXIF orientation applied).
 
     Raises :class:`ImageLoadError` for files that are not images, truncated files, images too large to decode
     safely and images too small to inspect. Grayscale, palette, RGBA and 16-bit images are converted.
@@ -45,7 +48,16 @@ def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageLoadError(f"{name}: the image file is damaged or truncated ({err})") from err
     _check_size(image, name)
-    return to_rgb8(image)
+    return to_rgb8(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (phones store pixels sideways and tag them); a damaged EXIF
+    block leaves it as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+        return image
 
 
 def _check_size(image: Image.Image, name: str) -> None:
@@ -56,13 +68,23 @@ def _check_size(image: Image.Image, name: str) -> None:
         raise ImageLoadError(f"{name}: {w}x{h} is too small; images need at least {MIN_SIDE} px on each side")
 
 
+def full_scale(values: np.ndarray, integer: bool) -> float:
+    """The white level of a deep image's samples: 65535 for 16-bit data; for 32-bit integers and floats the
+    smallest of 255, 65535 and 2**32 - 1 (floats first 1.0) that holds the largest sample. The level is fixed per
+    range, not the image's own maximum, so a bright pixel cannot darken the rest of the image."""
+    top = float(values.max()) if values.size else 0.0
+    for level in ((255.0, 65535.0) if integer else (1.0, 255.0, 65535.0)):
+        if top <= level:
+            return level
+    return 4294967295.0
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: 16-bit and float images are rescaled, transparency goes on black."""
+    """Convert any PIL mode to 8-bit RGB: 16-bit, 32-bit and float images are scaled from their range's white level
+    (:func:`full_scale`), transparency goes on black."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if image.mode == "I" and arr.max() <= 255:
-            top = 255.0
+        top = 65535.0 if image.mode.startswith("I;16") else full_scale(arr, integer=image.mode == "I")
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         image = Image.fromarray(arr, mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -70,3 +92,43 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """One input image, or a batch of them, as a float (N, 3, H, W) tensor in [0, 1].
+
+    PIL images go through :func:`open_image`. Arrays are read channels-last (H, W[, C]), as numpy images are, and
+    tensors channels-first (C, H, W), as torch's are; the other order is taken only when the first reading has no
+    channel axis of 1, 3 or 4. 8- and 16-bit integers are scaled by 255 and 65535; floats in [-1, 1] (any negative
+    value) are mapped to [0, 1], others taken as [0, 1]. One channel is grey, four are RGBA put on black.
+    """
+    if isinstance(image, Image.Image):
+        return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(open_image(image)))
+    channels_last = isinstance(image, np.ndarray)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        array = (image.float() if image.is_floating_point() else image).numpy()
+    else:
+        array = np.asarray(image)
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        array = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 65535.0)
+    elif array.dtype.kind in "iub":
+        raise ValueError(f"integer images must be 8- or 16-bit (uint8, uint16), got {array.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if x.ndim == 2:
+        x = x[None]
+    elif x.ndim == 3:
+        last, first = x.shape[-1] in (1, 3, 4), x.shape[0] in (1, 3, 4)
+        if (channels_last and last) or not first:
+            x = x.permute(2, 0, 1)
+    elif x.ndim == 4 and channels_last and x.shape[-1] in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"an image array needs 1 (grey), 3 (RGB) or 4 (RGBA) channels; got shape {tuple(image.shape)}")
+    if x.numel() and x.min() < 0:  # [-1, 1] -> [0, 1]
+        x = (x + 1) / 2
+    if x.shape[1] == 4:
+        x = x[:, :3] * x[:, 3:].clamp(0, 1)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x

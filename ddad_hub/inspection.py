@@ -66,7 +66,7 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     """Every file under ``folder`` whose suffix is an image type, sorted; hidden files and folders are skipped."""
     root = Path(folder)
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(root).parts))
+                  and not _hidden(p.relative_to(root)))
 
 
 def extract_zip(archive: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
@@ -82,6 +82,18 @@ def extract_zip(archive: str | os.PathLike, target: str | os.PathLike) -> list[P
         return _extract_images(archive, Path(target), name)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise ValueError(f"{name} is a damaged zip archive ({err})") from err
+
+
+def skipped_members(archive: str | os.PathLike) -> list[str]:
+    """The files in a zip that :func:`extract_zip` leaves out because their suffix is not an image type (hidden
+    files and macOS ``__MACOSX`` metadata are not counted): what an upload should tell its user it skipped."""
+    with zipfile.ZipFile(archive) as zf:
+        return [m.filename for m in zf.infolist() if not m.is_dir() and not _hidden(m.filename)
+                and Path(m.filename).suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in Path(name).parts)
 
 
 def _extract_images(archive: str | os.PathLike, target: Path, name: str) -> list[Path]:

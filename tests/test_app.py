@@ -97,9 +97,18 @@ def test_odd_modes_and_depths_are_accepted(server, tmp_path):
     buf = io.BytesIO()
     Image.fromarray((rng.random((30, 30, 3)) * 255).astype(np.uint8)).save(buf, format="JPEG")
     jpeg.write_bytes(buf.getvalue())
-    for path in (gray, rgba, deep, jpeg):
-        details = _call(client, path)[5]
+    phone = tmp_path / "phone.jpg"  # stored sideways (70 wide) with the EXIF tag that turns it upright (70 tall)
+    stored = Image.fromarray((rng.random((40, 70, 3)) * 255).astype(np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(phone, exif=exif.tobytes())
+    for path, shown in ((gray, (70, 50)), (rgba, (64, 64)), (deep, (48, 64)), (jpeg, (30, 30)), (phone, (40, 70))):
+        out = _call(client, path)
+        pictures, details = out[:4], out[5]
         assert np.isfinite(details["score"]), path.name
+        assert details["image_size"] == list(shown), path.name
+        # every panel at the upload's own size and aspect, upright, as the batch tab shows it
+        assert [Image.open(p).size for p in pictures] == [shown] * 4, path.name
 
 
 def test_two_users_at_once_both_get_answers(server):
@@ -150,8 +159,9 @@ def test_batch_api_scores_images_and_zips_and_lists_bad_files(server, tmp_path):
     table, gallery, csv_file, summary = _batch(client, [*images, broken, archive])
     rows = {r[0]: r for r in table["data"]}
     assert set(rows) == {"part_0.png", "part_1.png", "part_2.png", "broken.png", "folder.zip/line_a/part_0.png",
-                         "folder.zip/line_a/part_1.png"}
+                         "folder.zip/line_a/part_1.png", "folder.zip/line_a/readme.txt"}
     assert "not an image" in rows["broken.png"][4] and rows["broken.png"][1] in (None, "")
+    assert rows["folder.zip/line_a/readme.txt"][4].startswith("skipped: not an image file")  # not silently dropped
     for name in ("part_0.png", "folder.zip/line_a/part_0.png"):  # score, verdict, start step, error, threshold...
         assert np.isfinite(rows[name][1]) and rows[name][2] in ("good", "defective") and rows[name][3] > 0
         assert rows[name][5] == pytest.approx(0.5) and rows[name][6] == ""  # one-product model: its one threshold

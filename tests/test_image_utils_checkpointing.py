@@ -49,6 +49,56 @@ def test_modes_are_converted_to_rgb8():
     assert open_image(Image.new("P", (16, 16))).mode == "RGB"
 
 
+def test_a_camera_image_is_turned_upright_as_its_exif_says(tmp_path):
+    rng = np.random.default_rng(1)
+    upright = Image.fromarray((rng.random((40, 24, 3)) * 255).astype(np.uint8))  # 24 wide, 40 tall on screen
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores it: sideways, 40 wide
+    exif = stored.getexif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+    path = tmp_path / "phone.png"
+    stored.save(path, exif=exif.tobytes())
+    opened = open_image(path)
+    assert opened.size == (24, 40)
+    assert np.array_equal(np.asarray(opened), np.asarray(upright))
+    assert open_image(Image.open(path)).size == (24, 40)  # a PIL image opened by the caller too
+
+
+def test_deep_images_are_scaled_by_their_range_not_their_brightest_pixel():
+    data = np.full((16, 16), 2000, dtype=np.int32)  # 12-bit camera data in a 32-bit container
+    hot = data.copy()
+    hot[0, 0] = 16000
+    plain, with_hot = (np.asarray(open_image(Image.fromarray(a, mode="I")))[8, 8, 0] for a in (data, hot))
+    assert plain == with_hot == round(2000 / 65535 * 255)
+    assert np.asarray(open_image(Image.fromarray(data.astype(np.uint16))))[8, 8, 0] == plain  # as 16-bit, the same
+    small = Image.fromarray(np.full((16, 16), 200, dtype=np.int32), mode="I")
+    assert np.asarray(open_image(small))[0, 0, 0] == 200  # 8-bit data in a 32-bit container stays as it is
+    unit = Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32), mode="F")
+    assert np.asarray(open_image(unit))[0, 0, 0] == 128
+
+
+def test_arrays_and_tensors_of_every_layout_become_rgb_tensors():
+    from ddad_hub.image_utils import to_image_tensor
+
+    rng = np.random.default_rng(2)
+    rgb = (rng.random((3, 40, 3)) * 255).astype(np.uint8)  # numpy: channels last, even when 3 rows tall
+    expected = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    torch.testing.assert_close(to_image_tensor(rgb), expected)
+    torch.testing.assert_close(to_image_tensor(rgb.astype(np.uint16) * 257), expected)  # 16-bit: same picture
+    torch.testing.assert_close(to_image_tensor(expected[0]), expected)  # tensors: channels first
+    torch.testing.assert_close(to_image_tensor(expected[0].to(torch.bfloat16)), expected, atol=4e-3, rtol=0)
+    torch.testing.assert_close(to_image_tensor(expected * 2 - 1), expected)  # [-1, 1] is recognised
+    grey = rgb[..., 0]
+    assert torch.equal(to_image_tensor(grey), torch.from_numpy(grey)[None, None].float().div(255).expand(-1, 3, -1, -1))
+    rgba = np.concatenate([rgb, np.zeros_like(rgb[..., :1])], axis=-1)  # fully transparent goes on black
+    assert to_image_tensor(rgba).shape == (1, 3, 3, 40) and to_image_tensor(rgba).max() == 0
+    batch = np.stack([rgb, rgb])
+    assert to_image_tensor(batch).shape == (2, 3, 3, 40)
+    with pytest.raises(ValueError, match="1 \\(grey\\), 3 \\(RGB\\) or 4"):
+        to_image_tensor(np.zeros((8, 8, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="8- or 16-bit"):
+        to_image_tensor(np.zeros((8, 8, 3), dtype=np.int64))
+
+
 def _train(model, opt, steps, seed):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):

@@ -31,8 +31,13 @@ def test_extract_zip_keeps_images_and_refuses_escapes_and_bombs(tmp_path, monkey
     with zipfile.ZipFile(good, "w") as zf:
         zf.write(_png(tmp_path / "src" / "x.png"), "folder/x.png")
         zf.writestr("folder/readme.txt", "not extracted")
+        zf.writestr("__MACOSX/folder/._x.png", "metadata")
+        webp = tmp_path / "src" / "y.webp"
+        Image.open(tmp_path / "src" / "x.png").save(webp)
+        zf.write(webp, "folder/y.webp")
     found = inspection.extract_zip(good, tmp_path / "out")
-    assert [p.relative_to(tmp_path / "out").as_posix() for p in found] == ["folder/x.png"]
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in found] == ["folder/x.png", "folder/y.webp"]
+    assert inspection.skipped_members(good) == ["folder/readme.txt"]  # what the app tells its user it skipped
 
     escape = tmp_path / "escape.zip"
     with zipfile.ZipFile(escape, "w") as zf:

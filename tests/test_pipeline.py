@@ -145,6 +145,15 @@ def test_inputs_of_any_kind_and_outputs(pipe):
         pipe(inputs[0], mode="d3ad")
 
 
+def test_a_file_and_its_pixels_as_a_tensor_score_the_same(pipe, tmp_path):
+    """Thresholds are calibrated on tensors; a PIL image or a file must be resized the same way, not differently."""
+    image = _images(1, size=90)[0]
+    image.save(tmp_path / "part.png")
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    scores = [float(pipe(x, output_type="np").image_scores[0]) for x in (image, tmp_path / "part.png", pixels)]
+    assert scores[0] == scores[1] == pytest.approx(scores[2], abs=1e-6)
+
+
 def test_call_settings_override_the_scheduler_config(pipe):
     img = _images(1)
     base = pipe(img, output_type="np").image_scores

@@ -249,6 +249,7 @@ def test_a_run_ends_in_a_loadable_pipeline_with_a_card(dataset, preset_file, tmp
     assert pipe.feature_memory is not None and pipe.config.threshold is not None
     info = json.loads((out / "pipeline" / "training_info.json").read_text())
     assert info["training"]["steps"] == 2 and "selection" in info and "d3ad" in info
+    assert info["training"]["seed"] == 0  # finalize.py --pipeline draws a multi-class split again from it
     assert "Not evaluated yet" in (out / "pipeline" / "README.md").read_text()
 
 

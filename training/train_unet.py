@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> Path:
             ema.copy_to(final_unet.parameters())
         finalize_run(
             out, final_unet.eval().float(), preset, data, held_out,
-            training={"steps": step, "minutes": round(elapsed / 60, 2), **accelerator.run_info},
+            training={"steps": step, "minutes": round(elapsed / 60, 2), "seed": args.seed, **accelerator.run_info},
             train_paths=train_paths, vae=vae, category=category,
         )
     finish(accelerator)

@@ -28,7 +28,7 @@ from ..backends import pop_backend
 from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
-from ..image_utils import open_image, to_rgb8
+from ..image_utils import open_image, to_image_tensor
 from ..models.autoencoder import from_latents, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
@@ -225,39 +225,21 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Images of any size and mode -> a (B, 3, H, W) tensor in [-1, 1] at the U-Net's resolution (or ``size``).
 
-        Returns the tensor and each input's original (height, width).
+        Returns the tensor and each input's original (height, width). Every kind of input (path, PIL image, array,
+        tensor; see :func:`to_image_tensor`) is resized the same way, the way the thresholds were calibrated
+        (bilinear with antialiasing), so a file and its pixels as a tensor score the same.
         """
         if not isinstance(images, list):
-            images = [images] if not (isinstance(images, torch.Tensor | np.ndarray) and images.ndim == 4) else images
-        items, sizes = [], []
+            images = [images]
+        tensors, sizes = [], []
+        h, w = size or self.sample_size
         for image in images:
             if isinstance(image, str | os.PathLike | bytes):
                 image = open_image(image)
-            if isinstance(image, PIL.Image.Image):
-                image = to_rgb8(image)
-                sizes.append((image.height, image.width))
-            else:
-                image = torch.as_tensor(np.asarray(image)) if isinstance(image, np.ndarray) else image
-                if image.ndim == 3 and image.shape[-1] in (1, 3) and image.shape[0] not in (1, 3):
-                    image = image.permute(2, 0, 1)  # numpy-style HWC
-                if image.ndim == 3:
-                    image = image.unsqueeze(0)
-                if image.shape[1] == 1:
-                    image = image.expand(-1, 3, -1, -1)
-                if image.dtype == torch.uint8:
-                    image = image.float() / 255
-                sizes.extend([tuple(image.shape[-2:])] * image.shape[0])
-            items.append(image)
-        h, w = size or self.sample_size
-        tensors = []
-        for item in items:
-            if isinstance(item, PIL.Image.Image):
-                tensors.append(self.image_processor.preprocess(item, height=h, width=w))
-            else:
-                item = item.float()
-                if item.min() >= 0:  # [0, 1] -> [-1, 1]; tensors already in [-1, 1] pass through
-                    item = item * 2 - 1
-                tensors.append(torch.nn.functional.interpolate(item, size=(h, w), mode="bilinear", antialias=True))
+            item = to_image_tensor(image)
+            sizes.extend([tuple(item.shape[-2:])] * item.shape[0])
+            tensors.append(torch.nn.functional.interpolate(item * 2 - 1, size=(h, w), mode="bilinear",
+                                                           antialias=True))
         return torch.cat(tensors).clamp(-1, 1), sizes
 
     # ------------------------------------------------------------------ the two stages
