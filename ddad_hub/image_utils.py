@@ -27,27 +27,26 @@ def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
     Raises :class:`ImageLoadError` for files that are not images, truncated files, images too large to decode
     safely and images too small to inspect. Grayscale, palette, RGBA and 16-bit images are converted.
     """
-    if isinstance(source, Image.Image):
-        image = source
-        name = "image"
-    else:
-        name = "image" if isinstance(source, bytes) else os.path.basename(os.fspath(source))
-        fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(fp)
-                _check_size(image, name)
-                image.load()
-        except ImageLoadError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ImageLoadError(f"{name}: image is too large to decode safely ({err})") from err
-        except UnidentifiedImageError as err:
-            raise ImageLoadError(f"{name}: not an image file PIL can read") from err
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageLoadError(f"{name}: the image file is damaged or truncated ({err})") from err
-    _check_size(image, name)
+    given = isinstance(source, Image.Image)
+    name = "image" if given or isinstance(source, bytes) else os.path.basename(os.fspath(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = source if given else Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            _check_size(image, name)
+            image.load()  # a PIL image opened lazily by the caller is decoded here too, so damage shows here
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(f"{name}: image is too large to decode safely ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{name}: not an image file PIL can read") from err
+    except FileNotFoundError as err:
+        raise ImageLoadError(f"{name}: no such file ({source})") from err
+    except IsADirectoryError as err:
+        raise ImageLoadError(f"{name}: is a folder, not an image file") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"{name}: the image file is damaged or truncated ({err})") from err
     return to_rgb8(_upright(image))
 
 

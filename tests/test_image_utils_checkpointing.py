@@ -26,6 +26,12 @@ def test_broken_files_raise_clear_errors(tmp_path):
     good = _png(Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)))
     with pytest.raises(ImageLoadError, match="damaged or truncated"):
         open_image(good[: len(good) // 2])
+    with pytest.raises(ImageLoadError, match="damaged or truncated"):  # a lazily opened PIL image is decoded too
+        open_image(Image.open(io.BytesIO(good[: len(good) // 2])))
+    with pytest.raises(ImageLoadError, match="no such file"):
+        open_image(tmp_path / "missing.png")
+    with pytest.raises(ImageLoadError, match="is a folder"):
+        open_image(tmp_path)
     with pytest.raises(ImageLoadError, match="too small"):
         open_image(_png(Image.new("RGB", (4, 4))))
     bomb = tmp_path / "bomb.png"
