@@ -15,24 +15,28 @@ def find_pipelines(folder: str | os.PathLike) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict:
+    """A metadata file's object, or ``{}`` when it is missing, unreadable or not a JSON object: a damaged record must
+    not stop the app from showing the model."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def trained_on(folder: str | os.PathLike) -> str:
     """A short phrase naming the data a pipeline was trained on, from its ``training_info.json``."""
     info = _read_json(Path(folder) / "training_info.json")
     categories = info.get("categories") or ([info["category"]] if info.get("category") else [])
+    categories = categories if isinstance(categories, list) else [categories]
     data = info.get("data")
     parts = []
     if categories:
         parts.append(", ".join(map(str, categories)))
     if data and len(categories) <= 1:  # several categories: their names say it
         parts.append(f"(`{Path(str(data)).parent.name or data}`)" if categories else f"`{data}`")
-    training = info.get("training") or {}
-    if training.get("minutes"):
+    training = info.get("training") if isinstance(info.get("training"), dict) else {}
+    if isinstance(training.get("minutes"), int | float) and training["minutes"]:
         parts.append(f"{training['minutes']:g} min of training")
     return " ".join(parts) or "not recorded (no training_info.json)"
 
@@ -42,9 +46,11 @@ def card_metrics(folder: str | os.PathLike) -> dict[str, dict[str, float]]:
     folder = Path(folder)
     results = _read_json(folder / "results.json")
     found = {}
-    for mode, values in results.get("mean_over_categories", {}).items():  # a multi-class evaluation
-        found[f"{mode} (mean over categories)"] = {key: values[key] for key, _ in METRICS
-                                                   if isinstance(values.get(key), int | float)}
+    means = results.get("mean_over_categories")
+    for mode, values in (means.items() if isinstance(means, dict) else ()):  # a multi-class evaluation
+        if isinstance(values, dict):
+            found[f"{mode} (mean over categories)"] = {key: values[key] for key, _ in METRICS
+                                                       if isinstance(values.get(key), int | float)}
     for mode, values in results.items():
         overall = values.get("all") if isinstance(values, dict) else None
         if isinstance(overall, dict):

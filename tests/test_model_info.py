@@ -44,3 +44,14 @@ def test_multiclass_results_show_the_mean_over_categories(tmp_path):
         "mean_over_categories": {"fused": {"image_auroc": 0.91, "pixel_auroc": 0.95, "aupro": 0.8}}}))
     assert trained_on(tmp_path) == "transistor, tire 62 min of training"  # no folder path for several categories
     assert "fused (mean over categories): image AUROC 0.910, pixel AUROC 0.950, AUPRO 0.800" in describe(tmp_path)
+
+
+def test_damaged_metadata_does_not_stop_the_description(tmp_path):
+    """The app describes every model at start-up: a damaged record gives less text, not a crash."""
+    (tmp_path / "training_info.json").write_text(json.dumps({"categories": "tire", "training": {"minutes": "12"}}))
+    for results in (b"\xff\xfe{", b"[1, 2]", json.dumps({"mean_over_categories": {"ddad": 0.9}}).encode()):
+        (tmp_path / "results.json").write_bytes(results)
+        text = describe(tmp_path)
+        assert "tire" in text and "min of training" not in text and "no test metrics" in text
+    (tmp_path / "training_info.json").write_bytes(b"\x00\xff")
+    assert "not recorded" in describe(tmp_path)

@@ -99,6 +99,45 @@ def test_missing_or_damaged_components_name_the_file(pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         DDADPipeline.from_pretrained(tmp_path / "missing" / "unet")
 
+    # a readable weights file that lacks some of the component's tensors (diffusers alone would only warn)
+    from safetensors.torch import load_file, save_file
+
+    partial = shutil.copytree(tmp_path / "ok", tmp_path / "partial")
+    weights = partial / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    dropped = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, weights)
+    with pytest.raises(ValueError, match=f"'unet'.*lacks 1 of its tensors \\({dropped}\\)"):
+        DDADPipeline.from_pretrained(partial)
+
+    # a folder saved from another pipeline class is not loaded as this one (its other components would be lost)
+    other = shutil.copytree(tmp_path / "ok", tmp_path / "other")
+    index = json.loads((other / "model_index.json").read_text())
+    for name in ("DiADPipeline", "FooPipeline"):
+        (other / "model_index.json").write_text(json.dumps({**index, "_class_name": name}))
+        with pytest.raises(ValueError, match=f"holds a {name}, not a DDADPipeline.*load_pipeline"):
+            DDADPipeline.from_pretrained(other)
+
+    # a local path that does not exist is not sent to the Hub as a repo id
+    with pytest.raises(FileNotFoundError, match="no pipeline folder"):
+        DDADPipeline.from_pretrained(str(tmp_path / "no" / "such" / "folder"))
+
+
+def test_weights_stay_float32_and_bad_calls_are_named(pipe, tmp_path):
+    with pytest.raises(ValueError, match="keep float32 weights.*compute_dtype"):
+        pipe.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="keep float32 weights"):
+        pipe.to("cpu", dtype=torch.float16)
+    assert pipe.to("cpu") is pipe and pipe.to(torch.float32) is pipe
+    pipe.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="keep float32 weights"):
+        DDADPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no images"):
+        pipe([])
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            pipe(_images(1), batch_size=size)
+
 
 def test_score_does_not_depend_on_the_batch(pipe):
     images = _images(4)

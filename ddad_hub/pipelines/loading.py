@@ -31,9 +31,11 @@ def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: di
     Takes the Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``) out of ``kwargs``. Only
     configs, safetensors weights and cards are fetched, plus OpenVINO IR for ``backend="openvino"``.
     """
-    path = os.fspath(pretrained_model_name_or_path)
+    path = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
     if os.path.isdir(path):
         return path
+    if looks_like_a_path(path):
+        raise FileNotFoundError(f"no pipeline folder at {path} (a Hub repo id has the form 'owner/name')")
     from huggingface_hub import snapshot_download
 
     ir_files = ["*.xml", "*.bin"] if backend == "openvino" else []
@@ -42,6 +44,21 @@ def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: di
         token=kwargs.pop("token", None), local_files_only=kwargs.pop("local_files_only", False),
         allow_patterns=["*.json", "*.safetensors", "*.md", *ir_files],
     )
+
+
+def looks_like_a_path(name: str) -> bool:
+    """True for what cannot be a Hub repo id ('name' or 'owner/name') and so must be a local folder: absolute or
+    relative paths, more than one '/', a backslash."""
+    return (os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.count("/") > 1 or "\\" in name
+            or os.path.exists(name))
+
+
+def check_class(path: str | os.PathLike, cls: type) -> None:
+    """Refuse a folder saved from another pipeline class: loading it as ``cls`` would drop its other components."""
+    name = pipeline_class_name(path)
+    if name != cls.__name__:
+        raise ValueError(f"{path} holds a {name}, not a {cls.__name__}: load it with ddad_hub.load_pipeline(path)"
+                         + (f" or {name}.from_pretrained(path)" if name in PIPELINE_CLASSES else ""))
 
 
 def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs):

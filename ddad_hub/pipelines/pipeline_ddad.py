@@ -33,7 +33,7 @@ from ..models.autoencoder import from_latents, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..schedulers.scheduling_ddad import DDADScheduler
-from .loading import pipeline_folder
+from .loading import check_class, pipeline_folder
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
 
@@ -486,6 +486,10 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         self.check_mode(mode)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(image, list | tuple) and not image:
+            raise ValueError("no images given (an empty list)")
         x, sizes = self.preprocess(image)
         uses_memory = mode in ("d3ad", "fused")  # other modes (ddad, a subclass's) reconstruct from a fixed step
         own_thresholds = self.category_thresholds_for(mode) if per_category_thresholds else None
@@ -564,6 +568,13 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         )
 
     # ------------------------------------------------------------------ loading
+    def to(self, *args, **kwargs):
+        """Diffusers' ``to`` (a device), refusing a lower-precision weight type (see :func:`check_weights_dtype`)."""
+        for value in (*args, kwargs.get("dtype"), kwargs.get("torch_dtype")):
+            if isinstance(value, torch.dtype):
+                check_weights_dtype(value)
+        return super().to(*args, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DDADPipeline:
         """Load from a local folder or a Hub repo id (downloaded, or read from the cache when offline).
@@ -576,14 +587,47 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         ``openvino_int8_weights`` and ``openvino_properties`` go to :meth:`to_openvino`.
         """
         backend, openvino_options = pop_backend(kwargs)
+        for key in ("torch_dtype", "dtype"):
+            check_weights_dtype(kwargs.get(key))
         path = pipeline_folder(pretrained_model_name_or_path, kwargs, backend)
         check_pipeline_folder(path)
+        check_class(path, cls)
         kwargs.setdefault("use_safetensors", True)
         pipe = super().from_pretrained(path, **kwargs)
+        check_loaded_weights(pipe, path)
         own_aligned_weights(pipe)
         if backend == "openvino":
             pipe.to_openvino(path, **openvino_options)
         return pipe
+
+
+def check_weights_dtype(dtype) -> None:
+    """Weights stay float32: the thresholds, score bins and nominal statistics were calibrated with them. Lower
+    precision is a compute type, chosen per call or by ``compute_dtype`` (bf16 autocast where the CPU has it)."""
+    if dtype is not None and dtype != torch.float32:
+        raise ValueError(f"ddad-hub pipelines keep float32 weights (got {dtype}): for bf16 compute pass "
+                         "compute_dtype='bfloat16' to from_pretrained or autocast_dtype=torch.bfloat16 to the call; "
+                         "the default, 'auto', uses bf16 where the CPU has native bf16")
+
+
+def check_loaded_weights(pipe: DiffusionPipeline, path: str | os.PathLike) -> None:
+    """Refuse a component whose weights file lacks tensors the component has: diffusers would only warn and leave
+    them at random (or zero) values, and the pipeline would score nonsense."""
+    from safetensors import safe_open
+
+    for name, component in pipe.components.items():
+        folder = os.path.join(path, name)
+        if not isinstance(component, torch.nn.Module) or not os.path.isdir(folder):
+            continue
+        stored: set[str] = set()
+        for weight in (f for f in os.listdir(folder) if f.endswith(".safetensors")):
+            with safe_open(os.path.join(folder, weight), framework="pt") as handle:
+                stored.update(handle.keys())
+        missing = sorted(set(component.state_dict()) - stored)
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"component '{name}': {folder} lacks {len(missing)} of its tensors ({shown}); the "
+                             "file is not this component's weights")
 
 
 def own_aligned_weights(pipe: DiffusionPipeline) -> None:
