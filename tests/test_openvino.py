@@ -90,6 +90,20 @@ def test_openvino_maps_match_pytorch_fp32(exported, mode):
 
 
 @needs_openvino
+def test_the_memory_reads_in_fp32_when_openvino_runs_in_bf16(exported):
+    """The bank, D3AD's score bins and fused mode's statistics were made with fp32 features; PyTorch keeps the
+    memory's pass out of bf16 autocast, and OpenVINO in bf16 compiles the encoder once more in fp32 for it."""
+    pipe, folder = exported
+    x = _images(3, 0) * 2 - 1
+    reference_maps, reference_scores = pipe.memory_maps(x)
+    ov_pipe = load_pipeline(folder, backend="openvino", compute_dtype="bfloat16")
+    assert ov_pipe.openvino_precision == "bf16"
+    maps, scores = ov_pipe.memory_maps(x)
+    torch.testing.assert_close(maps, reference_maps, rtol=1e-4, atol=1e-4 * float(reference_maps.abs().max()))
+    torch.testing.assert_close(scores, reference_scores, rtol=1e-4, atol=0)
+
+
+@needs_openvino
 @pytest.mark.parametrize("size", [64, 96, 75, 128])
 def test_exported_feature_encoder_pads_every_input_size_as_pytorch_does(exported, size):
     """The IR is traced on 64 px; real pipelines feed it 256 px maps and their memory's own size. Its SAME padding
@@ -159,6 +173,16 @@ def test_stale_ir_is_refused_and_an_openvino_pipeline_cannot_be_saved(exported, 
     retrained.save_pretrained(tmp_path / "stale")  # new weights saved over the folder: its IR is now stale
     with pytest.raises(ValueError, match="export_openvino"):
         load_pipeline(tmp_path / "stale", backend="openvino")
+    # damaged IR is named, not left to OpenVINO's own error: a missing weights file, a truncated one
+    missing = shutil.copytree(folder, tmp_path / "missing_bin")
+    (missing / "unet" / "openvino_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="openvino_model.bin"):
+        load_pipeline(missing, backend="openvino")
+    truncated = shutil.copytree(folder, tmp_path / "truncated_bin")
+    weights = truncated / "unet" / "openvino_model.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="damaged"):
+        load_pipeline(truncated, backend="openvino")
 
 
 def test_unknown_backend_and_missing_openvino_say_what_to_do(tiny_pipeline_dir, monkeypatch):
@@ -182,6 +206,10 @@ def test_int8_unet_weights_are_smaller_and_close(tmp_path):
     with torch.no_grad():
         reference = pipe.unet(sample, t).sample
     assert (unet(sample, t).sample - reference).abs().max() < 0.05 * reference.abs().max()
+    # a folder shipped with int8 IR loads that IR as it is, without options and without exporting again
+    pipe.export_openvino(tmp_path / "shipped", int8_weights=("unet",))
+    shipped = load_pipeline(tmp_path / "shipped", backend="openvino", openvino_cache_dir=tmp_path / "cache")
+    assert shipped.openvino_folder == str(tmp_path / "shipped") and not (tmp_path / "cache").exists()
 
 
 

@@ -210,10 +210,24 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
                              f"{manifest_file} to export into the cache on first use")
         if entry.get("int8_weights", False) != (name in int8_weights):
             return False
-        missing = [f for f in entry["files"] if not (folder / name / f).is_file()]
+        ir_files = [g for f in entry["files"] for g in (f, str(Path(f).with_suffix(".bin")))]
+        missing = [f for f in ir_files if not (folder / name / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder / name} lacks the OpenVINO IR {missing} its {MANIFEST} lists")
     return True
+
+
+def exported_int8_weights(folder: str | os.PathLike | None) -> tuple[str, ...]:
+    """The components whose IR in ``folder`` was exported with int8 weights (none without a manifest): a plain
+    load uses IR as it was shipped."""
+    manifest_file = Path(folder) / MANIFEST if folder is not None else None
+    if manifest_file is None or not manifest_file.is_file():
+        return ()
+    try:
+        components = json.loads(manifest_file.read_text()).get("components", {})
+    except (OSError, json.JSONDecodeError):
+        return ()
+    return tuple(sorted(name for name, entry in components.items() if entry.get("int8_weights")))
 
 
 def find_or_export(
@@ -256,7 +270,11 @@ class CompiledNetwork:
     pipeline stays correct under concurrent requests."""
 
     def __init__(self, core, xml: Path, properties: dict):
-        self.compiled = core.compile_model(str(xml), "CPU", properties)
+        try:
+            self.compiled = core.compile_model(str(xml), "CPU", properties)
+        except RuntimeError as err:
+            raise ValueError(f"the OpenVINO IR {xml} (with its .bin) cannot be read, it is damaged: export it again "
+                             f"with pipe.export_openvino(folder), or delete its folder's {MANIFEST} ({err})") from err
         self.request = self.compiled.create_infer_request()
         self.float_inputs = [i.get_element_type().is_real() for i in self.compiled.inputs]
         self.lock = threading.Lock()
@@ -338,9 +356,13 @@ class OVAutoencoderKL(OVModel):
 class OVFeatureEncoder(OVModel):
     """Stand-in for :class:`~ddad_hub.models.feature_encoder.FeatureEncoder`: ``encoder(x)`` -> list of maps."""
 
-    def __init__(self, config, network: CompiledNetwork, channels: list[int]):
+    def __init__(self, config, network: CompiledNetwork, channels: list[int],
+                 full_precision: OVFeatureEncoder | None = None):
         super().__init__(config)
         self.network, self.channels = network, channels
+        # the same IR compiled in fp32, for the feature memory, whose bank, score bins and statistics were made in
+        # fp32 (PyTorch runs the memory's pass outside autocast too); None when this one is fp32 already
+        self.full_precision = full_precision
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.shape[1] == 1:
@@ -376,7 +398,12 @@ def load_stand_ins(
         if len(nets) == 2:
             stand_ins[name] = OVAutoencoderKL(module.config, *nets)
         elif hasattr(module, "channels"):
-            stand_ins[name] = OVFeatureEncoder(module.config, nets[0], list(module.channels))
+            fp32 = None
+            if precision != "f32":
+                xml = folder / name / f"{ir_parts(module)[0].file}.xml"
+                fp32 = OVFeatureEncoder(module.config, CompiledNetwork(core, xml, {**props, "INFERENCE_PRECISION_HINT":
+                                                                                   "f32"}), list(module.channels))
+            stand_ins[name] = OVFeatureEncoder(module.config, nets[0], list(module.channels), full_precision=fp32)
         else:
             stand_ins[name] = OVUNet2DModel(module.config, nets[0])
     return stand_ins
@@ -407,13 +434,15 @@ class OpenVINOMixin:
         self,
         folder: str | os.PathLike | None = None,
         cache_dir: str | os.PathLike | None = None,
-        int8_weights: tuple[str, ...] | list[str] = (),
+        int8_weights: tuple[str, ...] | list[str] | None = None,
         properties: dict | None = None,
     ):
         """Replace the networks by compiled OpenVINO models, in place; returns the pipeline.
 
         IR comes from ``folder`` (the folder the pipeline was loaded from) if it holds IR of these weights, else
-        from the cache, exported there on first use. Precision follows ``default_autocast_dtype()``: bf16 where the
+        from the cache, exported there on first use. ``int8_weights`` ``None`` takes the folder's IR as it was
+        exported (int8 where ``export_openvino`` compressed it); ``()`` asks for fp32 weights throughout.
+        Precision follows ``default_autocast_dtype()``: bf16 where the
         CPU has native bf16 and ``compute_dtype`` is "auto", fp32 otherwise; it is fixed at this point, so a call's
         ``autocast_dtype`` no longer changes it.
         """
@@ -421,7 +450,8 @@ class OpenVINOMixin:
             return self
         require_openvino()
         components = self.components
-        ir = find_or_export(components, folder, cache_dir, tuple(int8_weights))
+        int8_weights = exported_int8_weights(folder) if int8_weights is None else tuple(int8_weights)
+        ir = find_or_export(components, folder, cache_dir, int8_weights)
         precision = "bf16" if self.default_autocast_dtype() == torch.bfloat16 else "f32"
         for name, stand_in in load_stand_ins(components, ir, precision, properties=properties).items():
             # object.__setattr__: diffusers' __setattr__ would rewrite model_index.json's entry to the stand-in

@@ -343,18 +343,24 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         # channels-last inputs take oneDNN's faster convolution paths (weights stay contiguous for saving)
         return self.unet(sample.contiguous(memory_format=torch.channels_last), timesteps).sample
 
+    @property
+    def memory_encoder(self):
+        """The encoder the feature memory reads with: the feature encoder in full precision, as its bank was made
+        (an OpenVINO pipeline in bf16 keeps an fp32 compilation of it for this)."""
+        return getattr(self.feature_encoder, "full_precision", None) or self.feature_encoder
+
     @torch.no_grad()
     def memory_maps(self, images: torch.Tensor, return_categories: bool = False):
         """The feature memory's (maps at map resolution, image scores) for images in [-1, 1]; with
         ``return_categories``, also the product each image shows (a multi-class memory's nearest neighbours)."""
-        out = self.feature_memory.anomaly_maps(self.feature_encoder, self.resize_to_map(images), self.map_hw,
+        out = self.feature_memory.anomaly_maps(self.memory_encoder, self.resize_to_map(images), self.map_hw,
                                                return_groups=return_categories)
         return (out[0].float().cpu(), out[1].float().cpu(), *out[2:])
 
     @torch.no_grad()
     def infer_categories(self, images: torch.Tensor) -> list[str]:
         """The product each image in [-1, 1] shows, as a multi-class pipeline's feature memory recognises it."""
-        return self.feature_memory.infer_groups(self.feature_encoder, self.resize_to_map(images))
+        return self.feature_memory.infer_groups(self.memory_encoder, self.resize_to_map(images))
 
     @torch.no_grad()
     def first_estimate(self, images: torch.Tensor) -> torch.Tensor:
