@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.output:
         write_results(args.output, {"machine": summary, "rows": rows, "auroc": aurocs, "args": vars(args)}, text)
+        Path(args.output).with_suffix(".partial.jsonl").unlink(missing_ok=True)  # the complete results replace it
 
 
 if __name__ == "__main__":
