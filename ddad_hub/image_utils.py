@@ -125,7 +125,7 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
-        raise ValueError(f"an image array needs 1 (grey), 3 (RGB) or 4 (RGBA) channels; got shape {tuple(image.shape)}")
+        raise ValueError(f"an image array needs 1 (grey), 3 (RGB) or 4 (RGBA) channels; got shape {array.shape}")
     if x.numel() and x.min() < 0:  # [-1, 1] -> [0, 1]
         x = (x + 1) / 2
     if x.shape[1] == 4:

@@ -92,7 +92,8 @@ def skipped_members(archive: str | os.PathLike) -> list[str]:
                 and Path(m.filename).suffix.lower() not in IMAGE_SUFFIXES]
 
 
-def _hidden(name: str) -> bool:
+def _hidden(name: str | os.PathLike) -> bool:
+    """A hidden file or folder, or macOS metadata: never an image a user meant to send."""
     return any(part.startswith(".") or part == "__MACOSX" for part in Path(name).parts)
 
 

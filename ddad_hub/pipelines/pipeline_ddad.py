@@ -230,7 +230,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         (bilinear with antialiasing), so a file and its pixels as a tensor score the same.
         """
         if not isinstance(images, list):
-            images = [images]
+            images = [images] if not isinstance(images, tuple) else list(images)
         tensors, sizes = [], []
         h, w = size or self.sample_size
         for image in images:
@@ -596,11 +596,11 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         for key in ("torch_dtype", "dtype"):
             check_weights_dtype(kwargs.get(key))
         path = pipeline_folder(pretrained_model_name_or_path, kwargs, backend)
-        check_pipeline_folder(path)
+        stored = check_pipeline_folder(path)
         check_class(path, cls)
         kwargs.setdefault("use_safetensors", True)
         pipe = super().from_pretrained(path, **kwargs)
-        check_loaded_weights(pipe, path)
+        check_loaded_weights(pipe, stored, path)
         own_aligned_weights(pipe)
         if backend == "openvino":
             pipe.to_openvino(path, **openvino_options)
@@ -616,20 +616,15 @@ def check_weights_dtype(dtype) -> None:
                          "the default, 'auto', uses bf16 where the CPU has native bf16")
 
 
-def check_loaded_weights(pipe: DiffusionPipeline, path: str | os.PathLike) -> None:
-    """Refuse a component whose weights file lacks tensors the component has: diffusers would only warn and leave
-    them at random (or zero) values, and the pipeline would score nonsense."""
-    from safetensors import safe_open
-
+def check_loaded_weights(pipe: DiffusionPipeline, stored: dict[str, set[str]], path: str | os.PathLike) -> None:
+    """Refuse a component whose weights files (``stored``: their tensor names, as :func:`check_pipeline_folder`
+    read them) lack tensors the component has: diffusers would only warn and leave them at random (or zero)
+    values, and the pipeline would score nonsense."""
     for name, component in pipe.components.items():
-        folder = os.path.join(path, name)
-        if not isinstance(component, torch.nn.Module) or not os.path.isdir(folder):
+        if not isinstance(component, torch.nn.Module) or name not in stored:
             continue
-        stored: set[str] = set()
-        for weight in (f for f in os.listdir(folder) if f.endswith(".safetensors")):
-            with safe_open(os.path.join(folder, weight), framework="pt") as handle:
-                stored.update(handle.keys())
-        missing = sorted(set(component.state_dict()) - stored)
+        folder = os.path.join(path, name)
+        missing = sorted(set(component.state_dict()) - stored[name])
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise ValueError(f"component '{name}': {folder} lacks {len(missing)} of its tensors ({shown}); the "
@@ -650,8 +645,9 @@ def own_aligned_weights(pipe: DiffusionPipeline) -> None:
                 tensor.data = tensor.data.clone()
 
 
-def check_pipeline_folder(path: str | os.PathLike) -> None:
-    """Raise a clear error if a saved pipeline folder lacks a file or holds an unreadable one."""
+def check_pipeline_folder(path: str | os.PathLike) -> dict[str, set[str]]:
+    """Raise a clear error if a saved pipeline folder lacks a file or holds an unreadable one; return the tensor
+    names each component's weights files hold."""
     from safetensors import safe_open
 
     index = os.path.join(path, "model_index.json")
@@ -662,6 +658,7 @@ def check_pipeline_folder(path: str | os.PathLike) -> None:
             config = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{index} is not valid JSON: {err}") from err
+    stored: dict[str, set[str]] = {}
     for name, value in config.items():
         if not (isinstance(value, list) and len(value) == 2) or value[0] is None:
             continue
@@ -680,11 +677,14 @@ def check_pipeline_folder(path: str | os.PathLike) -> None:
         weights = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
         if not weights:
             raise FileNotFoundError(f"component '{name}': no .safetensors weights in {folder}")
+        stored[name] = set()
         for weight in weights:
             file = os.path.join(folder, weight)
             try:
                 with safe_open(file, framework="pt") as handle:
                     for key in handle.keys():
                         handle.get_slice(key)
+                        stored[name].add(key)
             except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
                 raise ValueError(f"component '{name}': {file} is damaged or not a safetensors file ({err})") from err
+    return stored
