@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -109,16 +110,42 @@ def resume(
     modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer | None,
     log=print,
+    resume_requested: bool = True,
+    data: str | None = None,
 ) -> tuple[dict, Path] | None:
-    """``--resume`` of a step-based training script: restore the newest checkpoint in ``checkpoint_dir``.
+    """Start or continue a step-based training run in ``checkpoint_dir``.
 
-    Returns its state (with ``step`` and ``elapsed_seconds``) and folder, or ``None`` (said through ``log``) when
-    there is none yet, so the run starts fresh.
+    Without ``resume_requested`` (no ``--resume``) the folder must hold no checkpoint: a new run would delete its own
+    checkpoints in favour of the earlier run's higher steps, so that is refused. With it, the newest checkpoint
+    that loads is restored (a damaged newer one is named and passed over) and its state (``step``,
+    ``elapsed_seconds``...) and folder are returned; ``None`` (said through ``log``) when there is none yet, so the
+    run starts fresh. A checkpoint of another network or of other ``data`` is refused: its run is not this one.
     """
-    ckpt = latest_checkpoint(checkpoint_dir)
-    if ckpt is None:
+    found = list_checkpoints(checkpoint_dir)
+    if not resume_requested:
+        if found:
+            raise SystemExit(f"{checkpoint_dir} holds checkpoints of an earlier run (newest: {found[-1].name}); pass "
+                             "--resume to continue it, or choose another --output-dir")
+        return None
+    if not found:
         log(f"--resume: no checkpoint in {checkpoint_dir}, starting fresh")
         return None
-    state = load_checkpoint(ckpt, modules, optimizer)
-    log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed_seconds'] / 60:.1f} min trained)")
-    return state, Path(ckpt)
+    for ckpt in reversed(found):
+        try:
+            state = load_checkpoint(ckpt, modules, optimizer)
+        except RuntimeError as err:
+            if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
+                raise SystemExit(f"{ckpt} holds another network than this run builds (another preset or "
+                                 f"--resolution?): resume with the settings it was trained with, or choose another "
+                                 f"--output-dir ({str(err).splitlines()[0]})") from err
+            log(f"--resume: {ckpt} is damaged ({err}); trying the checkpoint before it")
+            continue
+        except (SafetensorError, OSError, ValueError, KeyError) as err:  # damaged files; a missing one
+            log(f"--resume: {ckpt} is damaged ({type(err).__name__}: {err}); trying the checkpoint before it")
+            continue
+        if data is not None and state.get("data") not in (None, data):
+            raise SystemExit(f"{ckpt} is of a run on {state['data']}, this run is on {data}: resume with the same "
+                             "--data, or choose another --output-dir")
+        log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed_seconds'] / 60:.1f} min trained)")
+        return state, Path(ckpt)
+    raise SystemExit(f"every checkpoint in {checkpoint_dir} is damaged; delete them to start afresh")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_utils import open_image
+from .image_utils import ImageLoadError, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -105,7 +105,10 @@ def load_images(paths: list[Path], size: int) -> torch.Tensor:
     """Images as a (N, 3, size, size) float tensor in [-1, 1] (bicubic resize)."""
     arrays = []
     for path in paths:
-        image = open_image(path).resize((size, size), Image.BICUBIC)
+        try:
+            image = open_image(path).resize((size, size), Image.BICUBIC)
+        except ImageLoadError as err:  # the whole path: several categories and defect types share file names
+            raise ImageLoadError(f"{err} (at {path})") from err
         arrays.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().clamp(-1, 1)
 
@@ -193,6 +196,18 @@ def split_categories(
         held += h
         held_by_category[name] = h
     return train, held, held_by_category
+
+
+def check_held_out(held_by_category: dict[str, list[Path]], holdout: float) -> None:
+    """Before a run trains: every category has held-out images and they all decode. They are read only when the run
+    finalises (settings, thresholds), and a run that trained for an hour must not fail there."""
+    empty = [name for name, held in held_by_category.items() if not held]
+    if empty:
+        raise DatasetLayoutError(f"category {', '.join(empty)}: holdout {holdout} leaves no held-out nominal image for "
+                                 "the settings and thresholds; add train/good images or raise the preset's holdout")
+    for held in held_by_category.values():
+        for path in held:
+            open_image(path)
 
 
 def category_of(path: str | os.PathLike) -> str:

@@ -141,3 +141,46 @@ def test_pruning_and_interrupted_writes(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_00000003"
     with pytest.raises(FileNotFoundError, match="has no other.safetensors"):
         load_checkpoint(tmp_path / "step_00000003", {"other": model})
+
+
+def test_resume_refuses_other_runs_and_passes_over_a_damaged_checkpoint(tmp_path):
+    from ddad_hub.checkpointing import resume
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    assert resume(tmp_path, {"model": model}, opt, resume_requested=False) is None  # an empty folder: a new run
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"model": model}, opt, {"elapsed_seconds": float(step), "data": "/d/widget"})
+    # a new run (no --resume) would delete its own checkpoints in favour of the earlier run's higher steps
+    with pytest.raises(SystemExit, match="earlier run.*step_00000002.*--resume"):
+        resume(tmp_path, {"model": model}, opt, resume_requested=False)
+    with pytest.raises(SystemExit, match="run on /d/widget, this run is on /d/gadget"):
+        resume(tmp_path, {"model": model}, opt, data="/d/gadget")
+    with pytest.raises(SystemExit, match="another network"):
+        resume(tmp_path, {"model": torch.nn.Linear(3, 2)}, None, data="/d/widget")
+    weights = tmp_path / "step_00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])  # the newest checkpoint damaged: the one before it is used
+    said = []
+    state, ckpt = resume(tmp_path, {"model": model}, opt, log=said.append, data="/d/widget")
+    assert ckpt.name == "step_00000001" and state["step"] == 1
+    assert "step_00000002 is damaged" in said[0] and "resumed from" in said[1]
+    state_file = tmp_path / "step_00000001" / "state.json"
+    state_file.write_text("{not json")
+    with pytest.raises(SystemExit, match="every checkpoint"):
+        resume(tmp_path, {"model": model}, opt, log=said.append)
+
+
+def test_held_out_images_are_checked_before_a_run_trains(tmp_path):
+    from conftest import write_category
+
+    from ddad_hub.data import DatasetLayoutError, check_held_out, find_categories, split_categories
+
+    small = write_category(tmp_path, "small", n_train=4, seed=0)
+    _, _, held = split_categories(find_categories([small]), holdout=0.1)
+    with pytest.raises(DatasetLayoutError, match="small: holdout 0.1 leaves no held-out"):
+        check_held_out(held, 0.1)
+    _, _, held = split_categories(find_categories([small]), holdout=0.5)
+    check_held_out(held, 0.5)
+    held["small"][0].write_bytes(b"junk")  # read only at finalisation otherwise, after the whole training
+    with pytest.raises(ImageLoadError):
+        check_held_out(held, 0.5)

@@ -143,6 +143,10 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     # evaluate.py (one category at a time) judges each test image by its recognised product's threshold
     from training.evaluate import main as evaluate
 
+    other = write_category(tmp_path / "more", "gamma", n_train=4, seed=5)
+    with pytest.raises(SystemExit, match="trained on alpha, beta.*, not on gamma: pass --output-dir"):
+        evaluate(["--pipeline", str(folder), "--data", str(other)])  # would write gamma's numbers into its card
+
     for modes in (["fused"], ["ddad", "d3ad", "fused"]):  # the product from its own search, or from fused's
         single = evaluate(["--pipeline", str(folder), "--data", str(cats[1]), "--output-dir", str(tmp_path / "ev1"),
                            "--modes", *modes, "--no-memory"])

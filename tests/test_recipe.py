@@ -1,7 +1,8 @@
-"""The synthetic defects that rank settings without test images."""
+"""The recipe's inputs: the synthetic defects that rank settings without test images, and the presets."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ddad_hub.recipe import synthetic_defects
@@ -44,3 +45,15 @@ def test_a_grey_image_gets_a_grey_scratch_and_a_colour_image_a_coloured_one():
         assert (spread < 1e-6) if is_grey else (spread > 1e-3)
     # the grey rule draws the same random numbers: the defects' places and sizes do not move
     assert torch.equal(synthetic_defects(grey, seed=5)[1], synthetic_defects(colour, seed=5)[1])
+
+
+def test_presets_refuse_counts_that_would_fail_deep_in_training(tmp_path):
+    from ddad_hub.presets import load_preset
+
+    for key, value in (("batch_size", 0), ("checkpoint_every", 0), ("max_minutes", 0), ("resolution", -8)):
+        with pytest.raises(ValueError, match=f"{key} must"):
+            load_preset("cpu", **{key: value})
+    broken = tmp_path / "mine.json"
+    broken.write_text('{"batch_size": 4,')
+    with pytest.raises(ValueError, match="mine.json is not valid JSON"):
+        load_preset(str(broken))

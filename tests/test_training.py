@@ -216,13 +216,18 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     for p in sorted((dataset / "test" / "scratch").glob("*.png"))[:2]:
         (inputs / p.name).write_bytes(p.read_bytes())
     (inputs / "broken.png").write_bytes(b"not an image at all")
+    first = sorted(inputs.glob("*.png"))[0]
+    Image.open(first).save(inputs / f"{first.stem}.bmp")  # same name, other suffix: its map must not overwrite
+    (inputs / "sub").mkdir()
+    Image.open(first).save(inputs / "sub" / "x.png")
+    Image.open(first).save(inputs / "sub__x.png")  # flattened, sub/x.png would take the same map name
     preds = tmp_path / "preds"
     _run(["training/predict.py", "--pipeline", str(folder), "--input-dir", str(inputs), "--output-dir", str(preds)])
     rows = list(csv.DictReader(open(preds / "scores.csv")))
-    assert len(rows) == 3
+    assert len(rows) == 6
     broken = [r for r in rows if r["file"].endswith("broken.png")][0]
     assert "not an image" in broken["error"]
-    assert len(list(preds.glob("*_map.png"))) == 2
+    assert len(list(preds.glob("*_map.png"))) == 5  # one heat-map per scored file
 
     adapted = tmp_path / "adapted"
     _run(["training/adapt_encoder.py", "--pipeline", str(folder), "--data", str(dataset), "--output-dir",

@@ -7,7 +7,8 @@ the nearest-neighbour memory alone: the pipeline's own memory when the recipe fi
 (the one D3AD and fused mode use), else one fitted here on the training split.
 Writes ``results.json`` (image AUROC, pixel AUROC, AUPRO at FPR 0.3, overall and per defect type; the share of
 each type flagged at the calibrated threshold) and ``evaluation.png`` (ROC curves and example maps) to
-``--output-dir`` (default: the pipeline folder, whose model card is then re-rendered with the results). Defect
+``--output-dir`` (default: the pipeline folder, whose model card is then re-rendered with the results; for data of
+a product the pipeline was not trained on, ``--output-dir`` is required, so its card never shows them). Defect
 types without masks (no ``ground_truth/<type>/`` folder) get image-level metrics only; the report says so. Maps
 are compared with the masks on the whole image at the map size (no centre crop). Nothing is tuned here: the
 pipeline's settings were fixed before it saw the test set.
@@ -119,6 +120,20 @@ def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
     plt.close(fig)
 
 
+def _check_same_product(folder: Path, data: Path) -> None:
+    """Results go into the pipeline's folder and card only for a product it was trained on: another product's numbers
+    would be shown as its own."""
+    info_file = folder / "training_info.json"
+    if not info_file.is_file():
+        return
+    info = json.loads(info_file.read_text())
+    recorded = [Path(d).name for d in str(info.get("data") or "").split(", ") if d]
+    known = {*recorded, *(info.get("categories") or []), info.get("category")} - {None, ""}
+    if known and data.resolve().name not in known:
+        raise SystemExit(f"{folder} was trained on {', '.join(sorted(known))}, not on {data.resolve().name}: pass "
+                         "--output-dir to evaluate it on other data without writing over its own results and card")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -130,9 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     folder = Path(args.pipeline)
+    data = Path(args.data)
+    if not args.output_dir:
+        _check_same_product(folder, data)
     out_dir = Path(args.output_dir) if args.output_dir else folder
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data)
     items = list_test_items(data)
     size = pipe.map_hw
     masks = np.stack([load_mask(it.mask, size) for it in items])

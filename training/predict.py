@@ -38,19 +38,28 @@ def main(argv: list[str] | None = None) -> Path:
     pipe.set_progress_bar_config(disable=True)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, used = [], set()
     bar = tqdm(total=len(files), desc="predict")
     progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
     for item in inspect_files(pipe, files, args.batch_size, progress=progress, mode=args.mode):
         rows.append(item.row)
         if item.image is not None:
-            rel = Path(item.row.file).relative_to(root).with_suffix("")
-            target = out / f"{str(rel).replace('/', '__')}_map.png"
+            rel = Path(item.row.file).relative_to(root)
+            target = out / f"{_unique(str(rel.with_suffix('')).replace('/', '__'), rel.suffix, used)}_map.png"
             anomaly_picture(item.image, item.anomaly_map, item.threshold).save(target)
     bar.close()
     write_csv(rows, out / "scores.csv")
     print(f"{len(rows)} rows written to {out / 'scores.csv'}")
     return out
+
+
+def _unique(name: str, suffix: str, used: set[str]) -> str:
+    """``name``, or with the file's suffix (``a_jpg`` beside ``a`` from ``a.png``), then a number, when an earlier
+    file's map already took it: every scored file keeps its own heat-map."""
+    candidates = [name, f"{name}_{suffix.lstrip('.')}"] + [f"{name}_{k}" for k in range(2, len(used) + 3)]
+    chosen = next(c for c in candidates if c not in used)
+    used.add(chosen)
+    return chosen
 
 
 if __name__ == "__main__":

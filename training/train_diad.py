@@ -29,7 +29,14 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
-from ddad_hub.data import categories_label, find_categories, load_images, nominal_id, split_categories
+from ddad_hub.data import (
+    categories_label,
+    check_held_out,
+    find_categories,
+    load_images,
+    nominal_id,
+    split_categories,
+)
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.model_card import write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> Path:
     unet, vae, source = load_base(args)
     # the same split as train_vae.py / train_unet.py: held-out images stay unseen by every component
     train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
+    check_held_out(held_by_category, preset["holdout"])
     images = load_images(train_paths, preset["resolution"])
     latents = encode_images(vae, images)
 
@@ -150,8 +158,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("set --max-steps or --max-minutes: the run needs an end")
 
     step, elapsed = 0, 0.0
-    if args.resume and (restored := resume(ckpt_dir, {"unet": unet, "sg_network": sg}, optimizer,
-                                           accelerator.print)):
+    if restored := resume(ckpt_dir, {"unet": unet, "sg_network": sg}, optimizer, accelerator.print, args.resume,
+                          ", ".join(map(str, categories.values()))):
         step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     model, optimizer = accelerator.prepare(model, optimizer)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +169,8 @@ def main(argv: list[str] | None = None) -> Path:
     def checkpoint() -> None:
         if accelerator.is_main_process:
             state = {"elapsed_seconds": progress.elapsed, "preset": preset, "seed": args.seed,
-                     "categories": {k: str(v) for k, v in categories.items()}, "base": source}
+                     "categories": {k: str(v) for k, v in categories.items()}, "base": source,
+                     "data": ", ".join(map(str, categories.values()))}
             plain_opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
             save_checkpoint(ckpt_dir, progress.step, {"unet": unet, "sg_network": sg}, plain_opt, state)
         accelerator.wait_for_everyone()

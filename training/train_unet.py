@@ -22,7 +22,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
 
 from ddad_hub.checkpointing import resume, save_checkpoint
-from ddad_hub.data import categories_label, find_categories, load_images, split_categories
+from ddad_hub.data import categories_label, check_held_out, find_categories, load_images, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
 from ddad_hub.models.unet import build_unet
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"preset {preset['name']!r} trains on autoencoder latents: train one first with "
                          f"training/train_vae.py and pass its folder with --vae")
     vae = load_vae(args.vae) if args.vae else None
-    train_paths, held_out, _ = split_categories(categories, preset["holdout"], seed=args.seed)
+    train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
+    check_held_out(held_by_category, preset["holdout"])
     images = load_images(train_paths, preset["resolution"])
     if vae is not None:  # the U-Net learns the latents; they are computed once
         preset["latent_resolution"] = preset["resolution"] // latent_factor(vae.config)
@@ -105,13 +106,18 @@ def main(argv: list[str] | None = None) -> Path:
     scheduler = DDADScheduler()
 
     step, elapsed = 0, 0.0
-    if args.resume and (restored := resume(ckpt_dir, {"unet": unet}, optimizer, accelerator.print)):
+    if restored := resume(ckpt_dir, {"unet": unet}, optimizer, accelerator.print, args.resume, str(data)):
         state, ckpt = restored
         step, elapsed = state["step"], state["elapsed_seconds"]
         if ema is not None:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            shadow = load_file(str(ckpt / "ema.safetensors"))
+            try:
+                shadow = load_file(str(ckpt / "ema.safetensors"))
+            except (SafetensorError, OSError) as err:
+                raise SystemExit(f"{ckpt / 'ema.safetensors'} is damaged or missing ({err}); delete {ckpt} to "
+                                 "resume from the checkpoint before it") from err
             ema.shadow_params = [shadow[name].clone() for name, _ in unet.named_parameters()]
             ema.optimization_step = state["ema_optimization_step"]
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
     vae = build_vae(preset)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec["learning_rate"], weight_decay=0.0)
     step, elapsed = 0, 0.0
-    if args.resume and (restored := resume(ckpt_dir, {"vae": vae}, optimizer, accelerator.print)):
+    if restored := resume(ckpt_dir, {"vae": vae}, optimizer, accelerator.print, args.resume, str(data)):
         step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     objective, optimizer = accelerator.prepare(AutoencoderObjective(vae), optimizer)
     out.mkdir(parents=True, exist_ok=True)

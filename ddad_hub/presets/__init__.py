@@ -18,7 +18,12 @@ def load_preset(name: str, category: str | None = None, **overrides) -> dict:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"preset file not found: {path}")
-        preset = json.loads(path.read_text())
+        try:
+            preset = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"preset file {path} is not valid JSON: {err}") from err
+        if not isinstance(preset, dict):
+            raise ValueError(f"preset file {path} must hold a JSON object of settings")
         preset.setdefault("name", path.stem)
         name = preset["name"]
     elif name in PRESETS:
@@ -31,7 +36,20 @@ def load_preset(name: str, category: str | None = None, **overrides) -> dict:
         if category in table:
             preset.update(table[category])
     preset.update({k: v for k, v in overrides.items() if v is not None})
+    _check_counts(preset)
     return preset
+
+
+def _check_counts(preset: dict) -> None:
+    """Settings that count something must be positive: a zero only fails later, deep in a training loop."""
+    for key in ("batch_size", "checkpoint_every", "resolution"):
+        value = preset.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"preset {preset.get('name')!r}: {key} must be a positive integer, got {value!r}")
+    for key in ("max_minutes", "epochs"):
+        value = preset.get(key)
+        if value is not None and not value > 0:
+            raise ValueError(f"preset {preset.get('name')!r}: {key} must be above 0 (or left out), got {value!r}")
 
 
 def fill_preset(preset: dict) -> dict:
