@@ -113,7 +113,7 @@ def resume(
     resume_requested: bool = True,
     data: str | None = None,
 ) -> tuple[dict, Path] | None:
-    """Start or continue a step-based training run in ``checkpoint_dir``.
+    """Start or continue a training run (steps or epochs) in ``checkpoint_dir``.
 
     Without ``resume_requested`` (no ``--resume``) the folder must hold no checkpoint: a new run would delete its own
     checkpoints in favour of the earlier run's higher steps, so that is refused. With it, the newest checkpoint
@@ -146,6 +146,7 @@ def resume(
         if data is not None and state.get("data") not in (None, data):
             raise SystemExit(f"{ckpt} is of a run on {state['data']}, this run is on {data}: resume with the same "
                              "--data, or choose another --output-dir")
-        log(f"resumed from {ckpt} at step {state['step']} ({state['elapsed_seconds'] / 60:.1f} min trained)")
+        trained = f" ({state['elapsed_seconds'] / 60:.1f} min trained)" if "elapsed_seconds" in state else ""
+        log(f"resumed from {ckpt} at step {state['step']}{trained}")
         return state, Path(ckpt)
     raise SystemExit(f"every checkpoint in {checkpoint_dir} is damaged; delete them to start afresh")

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
-from ddad_hub.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import held_out_split, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_model_card
@@ -75,10 +75,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
     start_epoch, history = 0, []
-    if args.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(ckpt, {"encoder": encoder}, optimizer)
-        start_epoch, history = state["epoch"], state["history"]
-        accelerator.print(f"resumed from {ckpt} after epoch {start_epoch}")
+    if restored := resume(ckpt_dir, {"encoder": encoder}, optimizer, accelerator.print, args.resume, str(args.data)):
+        start_epoch, history = restored[0]["epoch"], restored[0]["history"]
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
 
     half = max(1, args.batch_size // 2)
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> Path:
         if accelerator.is_main_process:
             save_checkpoint(ckpt_dir, epoch + 1, {"encoder": accelerator.unwrap_model(encoder)},
                             optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                            {"epoch": epoch + 1, "history": history})
+                            {"epoch": epoch + 1, "history": history, "data": str(args.data)})
         accelerator.wait_for_everyone()
 
     folder = out / "pipeline"
