@@ -89,16 +89,24 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 def load_checkpoint(
     checkpoint: str | os.PathLike,
-    modules: dict[str, torch.nn.Module],
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer | None = None,
 ) -> dict:
-    """Restore modules and optimizer from a checkpoint folder and return its JSON state."""
+    """Restore modules and optimizer from a checkpoint folder and return its JSON state.
+
+    As in :func:`save_checkpoint`, a stem may map to a plain tensor dict (an EMA's shadow weights); it is refilled.
+    """
     checkpoint = Path(checkpoint)
     for stem, module in modules.items():
         file = checkpoint / f"{stem}.safetensors"
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} has no {file.name}")
-        module.load_state_dict(load_file(str(file)))
+        tensors = load_file(str(file))
+        if isinstance(module, torch.nn.Module):
+            module.load_state_dict(tensors)
+        else:
+            module.clear()
+            module.update(tensors)
     if optimizer is not None:
         meta = json.loads((checkpoint / "optimizer.json").read_text())
         _optimizer_from_flat(optimizer, load_file(str(checkpoint / "optimizer.safetensors")), meta)
@@ -107,7 +115,7 @@ def load_checkpoint(
 
 def resume(
     checkpoint_dir: str | os.PathLike,
-    modules: dict[str, torch.nn.Module],
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer | None,
     log=print,
     resume_requested: bool = True,

@@ -123,8 +123,10 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path):
 
     resumed = torch.nn.Linear(3, 2)
     resumed_opt = torch.optim.Adam(resumed.parameters(), lr=0.1, weight_decay=0.05)
-    state = load_checkpoint(latest_checkpoint(tmp_path), {"model": resumed}, resumed_opt)
+    extra = {"stale": torch.zeros(1)}  # a plain tensor dict (an EMA's weights) is refilled, as it was saved
+    state = load_checkpoint(latest_checkpoint(tmp_path), {"model": resumed, "extra": extra}, resumed_opt)
     assert state == {"elapsed": 1.5, "step": 3}
+    assert list(extra) == ["ema.w"] and torch.equal(extra["ema.w"], torch.ones(2))
     _train(model, opt, 2, seed=2)
     _train(resumed, resumed_opt, 2, seed=2)
     for a, b in zip(model.parameters(), resumed.parameters()):

@@ -106,18 +106,12 @@ def main(argv: list[str] | None = None) -> Path:
     scheduler = DDADScheduler()
 
     step, elapsed = 0, 0.0
-    if restored := resume(ckpt_dir, {"unet": unet}, optimizer, accelerator.print, args.resume, str(data)):
-        state, ckpt = restored
+    shadow: dict[str, torch.Tensor] = {}  # the EMA's weights, restored with the U-Net (a damaged file alike)
+    restorable = {"unet": unet, **({"ema": shadow} if ema is not None else {})}
+    if restored := resume(ckpt_dir, restorable, optimizer, accelerator.print, args.resume, str(data)):
+        state = restored[0]
         step, elapsed = state["step"], state["elapsed_seconds"]
         if ema is not None:
-            from safetensors import SafetensorError
-            from safetensors.torch import load_file
-
-            try:
-                shadow = load_file(str(ckpt / "ema.safetensors"))
-            except (SafetensorError, OSError) as err:
-                raise SystemExit(f"{ckpt / 'ema.safetensors'} is damaged or missing ({err}); delete {ckpt} to "
-                                 "resume from the checkpoint before it") from err
             ema.shadow_params = [shadow[name].clone() for name, _ in unet.named_parameters()]
             ema.optimization_step = state["ema_optimization_step"]
 
