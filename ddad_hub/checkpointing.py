@@ -128,8 +128,11 @@ def resume(
     that loads is restored (a damaged newer one is named and passed over) and its state (``step``,
     ``elapsed_seconds``...) and folder are returned; ``None`` (said through ``log``) when there is none yet, so the
     run starts fresh. A checkpoint of another network or of other ``data`` is refused: its run is not this one.
+    The optimizer keeps its moments from the checkpoint but this run's settings (``--learning-rate``...): a changed
+    one is said through ``log``.
     """
     found = list_checkpoints(checkpoint_dir)
+    settings = _group_settings(optimizer)  # this run's learning rate etc., before the checkpoint's overwrite them
     if not resume_requested:
         if found:
             raise SystemExit(f"{checkpoint_dir} holds checkpoints of an earlier run (newest: {found[-1].name}); pass "
@@ -154,7 +157,27 @@ def resume(
         if data is not None and state.get("data") not in (None, data):
             raise SystemExit(f"{ckpt} is of a run on {state['data']}, this run is on {data}: resume with the same "
                              "--data, or choose another --output-dir")
+        if optimizer is not None:
+            _restore_group_settings(optimizer, settings, log)
         trained = f" ({state['elapsed_seconds'] / 60:.1f} min trained)" if "elapsed_seconds" in state else ""
         log(f"resumed from {ckpt} at step {state['step']}{trained}")
         return state, Path(ckpt)
     raise SystemExit(f"every checkpoint in {checkpoint_dir} is damaged; delete them to start afresh")
+
+
+def _group_settings(optimizer: torch.optim.Optimizer | None) -> list[dict]:
+    if optimizer is None:
+        return []
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _restore_group_settings(optimizer: torch.optim.Optimizer, settings: list[dict], log) -> None:
+    """Put this run's settings back into the param groups a checkpoint overwrote, naming those that differed."""
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    for group, own in zip(optimizer.param_groups, settings):
+        for key, value in own.items():
+            if plain(group.get(key)) != plain(value):
+                log(f"--resume: {key} {value} (this run's setting) replaces the checkpoint's {group.get(key)}")
+            group[key] = value

@@ -78,7 +78,7 @@ def held_out_split(root: str | os.PathLike, ids: list[str]) -> tuple[list[Path],
 def list_test_items(root: str | os.PathLike) -> list[TestItem]:
     """The test images with their defect type and mask path, ``<root>/test/<type>/*``.
 
-    A defect type without a ``ground_truth/<type>/`` folder (or with an empty one) has image-level labels only:
+    A defect type without a ``ground_truth/<type>/`` folder (or one without images) has image-level labels only:
     its items have no mask and ``has_pixel_labels`` False. Where the folder holds masks, each image needs its own.
     """
     root = Path(root)
@@ -88,7 +88,7 @@ def list_test_items(root: str | os.PathLike) -> list[TestItem]:
     items = []
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         mask_dir = root / "ground_truth" / type_dir.name
-        labelled = type_dir.name == "good" or (mask_dir.is_dir() and any(mask_dir.iterdir()))
+        labelled = type_dir.name == "good" or (mask_dir.is_dir() and bool(_images_in(mask_dir)))
         for image in _images_in(type_dir):
             mask = None
             if type_dir.name != "good" and labelled:
@@ -122,7 +122,10 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
     """A boolean (H, W) mask at ``size``; all False for nominal images."""
     if path is None:
         return np.zeros(size, dtype=bool)
-    mask = Image.open(path).convert("L")
+    try:
+        mask = open_image(path).convert("L")
+    except ImageLoadError as err:  # named in full: every defect type has a 000_mask.png
+        raise ImageLoadError(f"mask {path} cannot be read: {err}") from err
     if mask.size != (size[1], size[0]):
         mask = mask.resize((size[1], size[0]), Image.NEAREST)
     return np.asarray(mask) > 127

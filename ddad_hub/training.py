@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -112,3 +115,42 @@ class TrainingProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class StopOnInterrupt:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop at the next step boundary, where the training script
+    writes a checkpoint and exits (code 130), so ``--resume`` loses nothing; a second Ctrl-C stops at once.
+
+    Use as a context manager around the training loop and add :attr:`requested` to its end condition. Outside the
+    main thread (where Python cannot install signal handlers) it does nothing.
+    """
+
+    exit_code = 130  # what a shell reports for a process ended by SIGINT
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupted: stopping after this step to write a checkpoint (Ctrl-C again to stop at once, losing "
+              "the steps since the last checkpoint)", file=sys.stderr, flush=True)
+
+    def exit_if_requested(self, step: int, checkpoint_dir: Path, log=print) -> None:
+        """After the loop: end the script with the way to continue, if the run stopped on a Ctrl-C."""
+        if self.requested:
+            log(f"interrupted at step {step}: checkpoint written to {checkpoint_dir}; run the same command with "
+                "--resume to continue")
+            raise SystemExit(self.exit_code)

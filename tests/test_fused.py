@@ -302,6 +302,8 @@ def test_a_float16_bank_halves_the_file_and_scores_as_the_float32_bank(tmp_path)
     test = _nominal(2, seed=13)
     torch.testing.assert_close(again.patch_distances(encoder, test), full.patch_distances(encoder, test),
                                rtol=2e-3, atol=2e-3)
+    again.to(torch.float32)  # what pipe.to(torch.float32) does to it: the bank keeps its stored type
+    assert again.bank.dtype == torch.float16 and full.float().bank.dtype == torch.float32
     with pytest.raises(ValueError, match="bank_dtype"):
         FeatureMemory.fit(encoder, images, bank_dtype="int8")
 

@@ -172,6 +172,30 @@ def test_resume_refuses_other_runs_and_passes_over_a_damaged_checkpoint(tmp_path
         resume(tmp_path, {"model": model}, opt, log=said.append)
 
 
+def test_resume_keeps_this_runs_learning_rate_and_the_checkpoints_moments(tmp_path):
+    from ddad_hub.checkpointing import resume
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.05)
+    _train(model, opt, 3, seed=1)
+    save_checkpoint(tmp_path, 3, {"model": model}, opt, {"elapsed_seconds": 1.0})
+
+    resumed = torch.nn.Linear(3, 2)
+    lowered = torch.optim.Adam(resumed.parameters(), lr=0.01, weight_decay=0.05)  # --resume --learning-rate 0.01
+    said = []
+    resume(tmp_path, {"model": resumed}, lowered, log=said.append)
+    assert lowered.param_groups[0]["lr"] == 0.01 and lowered.param_groups[0]["weight_decay"] == 0.05
+    assert any("lr 0.01 (this run's setting) replaces the checkpoint's 0.1" in line for line in said)
+    moments = [s["exp_avg"] for s in opt.state.values()]
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, lowered.state.values()))
+    # the same settings: nothing is said, and the run goes on exactly as the uninterrupted one
+    same = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.1, weight_decay=0.05)
+    said.clear()
+    resume(tmp_path, {"model": torch.nn.Linear(3, 2)}, same, log=said.append)
+    assert not any("replaces" in line for line in said)
+
+
 def test_held_out_images_are_checked_before_a_run_trains(tmp_path):
     from conftest import write_category
 

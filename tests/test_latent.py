@@ -170,3 +170,29 @@ def test_a_missing_autoencoder_folder_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_vae(str(tmp_path / "empty"))
+
+
+def test_load_vae_reads_a_training_folder_and_refuses_other_models(tmp_path):
+    from diffusers import UNet2DModel
+
+    from ddad_hub.models.autoencoder import build_vae, load_vae
+
+    spec = {"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8}
+    build_vae({"resolution": 32, "vae": spec}).save_pretrained(tmp_path / "run" / "vae")
+    assert load_vae(tmp_path / "run").config.latent_channels == 4  # train_vae.py's --output-dir itself
+    UNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=8, down_block_types=("DownBlock2D",) * 2,
+                up_block_types=("UpBlock2D",) * 2).save_pretrained(tmp_path / "unet")
+    with pytest.raises(ValueError, match="holds a UNet2DModel, not an AutoencoderKL"):
+        load_vae(tmp_path / "unet")
+
+
+def test_a_resolution_the_unet_cannot_halve_is_refused_before_training():
+    from ddad_hub.models.unet import build_unet, check_resolution
+    from ddad_hub.presets import load_preset
+
+    with pytest.raises(ValueError, match="resolution 100 does not fit.*multiple of 8, e.g. 96 or 104"):
+        build_unet(load_preset("cpu", resolution=100))
+    check_resolution(load_preset("cpu", resolution=72))
+    latent = load_preset("cpu_latent", resolution=100)
+    with pytest.raises(ValueError, match="latents 4x smaller.*multiple of 32"):
+        check_resolution(latent, latent_factor=4)

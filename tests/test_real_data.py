@@ -61,6 +61,23 @@ def test_wrong_layout_is_explained(tmp_path):
         list_test_items(tmp_path)
 
 
+def test_mask_folders_hold_images_and_a_damaged_mask_is_named(tmp_path):
+    from PIL import Image
+
+    from ddad_hub.image_utils import ImageLoadError
+
+    (tmp_path / "test" / "crack").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "test" / "crack" / "000.png")
+    masks = tmp_path / "ground_truth" / "crack"
+    masks.mkdir(parents=True)
+    (masks / ".DS_Store").write_bytes(b"finder")  # hidden files are not masks: image-level labels only
+    assert [(it.mask, it.has_pixel_labels) for it in list_test_items(tmp_path)] == [(None, False)]
+    (masks / "000_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+    (item,) = list_test_items(tmp_path)
+    with pytest.raises(ImageLoadError, match=f"mask {item.mask} cannot be read"):
+        load_mask(item.mask, (16, 16))
+
+
 @needs_data
 @pytest.mark.data
 @pytest.mark.slow

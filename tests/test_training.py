@@ -147,6 +147,25 @@ def test_resume_after_sigkill_matches_uninterrupted_run(dataset, preset_file, tr
             np.testing.assert_allclose(b[part][key].numpy(), value.numpy(), rtol=0, atol=1e-6, err_msg=key)
 
 
+def test_ctrl_c_writes_a_checkpoint_of_the_step_reached(dataset, preset_file, tmp_path):
+    out = tmp_path / "run_c"
+    args = _train_args(dataset, out, preset_file, 100_000) + ["--checkpoint-every", "100000"]
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "train_log.jsonl").exists():  # written at step 50: well past any checkpoint (none is due)
+        assert proc.poll() is None, "training exited early"
+        assert time.time() < deadline, "training made no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output[-3000:]
+    (ckpt,) = (out / "checkpoints").glob("step_*")
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    assert step >= 50 and f"interrupted at step {step}" in output and "--resume" in output
+    assert "Traceback" not in output and not (out / "pipeline").exists()
+
+
 def test_two_processes_with_accelerate(dataset, preset_file, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -48,7 +48,7 @@ from ddad_hub.pipelines.pipeline_diad import DiADPipeline
 from ddad_hub.presets import PRESETS, load_preset, preset_section
 from ddad_hub.recipe import autoencoder_info, finalize_diad, synthetic_defects
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
+from ddad_hub.training import StopOnInterrupt, TrainingProgress, epsilon_loss, sample_batch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,28 +177,32 @@ def main(argv: list[str] | None = None) -> Path:
 
     model.train()
     latent_channels = latents.shape[1]
-    while True:
-        done = (max_steps is not None and progress.step >= max_steps) or (
-            budget_s is not None and progress.elapsed >= budget_s)
-        if broadcast_object_list([done])[0]:
-            break
-        batch, t, noise = sample_batch(batches, progress.step, spec["batch_size"], scheduler.config.num_train_timesteps,
-                                       0, args.seed, accelerator.process_index)
-        x0, hint = unpack(batch.to(accelerator.device), latent_channels, scale)
-        hint = corrupt_guidance(hint, guidance_defects, seed=(args.seed * 1_000_003 + progress.step) * 17
-                                + accelerator.process_index)
-        noise = noise[:, :latent_channels].to(accelerator.device)
-        with accelerator.autocast():
-            loss = epsilon_loss(functools.partial(model, image=hint), scheduler, x0, t.to(accelerator.device), noise)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.update(loss.item() / x0[0].numel())
-        if progress.step % spec["checkpoint_every"] == 0:
-            checkpoint()
-            progress.restart_clock()
+    with StopOnInterrupt() as stop:
+        while True:
+            done = (max_steps is not None and progress.step >= max_steps) or (
+                budget_s is not None and progress.elapsed >= budget_s) or stop.requested
+            if broadcast_object_list([done])[0]:
+                break
+            batch, t, noise = sample_batch(batches, progress.step, spec["batch_size"],
+                                           scheduler.config.num_train_timesteps, 0, args.seed,
+                                           accelerator.process_index)
+            x0, hint = unpack(batch.to(accelerator.device), latent_channels, scale)
+            hint = corrupt_guidance(hint, guidance_defects, seed=(args.seed * 1_000_003 + progress.step) * 17
+                                    + accelerator.process_index)
+            noise = noise[:, :latent_channels].to(accelerator.device)
+            with accelerator.autocast():
+                loss = epsilon_loss(functools.partial(model, image=hint), scheduler, x0, t.to(accelerator.device),
+                                    noise)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(loss.item() / x0[0].numel())
+            if progress.step % spec["checkpoint_every"] == 0:
+                checkpoint()
+                progress.restart_clock()
     progress.close()
     checkpoint()
+    stop.exit_if_requested(progress.step, ckpt_dir, accelerator.print)
     accelerator.print(f"trained {progress.step} steps in {progress.minutes:.1f} min")
 
     if accelerator.is_main_process:

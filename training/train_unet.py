@@ -25,11 +25,11 @@ from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.data import categories_label, check_held_out, find_categories, load_images, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
-from ddad_hub.models.unet import build_unet
+from ddad_hub.models.unet import build_unet, check_resolution
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import TrainingProgress, epsilon_loss, sample_batch
+from ddad_hub.training import StopOnInterrupt, TrainingProgress, epsilon_loss, sample_batch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"preset {preset['name']!r} trains on autoencoder latents: train one first with "
                          f"training/train_vae.py and pass its folder with --vae")
     vae = load_vae(args.vae) if args.vae else None
+    check_resolution(preset, latent_factor(vae.config) if vae is not None else 1)  # before minutes of loading
     train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
     check_held_out(held_by_category, preset["holdout"])
     images = load_images(train_paths, preset["resolution"])
@@ -138,35 +139,38 @@ def main(argv: list[str] | None = None) -> Path:
     unet.train()
     snapshot_s = args.snapshot_minutes * 60 if args.snapshot_minutes else None
     next_snapshot = (math.floor(elapsed / snapshot_s) + 1) * snapshot_s if snapshot_s else None
-    while True:
-        step, elapsed = progress.step, progress.elapsed
-        done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
-        snap = next_snapshot is not None and elapsed >= next_snapshot
-        done, snap = broadcast_object_list([done, snap])  # every process acts at the same step
-        if snap:
-            checkpoint(out / "snapshots", keep=0)
-            next_snapshot += snapshot_s
-            progress.restart_clock()
-        if done:
-            break
-        x0, t, noise = sample_batch(
-            images, step, preset["batch_size"], preset["max_train_timestep"], preset["shift_pixels"],
-            args.seed, accelerator.process_index,
-        )
-        x0, t, noise = x0.to(accelerator.device), t.to(accelerator.device), noise.to(accelerator.device)
-        with accelerator.autocast():
-            loss = epsilon_loss(unet, scheduler, x0, t, noise)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        progress.update(loss.item() / x0[0].numel())
-        if progress.step % preset["checkpoint_every"] == 0:
-            checkpoint()
-            progress.restart_clock()  # checkpoint I/O does not count as training time
+    with StopOnInterrupt() as stop:
+        while True:
+            step, elapsed = progress.step, progress.elapsed
+            done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
+            done = done or stop.requested  # a Ctrl-C: checkpoint this step and exit
+            snap = next_snapshot is not None and elapsed >= next_snapshot
+            done, snap = broadcast_object_list([done, snap])  # every process acts at the same step
+            if snap:
+                checkpoint(out / "snapshots", keep=0)
+                next_snapshot += snapshot_s
+                progress.restart_clock()
+            if done:
+                break
+            x0, t, noise = sample_batch(
+                images, step, preset["batch_size"], preset["max_train_timestep"], preset["shift_pixels"],
+                args.seed, accelerator.process_index,
+            )
+            x0, t, noise = x0.to(accelerator.device), t.to(accelerator.device), noise.to(accelerator.device)
+            with accelerator.autocast():
+                loss = epsilon_loss(unet, scheduler, x0, t, noise)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            progress.update(loss.item() / x0[0].numel())
+            if progress.step % preset["checkpoint_every"] == 0:
+                checkpoint()
+                progress.restart_clock()  # checkpoint I/O does not count as training time
     progress.close()
     checkpoint()
+    stop.exit_if_requested(progress.step, ckpt_dir, accelerator.print)
     step, elapsed = progress.step, progress.elapsed
     accelerator.print(f"trained {step} steps in {elapsed / 60:.2f} min")
 

@@ -27,7 +27,7 @@ from ddad_hub.data import categories_label, find_categories, load_images, split_
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset, preset_section
-from ddad_hub.training import AutoencoderObjective, TrainingProgress, autoencoder_loss, sample_crops
+from ddad_hub.training import AutoencoderObjective, StopOnInterrupt, TrainingProgress, autoencoder_loss, sample_crops
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,24 +85,26 @@ def main(argv: list[str] | None = None) -> Path:
         accelerator.wait_for_everyone()
 
     objective.train()
-    while True:
-        done = (max_steps is not None and progress.step >= max_steps) or (
-            budget_s is not None and progress.elapsed >= budget_s)
-        if broadcast_object_list([done])[0]:
-            break
-        x, g = sample_crops(images, progress.step, spec["batch_size"], spec["crop"], args.seed,
-                            accelerator.process_index)
-        with accelerator.autocast():
-            loss, l1 = autoencoder_loss(objective, x.to(accelerator.device), spec["kl_weight"], generator=g)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.update(l1.item())
-        if progress.step % spec["checkpoint_every"] == 0:
-            checkpoint()
-            progress.restart_clock()
+    with StopOnInterrupt() as stop:
+        while True:
+            done = (max_steps is not None and progress.step >= max_steps) or (
+                budget_s is not None and progress.elapsed >= budget_s) or stop.requested
+            if broadcast_object_list([done])[0]:
+                break
+            x, g = sample_crops(images, progress.step, spec["batch_size"], spec["crop"], args.seed,
+                                accelerator.process_index)
+            with accelerator.autocast():
+                loss, l1 = autoencoder_loss(objective, x.to(accelerator.device), spec["kl_weight"], generator=g)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(l1.item())
+            if progress.step % spec["checkpoint_every"] == 0:
+                checkpoint()
+                progress.restart_clock()
     progress.close()
     checkpoint()
+    stop.exit_if_requested(progress.step, ckpt_dir, accelerator.print)
     step, elapsed = progress.step, progress.elapsed
     accelerator.print(f"trained {step} steps in {elapsed / 60:.2f} min")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
@@ -38,12 +40,28 @@ def latent_factor(config) -> int:
 
 
 def load_vae(name_or_path: str | os.PathLike) -> AutoencoderKL:
-    """An ``AutoencoderKL`` from a folder (safetensors only) or a Hub repo id, ready for inference."""
+    """An ``AutoencoderKL`` from a folder (safetensors only) or a Hub repo id, ready for inference.
+
+    A folder whose ``vae/`` subfolder holds the autoencoder (``train_vae.py``'s output folder, a pipeline folder)
+    is read from there; a folder of another model is refused by name.
+    """
     path = os.fspath(name_or_path)
     looks_local = os.path.exists(path) or path.count("/") != 1 or path.startswith((".", "/", "~"))
-    if looks_local and not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path} is not an autoencoder folder (no config.json); train one with "
-                                "training/train_vae.py, or pass a Hub repo id such as stabilityai/sd-vae-ft-mse")
+    if looks_local:
+        folder = Path(path)
+        if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+            folder = folder / "vae"
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not an autoencoder folder (no config.json); train one with "
+                                    "training/train_vae.py, or pass a Hub repo id such as stabilityai/sd-vae-ft-mse")
+        try:
+            kind = json.loads((folder / "config.json").read_text()).get("_class_name")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            raise ValueError(f"{folder / 'config.json'} is damaged: not a JSON object ({err})") from err
+        if kind != "AutoencoderKL":
+            raise ValueError(f"{folder} holds a {kind or 'model of unknown class'}, not an AutoencoderKL: pass the "
+                             "folder train_vae.py wrote (<output-dir>/vae) or an autoencoder's Hub repo id")
+        path = os.fspath(folder)
     return AutoencoderKL.from_pretrained(path, use_safetensors=True).eval().requires_grad_(False)
 
 

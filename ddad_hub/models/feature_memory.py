@@ -177,6 +177,15 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         self.bank_sources: torch.Tensor | None = None
         self._active: torch.Tensor | None = None  # boolean mask over the bank while images are left out
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.float()``... move the bank but keep its stored type (``bank_dtype``): it is scored in fp32
+        whatever its type, and a float16 bank widened to float32 would be saved at twice its size."""
+        super()._apply(fn, recurse)
+        stored = BANK_DTYPES[self.config.bank_dtype]
+        if self.bank.dtype != stored:
+            self.bank = self.bank.to(stored)
+        return self
+
     @contextlib.contextmanager
     def leaving_out(self, image_ids):
         """Within the block, score against the bank without the patches of the training images ``image_ids``

@@ -12,11 +12,26 @@ from ..presets import fill_preset
 from .autoencoder import load_vae
 
 
+def check_resolution(preset: dict, latent_factor: int = 1) -> None:
+    """Refuse a resolution the U-Net cannot halve often enough (or, in latent space, that the autoencoder cannot
+    shrink exactly): diffusers would only fail at the first forward pass, with a tensor-size error."""
+    resolution, halvings = preset["resolution"], len(preset["unet"]["block_out_channels"]) - 1
+    multiple = latent_factor * 2**halvings
+    if resolution % multiple:
+        lower = max(multiple, resolution // multiple * multiple)
+        space = f" (latents {latent_factor}x smaller, then halved {halvings} times)" if latent_factor > 1 else (
+            f" (halved {halvings} times)")
+        raise ValueError(f"preset {preset.get('name')!r}: resolution {resolution} does not fit its U-Net{space}: it "
+                         f"must be a multiple of {multiple}, e.g. {lower} or {lower + multiple}")
+
+
 def build_unet(preset: dict, in_channels: int = 3) -> UNet2DModel:
     """An untrained epsilon-prediction U-Net at the preset's resolution (``in_channels`` = 4 for VAE latents)."""
     spec = preset["unet"]
+    size = preset.get("latent_resolution") or preset["resolution"]
+    check_resolution(preset, preset["resolution"] // size)
     return UNet2DModel(
-        sample_size=preset.get("latent_resolution") or preset["resolution"],
+        sample_size=size,
         in_channels=in_channels,
         out_channels=in_channels,
         block_out_channels=tuple(spec["block_out_channels"]),
