@@ -341,3 +341,54 @@ def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
     refused = subprocess.run([sys.executable, *_train_args(dataset, tmp_path / "x", preset, 2)], cwd=REPO,
                              env=_env(), capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "train_vae.py" in refused.stderr
+
+
+def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_path):
+    """A Ctrl-C mid-epoch keeps the steps taken (checkpoint, exit 130); --resume then ends where an uninterrupted
+    run ends. The stop request is counted in-process, so it lands at a known step."""
+    import importlib.util
+
+    from conftest import write_category
+
+    from ddad_hub.training import StopOnInterrupt
+
+    spec = importlib.util.spec_from_file_location("adapt_encoder", REPO / "training" / "adapt_encoder.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = write_category(tmp_path, "widget", n_train=10)  # batch 2: five steps an epoch
+
+    def args(out: Path) -> list[str]:
+        return ["--pipeline", str(tiny_pipeline_dir), "--data", str(data), "--output-dir", str(out), "--epochs", "2",
+                "--batch-size", "2", "--threads", "1", "--mixed-precision", "no"]
+
+    class StopAtEighthStep(StopOnInterrupt):
+        checks = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAtEighthStep.checks += 1
+            return StopAtEighthStep.checks > 7
+
+        @requested.setter
+        def requested(self, value: bool) -> None:
+            pass
+
+    script.main(args(tmp_path / "whole"))
+    script.StopOnInterrupt = StopAtEighthStep
+    with pytest.raises(SystemExit) as stopped:
+        script.main(args(tmp_path / "stopped"))
+    assert stopped.value.code == 130
+    ckpts = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*"))
+    assert [p.name for p in ckpts] == ["step_00000005", "step_00000007"]  # epoch 1's end, and the step reached
+    state = json.loads((ckpts[-1] / "state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
+    script.StopOnInterrupt = StopOnInterrupt
+    script.main(args(tmp_path / "stopped") + ["--resume"])
+    whole = load_file(str(tmp_path / "whole" / "pipeline" / "feature_encoder" / "diffusion_pytorch_model.safetensors"))
+    resumed = load_file(str(tmp_path / "stopped" / "pipeline" / "feature_encoder" /
+                            "diffusion_pytorch_model.safetensors"))
+    for key, value in whole.items():
+        np.testing.assert_allclose(resumed[key].numpy(), value.numpy(), rtol=0, atol=1e-6, err_msg=key)
+    history = [json.loads((tmp_path / run / "pipeline" / "training_info.json").read_text())["adaptation"]["history"]
+               for run in ("whole", "stopped")]
+    assert [h["mean_loss"] for h in history[0]] == pytest.approx([h["mean_loss"] for h in history[1]])

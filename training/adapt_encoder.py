@@ -10,7 +10,8 @@ Each batch of nominal training images is split into targets ``y`` and inputs ``x
         + lambda sum_l [1 - cos(phi_hat_l(y), phi_l(y))] + lambda sum_l [1 - cos(phi_hat_l(r), phi_l(r))]
 
 with the frozen pretrained ``phi``. The adapted pipeline is re-calibrated on the held-out nominal images and saved.
-Checkpoints are written atomically each epoch; ``--resume`` continues from the newest.
+Checkpoints are written atomically each epoch, and on Ctrl-C at the step reached; ``--resume`` continues from the
+newest, with the batches the run would have drawn.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
@@ -31,6 +33,7 @@ from ddad_hub.data import held_out_split, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import write_model_card
 from ddad_hub.recipe import fit_d3ad, fit_fused, recalibrate
+from ddad_hub.training import StopOnInterrupt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,48 +77,61 @@ def main(argv: list[str] | None = None) -> Path:
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=args.learning_rate)
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
-    start_epoch, history = 0, []
+    start_epoch, start_step, partial_loss, history = 0, 0, 0.0, []
     if restored := resume(ckpt_dir, {"encoder": encoder}, optimizer, accelerator.print, args.resume, str(args.data)):
         start_epoch, history = restored[0]["epoch"], restored[0]["history"]
+        start_step, partial_loss = restored[0].get("step_in_epoch", 0), restored[0].get("partial_loss", 0.0)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
 
     half = max(1, args.batch_size // 2)
     steps = math.ceil(images.shape[0] / (2 * half * accelerator.num_processes))
-    for epoch in range(start_epoch, args.epochs):
-        g = torch.Generator().manual_seed(args.seed * 7919 + epoch)
-        order = torch.randperm(images.shape[0], generator=g)
-        shard = order[accelerator.process_index :: accelerator.num_processes]
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"adapt encoder, epoch {epoch + 1}/{args.epochs}",
-                   disable=not accelerator.is_local_main_process)
-        for step in bar:
-            idx = shard[step * 2 * half : (step + 1) * 2 * half]
-            if len(idx) < 2:
-                continue
-            n = len(idx) // 2
-            y, x_in = images[idx[:n]], images[idx[n : 2 * n]]
-            gens = [torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step * 31 + i)
-                    for i in range(n)]
-            r = pipe.reconstruct(x_in, target=y, w=args.w_da, generator=gens, show_progress=False)
-            y_m, r_m = pipe.resize_to_map(y), pipe.resize_to_map(r)
-            with torch.no_grad():
-                ref_y, ref_r = frozen(y_m), frozen(r_m)
-            with accelerator.autocast():  # one forward pass, as distributed data parallel expects
-                feats = encoder(torch.cat([y_m, r_m]))
-            f_y, f_r = [f[:n] for f in feats], [f[n:] for f in feats]
-            loss = cosine_loss(f_r, f_y) + args.lam * (cosine_loss(f_y, ref_y) + cosine_loss(f_r, ref_r))
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        history.append({"epoch": epoch + 1, "mean_loss": total / max(1, steps)})
-        accelerator.print(f"epoch {epoch + 1}: mean loss {history[-1]['mean_loss']:.4f}")
-        if accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, epoch + 1, {"encoder": accelerator.unwrap_model(encoder)},
+
+    def checkpoint(epochs_done: int, step_in_epoch: int = 0, loss_so_far: float = 0.0) -> None:
+        if accelerator.is_main_process:  # named by steps over all epochs, so a mid-epoch one sorts in its place
+            save_checkpoint(ckpt_dir, epochs_done * steps + step_in_epoch,
+                            {"encoder": accelerator.unwrap_model(encoder)},
                             optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-                            {"epoch": epoch + 1, "history": history, "data": str(args.data)})
+                            {"epoch": epochs_done, "step_in_epoch": step_in_epoch, "partial_loss": loss_so_far,
+                             "history": history, "data": str(args.data)})
         accelerator.wait_for_everyone()
+
+    with StopOnInterrupt() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            g = torch.Generator().manual_seed(args.seed * 7919 + epoch)
+            order = torch.randperm(images.shape[0], generator=g)
+            shard = order[accelerator.process_index :: accelerator.num_processes]
+            first = start_step if epoch == start_epoch else 0  # a run resumed mid-epoch skips the steps it took
+            total = partial_loss if epoch == start_epoch else 0.0
+            bar = tqdm(range(first, steps), initial=first, total=steps, desc=f"adapt encoder, epoch {epoch + 1}/"
+                       f"{args.epochs}", disable=not accelerator.is_local_main_process)
+            for step in bar:
+                if broadcast_object_list([stop.requested])[0]:  # a Ctrl-C: keep the steps of this epoch, then exit
+                    bar.close()
+                    checkpoint(epoch, step, total)
+                    stop.exit_if_requested(epoch * steps + step, ckpt_dir, accelerator.print)
+                idx = shard[step * 2 * half : (step + 1) * 2 * half]
+                if len(idx) < 2:
+                    continue
+                n = len(idx) // 2
+                y, x_in = images[idx[:n]], images[idx[n : 2 * n]]
+                gens = [torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step * 31 + i)
+                        for i in range(n)]
+                r = pipe.reconstruct(x_in, target=y, w=args.w_da, generator=gens, show_progress=False)
+                y_m, r_m = pipe.resize_to_map(y), pipe.resize_to_map(r)
+                with torch.no_grad():
+                    ref_y, ref_r = frozen(y_m), frozen(r_m)
+                with accelerator.autocast():  # one forward pass, as distributed data parallel expects
+                    feats = encoder(torch.cat([y_m, r_m]))
+                f_y, f_r = [f[:n] for f in feats], [f[n:] for f in feats]
+                loss = cosine_loss(f_r, f_y) + args.lam * (cosine_loss(f_y, ref_y) + cosine_loss(f_r, ref_r))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                total += loss.item()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            history.append({"epoch": epoch + 1, "mean_loss": total / max(1, steps)})
+            accelerator.print(f"epoch {epoch + 1}: mean loss {history[-1]['mean_loss']:.4f}")
+            checkpoint(epoch + 1)
 
     folder = out / "pipeline"
     if accelerator.is_main_process:
