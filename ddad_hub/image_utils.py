@@ -93,13 +93,17 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+_RANGE_SLACK = 0.01  # rounding past the range is clamped later; 0-255 floats are refused, not painted white
+
+
 def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """One input image, or a batch of them, as a float (N, 3, H, W) tensor in [0, 1].
 
     PIL images go through :func:`open_image`. Arrays are read channels-last (H, W[, C]), as numpy images are, and
     tensors channels-first (C, H, W), as torch's are; the other order is taken only when the first reading has no
     channel axis of 1, 3 or 4. 8- and 16-bit integers are scaled by 255 and 65535; floats in [-1, 1] (any negative
-    value) are mapped to [0, 1], others taken as [0, 1]. One channel is grey, four are RGBA put on black.
+    value) are mapped to [0, 1], others taken as [0, 1]; floats beyond that (0-255 values as float) are refused.
+    One channel is grey, four are RGBA put on black.
     """
     if isinstance(image, Image.Image):
         return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(open_image(image)))
@@ -126,6 +130,9 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
         x = x[None]
     if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
         raise ValueError(f"an image array needs 1 (grey), 3 (RGB) or 4 (RGBA) channels; got shape {array.shape}")
+    if x.numel() and (x.max() > 1 + _RANGE_SLACK or x.min() < -1 - _RANGE_SLACK):
+        raise ValueError(f"float images are read in [0, 1] (or [-1, 1]); this one spans [{x.min():.4g}, "
+                         f"{x.max():.4g}]: pass 0-255 values as uint8, or divide them by 255")
     if x.numel() and x.min() < 0:  # [-1, 1] -> [0, 1]
         x = (x + 1) / 2
     if x.shape[1] == 4:

@@ -195,6 +195,10 @@ def test_diad_fused_mode_is_fitted_without_test_images_and_round_trips(tmp_path)
     own = pipe.config.category_thresholds["fused"]
     assert out.image_thresholds.tolist() == pytest.approx([own[c] for c in out.categories])
     plain = pipe(x, output_type="pt", mode="diad", autocast_dtype=torch.float32, per_category_thresholds=False)
+    alias = pipe(x, output_type="pt", mode="ddad", autocast_dtype=torch.float32)  # "ddad" is DiAD's synonym
+    assert alias.categories == out.categories
+    assert alias.image_thresholds.tolist() == pytest.approx([pipe.config.category_thresholds["diad"][c]
+                                                             for c in alias.categories])
     memory_maps = pipe.memory_maps(pipe.preprocess(x, size=pipe.map_hw)[0])[0]
     assert torch.allclose(out.anomaly_maps, pipe.fuse(plain.anomaly_maps, memory_maps), atol=1e-5)
 

@@ -308,6 +308,23 @@ def test_a_float16_bank_halves_the_file_and_scores_as_the_float32_bank(tmp_path)
         FeatureMemory.fit(encoder, images, bank_dtype="int8")
 
 
+def test_the_memory_reads_cpu_inputs_on_the_device_it_lives_on(caplog):
+    """After pipe.to("cuda") the pipeline hands its memory CPU tensors; the meta device stands in for a GPU."""
+    from ddad_hub import FeatureEncoder
+
+    encoder = FeatureEncoder(backbone="efficientnet_lite0").eval()
+    memory = FeatureMemory.fit(encoder, _nominal(2, seed=3), coreset_ratio=0.5, image_size=64, bank_dtype="float16")
+    distances, nearest = memory.to("meta").nearest_patches(encoder.to("meta"), _nominal(1, seed=4))
+    assert distances.device.type == "meta" and nearest.device.type == "meta"
+
+    pipe = make_tiny_pipeline()
+    pipe.register_modules(feature_memory=FeatureMemory.fit(pipe.feature_encoder, _nominal(2, seed=3),
+                                                           coreset_ratio=0.5, image_size=64, bank_dtype="float16"))
+    with caplog.at_level("WARNING"):
+        pipe.to("cpu")  # diffusers' float16-on-CPU warning misread the bank's storage type as the weights'
+    assert "float16" not in caplog.text and pipe.feature_memory.bank.dtype == torch.float16
+
+
 def test_grouped_memory_keeps_a_coreset_per_group():
     torch.manual_seed(0)
     from ddad_hub import FeatureEncoder

@@ -103,6 +103,10 @@ def test_arrays_and_tensors_of_every_layout_become_rgb_tensors():
         to_image_tensor(np.zeros((8, 8, 2), dtype=np.float32))
     with pytest.raises(ValueError, match="8- or 16-bit"):
         to_image_tensor(np.zeros((8, 8, 3), dtype=np.int64))
+    # 0-255 values as floats would be clamped to white: refused, with what to do
+    with pytest.raises(ValueError, match="spans \\[255, 255\\].*as uint8, or divide them by 255"):
+        to_image_tensor(np.full((8, 8, 3), 255.0, dtype=np.float32))
+    assert to_image_tensor(np.full((8, 8, 3), 1.004, dtype=np.float32)).shape == (1, 3, 8, 8)  # rounding passes
 
 
 def _train(model, opt, steps, seed):

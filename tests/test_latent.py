@@ -196,3 +196,14 @@ def test_a_resolution_the_unet_cannot_halve_is_refused_before_training():
     latent = load_preset("cpu_latent", resolution=100)
     with pytest.raises(ValueError, match="latents 4x smaller.*multiple of 32"):
         check_resolution(latent, latent_factor=4)
+
+
+def test_the_two_step_api_gives_a_calls_maps_with_the_reconstructions_latents(pipe):
+    x = _images(2, seed=4)
+    called = pipe(x, generator=_gens(2), output_type="pt", mode="ddad", autocast_dtype=torch.float32)
+    images = pipe.preprocess(x)[0]
+    r, latents = pipe.reconstruct(images, generator=_gens(2), autocast_dtype=torch.float32, return_latents=True)
+    maps = pipe.compute_anomaly_maps(images, r, torch.float32, latents=latents)
+    torch.testing.assert_close(maps, called.anomaly_maps, rtol=0, atol=1e-6)
+    with pytest.warns(UserWarning, match="encodes the reconstructions again"):
+        pipe.compute_anomaly_maps(images, r, torch.float32)

@@ -171,11 +171,18 @@ def test_inputs_of_any_kind_and_outputs(pipe):
     assert out.is_anomalous.tolist() == (out.image_scores > 0.5).tolist()
     assert out.masks.shape == (5, 64, 64) and out.start_steps.tolist() == [100] * 5
 
-    pt = pipe(torch.rand(2, 3, 32, 32), output_type="pt")
+    x = torch.rand(2, 3, 32, 32)
+    pt = pipe(x, generator=_gens(2), output_type="pt")
     assert isinstance(pt.anomaly_maps, torch.Tensor) and pt.reconstructions.shape == (2, 3, 32, 32)
-    assert pt.reconstructions.min() >= -1 and pt.reconstructions.max() <= 1
-    arr = pipe(torch.rand(1, 3, 32, 32), output_type="np").reconstructions
-    assert arr.shape == (1, 32, 32, 3)
+    arr = pipe(x, generator=_gens(2), output_type="np").reconstructions
+    assert arr.shape == (2, 32, 32, 3)
+    # "pt" and "np" are the same [0, 1] images, in diffusers' layouts
+    np.testing.assert_allclose(pt.reconstructions.permute(0, 2, 3, 1).numpy(), arr, rtol=0, atol=1e-6)
+    assert pt.reconstructions.min() >= 0 and pt.reconstructions.max() <= 1
+    # return_dict=False: every field in DDADPipelineOutput's order, None included
+    as_tuple = pipe(x, generator=_gens(2), output_type="pt", return_dict=False)
+    assert len(as_tuple) == 10 and as_tuple[8] is None  # categories: a one-product pipeline recognises none
+    assert torch.equal(as_tuple[0], pt.anomaly_maps) and torch.equal(as_tuple[2], pt.image_scores)
     with pytest.raises(ValueError, match="output_type"):
         pipe(inputs[0], output_type="latent")
     with pytest.raises(ValueError, match="generators"):

@@ -392,3 +392,29 @@ def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_
     history = [json.loads((tmp_path / run / "pipeline" / "training_info.json").read_text())["adaptation"]["history"]
                for run in ("whole", "stopped")]
     assert [h["mean_loss"] for h in history[0]] == pytest.approx([h["mean_loss"] for h in history[1]])
+
+
+def test_evaluate_a_hub_model_writes_beside_the_user_not_into_the_cache(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
+    import huggingface_hub.constants as constants
+    from conftest import write_category
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--ddad-tiny"
+    shutil.copytree(tiny_pipeline_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    data = write_category(tmp_path / "data", "widget")
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "training" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--pipeline", "acme/ddad-tiny", "--data", str(data), "--threads", "1", "--no-memory"])
+    assert (tmp_path / "evaluation" / "acme--ddad-tiny" / "results.json").is_file()
+    assert not (tmp_path / "acme").exists()
+    assert sorted(p.name for p in (repo / "snapshots" / commit).iterdir()) == sorted(
+        p.name for p in tiny_pipeline_dir.iterdir())

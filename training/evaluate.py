@@ -7,7 +7,8 @@ the nearest-neighbour memory alone: the pipeline's own memory when the recipe fi
 (the one D3AD and fused mode use), else one fitted here on the training split.
 Writes ``results.json`` (image AUROC, pixel AUROC, AUPRO at FPR 0.3, overall and per defect type; the share of
 each type flagged at the calibrated threshold) and ``evaluation.png`` (ROC curves and example maps) to
-``--output-dir`` (default: the pipeline folder, whose model card is then re-rendered with the results; for data of
+``--output-dir`` (default: the pipeline folder, whose model card is then re-rendered with the results, or
+``evaluation/<owner>--<name>`` for a Hub repo id; for data of
 a product the pipeline was not trained on, ``--output-dir`` is required, so its card never shows them). Defect
 types without masks (no ``ground_truth/<type>/`` folder) get image-level metrics only; the report says so. Maps
 are compared with the masks on the whole image at the map size (no centre crop). Nothing is tuned here: the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from ddad_hub.data import held_out_split, list_test_items, load_images, load_mas
 from ddad_hub.metrics import METRICS, paired_auroc_difference, roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.models.feature_memory import FeatureMemory
-from ddad_hub.pipelines.loading import load_pipeline
+from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
 
 BOOTSTRAP_ROUNDS = 2000  # resamples of the test images for fused mode's margin over each part
 
@@ -144,11 +146,17 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
-    folder = Path(args.pipeline)
+    local = os.path.isdir(os.path.expanduser(args.pipeline))
+    folder = Path(pipeline_folder(args.pipeline, {}))  # a Hub id's cached snapshot: its training record is read
     data = Path(args.data)
-    if not args.output_dir:
+    if args.output_dir:
+        out_dir = Path(args.output_dir)
+    elif local:
         _check_same_product(folder, data)
-    out_dir = Path(args.output_dir) if args.output_dir else folder
+        out_dir = folder
+    else:  # the Hub cache is not written to
+        out_dir = Path("evaluation") / args.pipeline.replace("/", "--")
+        print(f"results of Hub model {args.pipeline} go to {out_dir} (--output-dir to choose)")
     out_dir.mkdir(parents=True, exist_ok=True)
     items = list_test_items(data)
     size = pipe.map_hw
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         examples.append({
             "type": kind, "score": float(scores[i]),
             "input": ((images[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1),
-            "reconstruction": ((recons[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1),
+            "reconstruction": recons[i].permute(1, 2, 0).numpy(),  # output_type="pt": [0, 1]
             "DDAD map": maps[i], "ground truth": masks[i],  # first mode's
         })
     plot(out_dir / "evaluation.png", results, curves, examples)

@@ -29,7 +29,7 @@ from ddad_hub.metrics import summarize
 from ddad_hub.model_card import write_diad_model_card, write_model_card
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.feature_memory import INPUT_NORMS, FeatureMemory
-from ddad_hub.pipelines.loading import load_pipeline
+from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
 from ddad_hub.recipe import category_ids
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
     global_thresholds = {m: pipe.threshold_for(m) for m in modes}
-    known_thresholds = per_category_thresholds(args.pipeline) if pipe is not None else {}
+    known_thresholds = per_category_thresholds(pipeline_folder(args.pipeline, {})) if pipe is not None else {}
     for name, folder in categories.items():
         all_items = list_test_items(folder)
         items = subsample_items(all_items, args.max_test_images)

@@ -308,6 +308,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h, w) distance of every patch to its nearest bank entry, and that entry's index in the whole bank."""
+        images = images.to(self.bank.device)  # CPU inputs to a memory on a GPU, as the pipeline's other stages do
         f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization,
                            self.config.pooling_pad, tuple(self.config.feature_strides), self.config.input_norm)
         b, c, h, w = f.shape

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,6 +197,12 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
     def reconstruction_modes(self) -> list[str]:
         """The available modes whose map is a reconstruction's (the candidates for fused mode's ``fused_base``)."""
         return [m for m in self.available_modes() if m in ("ddad", "d3ad")]
+
+    def resolve_mode(self, mode: str) -> str:
+        """The mode a call runs for the ``mode`` asked for: checked by :meth:`check_mode` (a subclass maps its
+        synonyms here, so thresholds are looked up under the mode's own name)."""
+        self.check_mode(mode)
+        return mode
 
     def check_mode(self, mode: str) -> None:
         """Raise a ``ValueError`` that says why ``mode`` cannot run on this pipeline."""
@@ -447,10 +455,22 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 
     @torch.no_grad()
     def compute_anomaly_maps(
-        self, images: torch.Tensor, reconstructions: torch.Tensor, autocast_dtype: torch.dtype | None = None
+        self,
+        images: torch.Tensor,
+        reconstructions: torch.Tensor,
+        autocast_dtype: torch.dtype | None = None,
+        latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Combined anomaly maps (B, H, W) at map resolution for inputs and reconstructions in [-1, 1]."""
-        return self.combine(*self.compute_distances(images, reconstructions, autocast_dtype))
+        """Combined anomaly maps (B, H, W) at map resolution for inputs and reconstructions in [-1, 1].
+
+        With a ``vae``, pass the ``latents`` that ``reconstruct(..., return_latents=True)`` returned, as a call
+        does: encoding the decoded reconstruction again gives other maps than the thresholds were calibrated on.
+        """
+        if self.vae is not None and latents is None:
+            warnings.warn("compute_anomaly_maps of a latent pipeline without latents= encodes the reconstructions "
+                          "again, so its maps differ from a call's (and from its calibrated thresholds): pass the "
+                          "latents reconstruct(..., return_latents=True) returns", stacklevel=2)
+        return self.combine(*self.compute_distances(images, reconstructions, autocast_dtype, latents))
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -478,7 +498,9 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             generator: noise source; one per image keeps scores independent of batching. ``None`` gives each
                 image its own generator seeded with ``config.seed`` (repeatable scores).
             batch_size: images reconstructed at once.
-            output_type: "pil", "np" or "pt" for the reconstructions; maps and scores are numpy unless "pt".
+            output_type: "pil", "np" or "pt" for the reconstructions ("np" and "pt" in [0, 1]); maps and scores
+                are numpy unless "pt".
+            return_dict: ``False`` returns a tuple of :class:`DDADPipelineOutput`'s fields, in its order.
             autocast_dtype: the networks' compute type for this call (``torch.float32`` forces full precision);
                 ``None`` follows ``config.compute_dtype``.
             mode: "ddad", "d3ad" or "fused" (see :meth:`available_modes`); ``None`` takes ``config.mode``. In D3AD
@@ -488,8 +510,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                 threshold of the product its memory recognises (``categories`` in the output); ``False`` applies
                 the one shared threshold to every image.
         """
-        mode = mode or self.config.mode
-        self.check_mode(mode)
+        mode = self.resolve_mode(mode or self.config.mode)
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -548,7 +569,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         flags = scores > per_image if per_image is not None else None
         masks = maps_t > per_image[:, None, None] if per_image is not None else None
         if output_type == "pt":
-            reconstructions = recon_t
+            reconstructions = self.image_processor.postprocess(recon_t, output_type="pt")  # [0, 1], as diffusers
         else:
             full = [m.numpy() for m in full]
             maps_t, scores = maps_t.numpy(), scores.numpy()
@@ -558,9 +579,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             per_image = per_image.numpy() if per_image is not None else None
             reconstructions = self.image_processor.postprocess(recon_t, output_type=output_type)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return maps_t, scores, reconstructions
-        return DDADPipelineOutput(
+        output = DDADPipelineOutput(
             anomaly_maps=maps_t,
             anomaly_maps_input_size=full,
             image_scores=scores,
@@ -572,6 +591,9 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             categories=categories if own_thresholds is not None else None,
             image_thresholds=per_image,
         )
+        if not return_dict:  # every field in the output's order, ``None`` kept, so positions never shift
+            return tuple(getattr(output, field.name) for field in dataclasses.fields(output))
+        return output
 
     # ------------------------------------------------------------------ loading
     def to(self, *args, **kwargs):
@@ -579,6 +601,9 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         for value in (*args, kwargs.get("dtype"), kwargs.get("torch_dtype")):
             if isinstance(value, torch.dtype):
                 check_weights_dtype(value)
+        # diffusers warns that float16 cannot run on the CPU when it sees a float16 feature-memory bank; the
+        # bank is scored in float32, and float16 weights are refused above, so the warning would only mislead
+        kwargs.setdefault("silence_dtype_warnings", True)
         return super().to(*args, **kwargs)
 
     @classmethod

@@ -129,6 +129,11 @@ class DiADPipeline(DDADPipeline):
                              "fused_stats): finalise it with training/train_diad.py --resume on its run")
         raise ValueError(f"a DiADPipeline's modes are 'diad' and 'fused'; got {mode!r}")
 
+    def resolve_mode(self, mode: str) -> str:
+        """"ddad" runs as "diad", its synonym here, so per-product thresholds are found under "diad"."""
+        self.check_mode(mode)
+        return "diad" if mode == "ddad" else mode
+
     def to_openvino(self, *args, **kwargs):
         """Not available yet: the OpenVINO stand-ins cover the plain U-Net call, not the SG network's residuals."""
         raise NotImplementedError("the OpenVINO backend does not cover DiAD's semantic-guided network yet; load "
