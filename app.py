@@ -143,9 +143,11 @@ class Inspector:
                 raise gr.Error("No images found in the upload (PNG, JPEG, BMP, TIFF, WebP or GIF, or a zip of them).")
             report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
             began = time.perf_counter()
-            rows, flagged, thresholds = list(problems), [], set()
-            for item in inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode):
+            rows, flagged, thresholds = list(problems.pop(0, [])), [], set()
+            scored_files = inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode)
+            for done, item in enumerate(scored_files, start=1):
                 rows.append(item.row)
+                rows += problems.pop(done, [])  # rows stay in upload order: a failed upload where it was sent
                 if item.image is not None and item.threshold is not None:
                     thresholds.add(item.threshold)
                 if item.row.verdict == "defective":
@@ -157,7 +159,8 @@ class Inspector:
                   None if r.threshold is None else round(r.threshold, 4), r.product] for r in rows]
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="ddad-csv-")) / "scores.csv")
         scored = sum(r.score is not None for r in rows)
-        unread = len(rows) - scored
+        skipped = sum(r.error.startswith("skipped") for r in rows)
+        unread = len(rows) - scored - skipped
         if len(thresholds) > 1:
             judged = "each by the threshold of the product it was recognised as: see the table"
         else:
@@ -165,30 +168,54 @@ class Inspector:
         summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
                    + (f"**{len(flagged)} flagged defective** ({judged})" if thresholds
                       else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
-                   + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else ""))
+                   + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else "")
+                   + (f"; {skipped} file(s) in zips skipped (not images)" if skipped else ""))
         return table, flagged, str(csv_path), summary
 
 
 def _expand_uploads(uploads: list, scratch: Path):
-    """Uploaded files -> (image files, their shown names, rows for uploads that failed); zips are extracted."""
-    files, names, problems = [], [], []
+    """Uploaded files -> (image files, their shown names, rows for uploads that failed or were skipped); zips are
+    extracted. A failed row is keyed by the number of image files before it, so the table keeps upload order.
+    Names are unique: a second upload called ``000.png`` is shown as ``000.png (2)``, a second ``lot.zip``'s
+    members as ``lot.zip (2)/...``."""
+    files, names, problems = [], [], {}
+    seen: dict[str, int] = {}
     for k, upload in enumerate(uploads):
         path = Path(_upload_path(upload))
+        seen[path.name] = seen.get(path.name, 0) + 1
+        shown = path.name if seen[path.name] == 1 else f"{path.name} ({seen[path.name]})"
+        here = problems.setdefault(len(files), [])
         if path.suffix.lower() == ".zip":
             target = scratch / f"{k}"
             try:
                 found = extract_zip(path, target)
             except (ValueError, OSError) as err:
-                problems.append(InspectionRow(path.name, error=str(err)))
+                here.append(InspectionRow(shown, error=str(err)))
                 continue
             files += found
-            names += [f"{path.name}/{f.relative_to(target)}" for f in found]
-            problems += [InspectionRow(f"{path.name}/{member}", error="skipped: not an image file ("
-                                       + ", ".join(IMAGE_SUFFIXES) + ")") for member in skipped_members(path)]
+            names += [f"{shown}/{f.relative_to(target)}" for f in found]
+            problems.setdefault(len(files), []).extend(
+                InspectionRow(f"{shown}/{member}", error="skipped: not an image file (" + ", ".join(IMAGE_SUFFIXES)
+                              + ")") for member in skipped_members(path))
         else:
             files.append(path)
-            names.append(path.name)
-    return files, names, problems
+            names.append(shown)
+    return files, names, {k: rows for k, rows in problems.items() if rows}
+
+
+def _shelf_name(model: str, taken: dict[str, str]) -> str:
+    """The drop-down's name for ``--model``: a folder's name, with as many parent folders as make it unique
+    (``runs/tire/pipeline`` and ``runs/bottle/pipeline`` are ``tire/pipeline`` and ``bottle/pipeline``); a Hub id
+    as it is. The same model given twice keeps its one name."""
+    if not os.path.isdir(model):
+        return model
+    parts = Path(os.path.abspath(model)).parts
+    for depth in range(1, len(parts) + 1):
+        name = "/".join(parts[-depth:])
+        same = name in taken and os.path.abspath(taken[name]) == os.path.abspath(model)
+        if (name not in taken or same) and (depth > 1 or name != "pipeline"):
+            return name
+    return os.path.abspath(model)
 
 
 class ModelShelf:
@@ -207,10 +234,13 @@ class ModelShelf:
     def from_args(cls, extra: list[str] | None, backend: str = "pytorch") -> ModelShelf:
         """The embedded models under ``models/`` plus each ``--model``; the first ``--model`` is the default."""
         sources = {p.name: str(p) for p in find_pipelines(MODELS_DIR)}
+        chosen = []
         for model in extra or []:
-            sources[Path(model).name if os.path.isdir(model) else model] = model
-        default = Path(extra[0]).name if extra and os.path.isdir(extra[0]) else (extra[0] if extra else None)
-        return cls(sources, default or (DEFAULT_MODEL.name if DEFAULT_MODEL.is_dir() else None), backend)
+            name = _shelf_name(model, sources)
+            sources[name] = model
+            chosen.append(name)
+        default = chosen[0] if chosen else (DEFAULT_MODEL.name if DEFAULT_MODEL.is_dir() else None)
+        return cls(sources, default, backend)
 
     def get(self, name: str | None) -> Inspector:
         name = name or self.default

@@ -72,8 +72,9 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 def extract_zip(archive: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
     """Extract a zip of images into ``target`` (a fresh folder) and return its image files.
 
-    Refuses archives that are not zips, that would expand beyond ``MAX_ZIP_BYTES`` or ``MAX_ZIP_FILES``, or whose
-    member names leave the target folder; raises ``ValueError`` with the reason.
+    Refuses archives that are not zips, damaged, password-protected or compressed with a method Python cannot read,
+    that would expand beyond ``MAX_ZIP_BYTES`` or ``MAX_ZIP_FILES``, or whose member names leave the target folder;
+    raises ``ValueError`` with the reason.
     """
     name = os.path.basename(os.fspath(archive))
     if not zipfile.is_zipfile(archive):
@@ -82,6 +83,13 @@ def extract_zip(archive: str | os.PathLike, target: str | os.PathLike) -> list[P
         return _extract_images(archive, Path(target), name)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise ValueError(f"{name} is a damaged zip archive ({err})") from err
+    except NotImplementedError as err:  # Deflate64 (Windows' zip of large folders), or another rare method
+        raise ValueError(f"{name} uses a compression method Python cannot read ({err}): zip the images again "
+                         "with the standard Deflate method") from err
+    except RuntimeError as err:  # zipfile's word for an encrypted member (NotImplementedError is one too)
+        if "encrypted" not in str(err):
+            raise
+        raise ValueError(f"{name} is password-protected: zip the images again without a password") from err
 
 
 def skipped_members(archive: str | os.PathLike) -> list[str]:

@@ -253,3 +253,62 @@ def test_multiclass_model_names_the_product_it_recognised():
     assert [row[6] for row in table] == products and [row[5] for row in table] == pytest.approx(
         [round(own[p], 4) for p in products])
     assert "each by the threshold of the product it was recognised as" in summary
+
+
+def _patched_zip(path, members: dict[str, bytes], offset: int, value: int) -> None:
+    """A zip whose central directory says something zipfile cannot read: bit 0 of the flags (offset 8) marks a
+    password-protected member, method 9 (offset 10) Deflate64, as Windows writes large folders."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        data[at + offset : at + offset + 2] = value.to_bytes(2, "little")
+        at = data.find(b"PK\x01\x02", at + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_batch_rows_keep_upload_order_with_unique_names_and_odd_zips_get_a_row(tiny_pipeline_dir, tmp_path):
+    inspector = app.Inspector(app.ddad_hub.load_pipeline(tiny_pipeline_dir))
+    first, second = tmp_path / "lot_a", tmp_path / "lot_b"
+    a, b = _images(first, 2, seed=1), _images(second, 2, seed=2)  # both folders hold part_0.png, part_1.png
+    png = a[0].read_bytes()
+    locked, deflate64 = tmp_path / "locked.zip", tmp_path / "big.zip"
+    _patched_zip(locked, {"part_9.png": png}, 8, 1)
+    _patched_zip(deflate64, {"part_9.png": png}, 10, 9)
+    notes = tmp_path / "notes.zip"
+    with zipfile.ZipFile(notes, "w") as zf:
+        zf.writestr("notes.txt", "no images here")
+    lot = tmp_path / "lot.zip"
+    with zipfile.ZipFile(lot, "w") as zf:
+        zf.write(a[1], "part_1.png")
+    lot_again = tmp_path / "again" / "lot.zip"
+    lot_again.parent.mkdir()
+    lot_again.write_bytes(lot.read_bytes())
+    uploads = [a[0], locked, b[0], notes, lot, deflate64, a[1], lot_again, b[1]]
+    table, _, csv_file, summary = inspector.analyze_batch([str(p) for p in uploads], "ddad")
+    names = [row[0] for row in table]
+    assert names == ["part_0.png", "locked.zip", "part_0.png (2)", "notes.zip/notes.txt", "lot.zip/part_1.png",
+                     "big.zip", "part_1.png", "lot.zip (2)/part_1.png", "part_1.png (2)"]
+    errors = dict(zip(names, (row[4] for row in table)))
+    assert "password-protected" in errors["locked.zip"] and "compression method" in errors["big.zip"]
+    scores = dict(zip(names, (row[1] for row in table)))
+    assert scores["lot.zip/part_1.png"] == scores["lot.zip (2)/part_1.png"] == scores["part_1.png"]
+    with open(csv_file) as handle:
+        assert [r["file"] for r in csv.DictReader(handle)] == names
+    assert "6 image(s) scored" in summary and "2 file(s) could not be read" in summary
+    assert "1 file(s) in zips skipped" in summary
+
+
+def test_models_in_folders_of_the_same_name_are_all_offered(tmp_path):
+    for product in ("tire", "bottle"):
+        (tmp_path / "runs" / product / "pipeline").mkdir(parents=True)
+    shelf = app.ModelShelf.from_args([str(tmp_path / "runs" / "tire" / "pipeline"),
+                                      str(tmp_path / "runs" / "bottle" / "pipeline")])
+    assert shelf.sources["tire/pipeline"].endswith("tire/pipeline")
+    assert shelf.sources["bottle/pipeline"].endswith("bottle/pipeline")
+    assert shelf.default == "tire/pipeline"  # the first --model, as --help says
+    if app.DEFAULT_MODEL.is_dir():  # an embedded model passed again by its path keeps its one entry
+        again = app.ModelShelf.from_args([str(app.DEFAULT_MODEL)])
+        assert again.default == app.DEFAULT_MODEL.name and len(again.sources) == len(shelf.sources) - 2

@@ -215,3 +215,22 @@ def test_model_index_records_components(pipe, tmp_path):
     assert index["_class_name"] == "DDADPipeline"
     assert index["feature_encoder"] == ["ddad_hub.models.feature_encoder", "FeatureEncoder"]
     assert index["feature_memory"] == [None, None]
+
+
+def test_a_call_running_between_another_calls_steps_leaves_its_schedule_alone(pipe, monkeypatch):
+    """A Space serves requests from several threads on one pipeline: each call keeps its own schedule. Here a
+    second call runs inside the first one's denoising loop, deterministically, where a thread could."""
+    x = _images(1)
+    alone = pipe(x, generator=_gens(1), output_type="np", start_step=100, skip=50)
+    original, nested = pipe.predict_noise, []
+
+    def with_another_request(*args, **kwargs):
+        if not nested:
+            nested.append(None)
+            nested.append(pipe(x, generator=_gens(1), output_type="np", start_step=60, skip=20))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, "predict_noise", with_another_request)
+    interrupted = pipe(x, generator=_gens(1), output_type="np", start_step=100, skip=50)
+    assert np.array_equal(interrupted.anomaly_maps, alone.anomaly_maps)
+    assert interrupted.start_steps.tolist() == [100] and nested[1].start_steps.tolist() == [60]

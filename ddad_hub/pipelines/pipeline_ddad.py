@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -313,7 +314,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         happens on latents and the result is decoded. ``return_latents`` also returns ``(z, z_r)``, the input's
         and the reconstruction's latents (the images themselves without a vae).
         """
-        scheduler = self.scheduler
+        # a copy holds this call's schedule: calls from several threads (a Space's requests) share the pipeline
+        scheduler = copy.copy(self.scheduler)
         scheduler.set_timesteps(start_step=start_step, skip=skip, device=self.device)
         w = scheduler.config.w if w is None else w
         eta = scheduler.config.eta if eta is None else eta
@@ -327,7 +329,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             sample = scheduler.add_noise(x0, noise, scheduler.start_step)
         reconstruction = sample
         guidance = self.guidance(images, x0)
-        steps = self.denoising_steps()
+        steps = self.denoising_steps(scheduler)
         for t, prev in self.progress_bar(steps) if show_progress else steps:
             with self._autocast(autocast_dtype):
                 eps = self.predict_noise(sample, t.expand(sample.shape[0]).to(self.device), guidance)
@@ -338,9 +340,10 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             return images_out, (x0, reconstruction if self.vae is not None else images_out)
         return images_out
 
-    def denoising_steps(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(t, previous t) of each denoising step after ``scheduler.set_timesteps``; ``None``: ``t - skip``."""
-        return [(t, None) for t in self.scheduler.timesteps]
+    def denoising_steps(self, scheduler: DDADScheduler) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(t, previous t) of each denoising step of ``scheduler`` (after its ``set_timesteps``); ``None`` means
+        ``t - skip``."""
+        return [(t, None) for t in scheduler.timesteps]
 
     def guidance(self, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
         """What the denoiser sees besides the noisy sample: nothing in DDAD (DiAD passes the input image)."""
@@ -545,7 +548,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             else:
                 r, latents = self.reconstruct(chunk, w=w, start_step=start_step, skip=skip, eta=eta, generator=gen,
                                               autocast_dtype=autocast_dtype, return_latents=True)
-                t_hat = torch.full((chunk.shape[0],), self.scheduler.start_step)
+                t_hat = torch.full((chunk.shape[0],), self.scheduler.config.start_step if start_step is None
+                                   else int(start_step))
             chunk_maps = self.combine(*self.compute_distances(chunk, r, autocast_dtype, latents)).float().cpu()
             maps.append(self.fuse(chunk_maps, memory_maps) if mode == "fused" else chunk_maps)
             recons.append(r)

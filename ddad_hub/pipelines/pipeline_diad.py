@@ -94,10 +94,10 @@ class DiADPipeline(DDADPipeline):
         """The SG network sees the input image (at the size its conv stack maps onto the latent grid)."""
         return self.hint_images(images.to(self.device, torch.float32), latents)
 
-    def denoising_steps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def denoising_steps(self, scheduler: DDADScheduler) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Unlike DDAD's schedule, the first step evaluates the model at ``start_step`` itself (the noise level the
         sample is at): 999, 899, ..., 99, then the clean estimate (previous step -1)."""
-        steps = torch.arange(self.scheduler.start_step, -1, -self.scheduler.skip, device=self.device)
+        steps = torch.arange(scheduler.start_step, -1, -scheduler.skip, device=self.device)
         last = torch.tensor(-1, device=self.device)
         return [(t, steps[i + 1] if i + 1 < len(steps) else last) for i, t in enumerate(steps)]
 
