@@ -36,6 +36,7 @@ MULTICLASS_EXAMPLES = sorted((HERE / "examples" / "multiclass").glob("*.png"))  
 MAX_UPLOAD = "100mb"  # per file; a zip of a folder counts as one
 BATCH_SIZE = 10  # images the batch tab reconstructs at once
 MAX_BATCH_FILES = 1000  # images one batch request may hold (zips counted by their contents)
+GALLERY_SIDE = 768  # the flagged pictures' longer side at most, in pixels (full size: 27 MB each at 3000 px)
 TABLE_COLUMNS = ["file", "score", "verdict", "start step", "error", "threshold", "product"]
 
 
@@ -152,6 +153,7 @@ class Inspector:
                     thresholds.add(item.threshold)
                 if item.row.verdict == "defective":
                     picture = anomaly_picture(item.image, item.anomaly_map, item.threshold, colour=(255, 0, 0))
+                    picture.thumbnail((GALLERY_SIDE, GALLERY_SIDE))  # a batch of large flagged photos fits in memory
                     product = f" ({item.row.product})" if item.row.product else ""
                     flagged.append((picture, f"{item.row.file}{product}: {item.row.score:.3f}"))
             seconds = time.perf_counter() - began

@@ -298,6 +298,14 @@ def test_batch_rows_keep_upload_order_with_unique_names_and_odd_zips_get_a_row(t
     with open(csv_file) as handle:
         assert [r["file"] for r in csv.DictReader(handle)] == names
     assert "6 image(s) scored" in summary and "2 file(s) could not be read" in summary
+    big = tmp_path / "big.png"  # a large photo's flagged picture is kept at gallery size
+    Image.fromarray(np.full((1200, 1600, 3), 255, np.uint8)).save(big)
+    inspector.pipe.register_to_config(threshold=-1.0)  # everything flagged
+    try:
+        _, gallery, _, _ = inspector.analyze_batch([str(big)], "ddad")
+    finally:
+        inspector.pipe.register_to_config(threshold=0.5)
+    assert max(gallery[0][0].size) == app.GALLERY_SIDE
     assert "1 file(s) in zips skipped" in summary
 
 
