@@ -181,11 +181,14 @@ def _expand_uploads(uploads: list, scratch: Path):
     Names are unique: a second upload called ``000.png`` is shown as ``000.png (2)``, a second ``lot.zip``'s
     members as ``lot.zip (2)/...``."""
     files, names, problems = [], [], {}
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for k, upload in enumerate(uploads):
         path = Path(_upload_path(upload))
-        seen[path.name] = seen.get(path.name, 0) + 1
-        shown = path.name if seen[path.name] == 1 else f"{path.name} ({seen[path.name]})"
+        shown, n = path.name, 1
+        while shown in taken:  # a file really called "000.png (2)" is taken too
+            n += 1
+            shown = f"{path.name} ({n})"
+        taken.add(shown)
         here = problems.setdefault(len(files), [])
         if path.suffix.lower() == ".zip":
             target = scratch / f"{k}"

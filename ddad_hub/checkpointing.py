@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_HELD_LOCKS: dict[Path, object] = {}  # open lock files, kept for the life of the process
 
 
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -120,6 +121,7 @@ def resume(
     log=print,
     resume_requested: bool = True,
     data: str | None = None,
+    lock: bool = True,
 ) -> tuple[dict, Path] | None:
     """Start or continue a training run (steps or epochs) in ``checkpoint_dir``.
 
@@ -129,8 +131,11 @@ def resume(
     ``elapsed_seconds``...) and folder are returned; ``None`` (said through ``log``) when there is none yet, so the
     run starts fresh. A checkpoint of another network or of other ``data`` is refused: its run is not this one.
     The optimizer keeps its moments from the checkpoint but this run's settings (``--learning-rate``...): a changed
-    one is said through ``log``.
+    one is said through ``log``. With ``lock`` (the main process of a run) the folder is locked for the rest of the
+    process (:func:`lock_run_folder`): a second run into it is refused while this one lives.
     """
+    if lock:
+        lock_run_folder(checkpoint_dir)
     found = list_checkpoints(checkpoint_dir)
     settings = _group_settings(optimizer)  # this run's learning rate etc., before the checkpoint's overwrite them
     if not resume_requested:
@@ -181,3 +186,35 @@ def _restore_group_settings(optimizer: torch.optim.Optimizer, settings: list[dic
             if plain(group.get(key)) != plain(value):
                 log(f"--resume: {key} {value} (this run's setting) replaces the checkpoint's {group.get(key)}")
             group[key] = value
+
+
+def lock_run_folder(directory: str | os.PathLike) -> None:
+    """Hold an exclusive lock on ``directory`` (created if needed) until this process ends.
+
+    Two runs writing checkpoints into one folder delete each other's files as they prune old checkpoints; this
+    happens when ``--resume`` is started while an interrupted run is still writing its last checkpoint (``accelerate
+    launch`` returns the prompt at Ctrl-C before its training process has finished). The operating system releases
+    the lock when the process ends, however it ends. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    directory = Path(directory).resolve()
+    if directory in _HELD_LOCKS:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".run.lock", "a+")  # noqa: SIM115 - held open on purpose, until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise SystemExit(f"{directory} is in use by another training run ({owner}): wait until it has ended (an "
+                         "interrupted run writes its checkpoint first), or choose another --output-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    _HELD_LOCKS[directory] = handle

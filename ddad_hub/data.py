@@ -119,16 +119,26 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
-    """A boolean (H, W) mask at ``size``; all False for nominal images."""
+    """A boolean (H, W) mask at ``size``; all False for nominal images.
+
+    A mask is a label image, not a picture: 8-bit masks mark defects above 127 (MVTec's 0/255), deeper ones (16-bit,
+    32-bit, float) above half their own largest value, so 0/255 and 0/65535 masks alike are read whatever the depth.
+    """
     if path is None:
         return np.zeros(size, dtype=bool)
     try:
-        mask = open_image(path).convert("L")
-    except ImageLoadError as err:  # named in full: every defect type has a 000_mask.png
+        with Image.open(path) as image:
+            image.load()
+            deep = image.mode in ("I", "F") or image.mode.startswith("I;16")
+            values = np.asarray(image if deep else image.convert("L"), dtype=np.float64)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # named in full: every defect type has a 000_mask.png
         raise ImageLoadError(f"mask {path} cannot be read: {err}") from err
-    if mask.size != (size[1], size[0]):
-        mask = mask.resize((size[1], size[0]), Image.NEAREST)
-    return np.asarray(mask) > 127
+    top = values.max() if values.size else 0.0
+    mask = values > (top / 2 if deep else 127) if top > 0 else np.zeros(values.shape, dtype=bool)
+    if mask.shape != tuple(size):
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)) > 127
+    return mask
 
 
 def split_nominal(paths: list[Path], holdout: float, seed: int = 0) -> tuple[list[Path], list[Path]]:

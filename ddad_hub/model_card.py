@@ -56,6 +56,21 @@ def _per_category_table(names: list[str], results: dict) -> str:
     return f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
 
 
+TEST_RESULT_FILES = ("results.json", "evaluation.png", "table.md")  # what evaluate*.py write into a pipeline folder
+
+
+def discard_test_results(folder: str | Path) -> list[str]:
+    """Remove the test results in a pipeline folder whose pipeline was just refitted or recalibrated: they measured
+    other weights or thresholds, and its card would show them as its own. Returns the names removed (and says so)."""
+    removed = [name for name in TEST_RESULT_FILES if (Path(folder) / name).is_file()]
+    for name in removed:
+        (Path(folder) / name).unlink()
+    if removed:
+        print(f"{folder}: removed {', '.join(removed)} (test results of the pipeline before this change); run "
+              "training/evaluate.py again for its own")
+    return removed
+
+
 def write_model_card(folder: str | Path, repo_id: str | None = None, template: Path = TEMPLATE) -> Path:
     """Render ``README.md`` in a pipeline folder from its ``training_info.json`` and, if present, ``results.json``."""
     folder = Path(folder)

@@ -24,6 +24,45 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def training_record(folder: str | os.PathLike) -> dict:
+    """A pipeline folder's ``training_info.json``, which scripts that refit or recalibrate need (the held-out
+    images, the preset); a missing or damaged one is named, and a training run's folder points at its pipeline."""
+    folder = Path(folder)
+    path = folder / "training_info.json"
+    if not path.is_file():
+        hint = (f"; {folder} is a training run's folder: its pipeline is {folder / 'pipeline'}"
+                if (folder / "pipeline" / "training_info.json").is_file() else
+                " (a pipeline written by train_unet.py or finalize.py has one)")
+        raise FileNotFoundError(f"{path} is missing{hint}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err})") from err
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object)")
+    return info
+
+
+def trained_products(info: dict) -> set[str]:
+    """The category folder names a pipeline's training record says it was trained on (several for a multi-class
+    model); empty when it does not say."""
+    recorded = [Path(d).name for d in str(info.get("data") or "").split(", ") if d]
+    return {*recorded, *(info.get("categories") or []), info.get("category")} - {None, ""}
+
+
+def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint: str = "") -> None:
+    """Refuse ``data`` of a product the pipeline in ``folder`` was not trained on. Its held-out images are known by
+    file name only, and every MVTec product has a ``000.png``: another product's folder would silently stand in.
+    Raises :class:`~ddad_hub.data.DatasetLayoutError` naming both; ``hint`` says what to do instead."""
+    from .data import DatasetLayoutError
+
+    info = _read_json(Path(folder) / "training_info.json")
+    known, name = trained_products(info), Path(data).resolve().name
+    if known and name not in known:
+        raise DatasetLayoutError(f"{folder} was trained on {', '.join(sorted(known))}, not on {name}"
+                                 + (f": {hint}" if hint else ": pass the category folder it was trained on"))
+
+
 def trained_on(folder: str | os.PathLike) -> str:
     """A short phrase naming the data a pipeline was trained on, from its ``training_info.json``."""
     info = _read_json(Path(folder) / "training_info.json")

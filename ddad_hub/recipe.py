@@ -21,7 +21,7 @@ from .anomaly_map import FUSION_RULES, fuse_maps, image_scores, map_statistics
 from .data import category_of, load_images, nominal_id, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc, stratified_resamples
-from .model_card import write_model_card
+from .model_card import discard_test_results, write_model_card
 from .models.feature_encoder import FeatureEncoder
 from .models.feature_memory import FeatureMemory
 from .pipelines.pipeline_ddad import DDADPipeline
@@ -92,6 +92,11 @@ def synthetic_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def _distances(pipe: DDADPipeline, images: torch.Tensor, w: float, start_step: int, skip: int, batch_size: int = 16):
+    """Feature and pixel (or latent) distances of ``images`` in [-1, 1] and their reconstructions. Images of another
+    size than the U-Net's (read at map size, as calibration reads them) are resized to it as a call resizes its
+    inputs: the U-Net never runs at a size it was not trained at."""
+    if tuple(images.shape[-2:]) != tuple(pipe.sample_size):
+        images = F.interpolate(images.float(), size=pipe.sample_size, mode="bilinear", antialias=True).clamp(-1, 1)
     d_f, d_p = [], []
     for s in range(0, images.shape[0], batch_size):
         x = images[s : s + batch_size]
@@ -442,8 +447,13 @@ def recalibrate(
     held_out_ids: list[int] | None = None,
     categories: list[str] | None = None,
     min_images: int = 5,
+    nominal_unet_size: torch.Tensor | None = None,
 ) -> dict:
     """Refresh the calibrated pixel weight (if the pipeline uses one) and the thresholds, e.g. after adaptation.
+
+    ``nominal`` are the held-out images read at map size, as calls read test images (the thresholds come from
+    them); ``nominal_unet_size`` the same images read at the U-Net's size, as :func:`select_settings` reads them for
+    the pixel weight (default: ``nominal`` resized), so an unchanged pipeline gets back its own calibration.
 
     When the memory's bank holds the held-out images too (``cross_fitted``), D3AD's and fused mode's thresholds
     need them left out of it: pass ``held_out_ids`` right after :func:`fit_memory`. Without them (a reloaded
@@ -454,7 +464,8 @@ def recalibrate(
     """
     if pipe.config.pixel_weight is not None:
         sched = pipe.scheduler.config
-        f_n, p_n = _distances(pipe, nominal, sched.w, sched.start_step, sched.skip)
+        f_n, p_n = _distances(pipe, nominal if nominal_unet_size is None else nominal_unet_size, sched.w,
+                              sched.start_step, sched.skip)
         pipe.register_to_config(pixel_weight=pixel_weight_from_nominal(f_n, p_n))
     threshold, scores = calibrate_threshold(pipe, nominal)
     pipe.register_to_config(threshold=threshold)
@@ -622,6 +633,7 @@ def finalize_run(
                            "how": "highest score among held-out nominal training images"}
     folder = out / "pipeline"
     pipe.save_pretrained(folder)
+    discard_test_results(folder)  # a re-finalisation into the same folder: the old results measured another pipeline
     (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
     write_model_card(folder)
     return folder

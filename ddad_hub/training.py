@@ -132,7 +132,9 @@ class StopOnInterrupt:
         self._previous = None
 
     def __enter__(self) -> StopOnInterrupt:
-        if threading.current_thread() is threading.main_thread():
+        # a run started with SIGINT ignored (in the background, by nohup) keeps ignoring it, as Python itself does
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not (
+                signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

@@ -286,18 +286,20 @@ def test_batch_rows_keep_upload_order_with_unique_names_and_odd_zips_get_a_row(t
     lot_again = tmp_path / "again" / "lot.zip"
     lot_again.parent.mkdir()
     lot_again.write_bytes(lot.read_bytes())
-    uploads = [a[0], locked, b[0], notes, lot, deflate64, a[1], lot_again, b[1]]
+    literal = tmp_path / "part_0.png (2)"  # a file really named as the second part_0.png would be shown
+    literal.write_bytes(png)
+    uploads = [a[0], literal, locked, b[0], notes, lot, deflate64, a[1], lot_again, b[1]]
     table, _, csv_file, summary = inspector.analyze_batch([str(p) for p in uploads], "ddad")
     names = [row[0] for row in table]
-    assert names == ["part_0.png", "locked.zip", "part_0.png (2)", "notes.zip/notes.txt", "lot.zip/part_1.png",
-                     "big.zip", "part_1.png", "lot.zip (2)/part_1.png", "part_1.png (2)"]
+    assert names == ["part_0.png", "part_0.png (2)", "locked.zip", "part_0.png (3)", "notes.zip/notes.txt",
+                     "lot.zip/part_1.png", "big.zip", "part_1.png", "lot.zip (2)/part_1.png", "part_1.png (2)"]
     errors = dict(zip(names, (row[4] for row in table)))
     assert "password-protected" in errors["locked.zip"] and "compression method" in errors["big.zip"]
     scores = dict(zip(names, (row[1] for row in table)))
     assert scores["lot.zip/part_1.png"] == scores["lot.zip (2)/part_1.png"] == scores["part_1.png"]
     with open(csv_file) as handle:
         assert [r["file"] for r in csv.DictReader(handle)] == names
-    assert "6 image(s) scored" in summary and "2 file(s) could not be read" in summary
+    assert "7 image(s) scored" in summary and "2 file(s) could not be read" in summary
     big = tmp_path / "big.png"  # a large photo's flagged picture is kept at gallery size
     Image.fromarray(np.full((1200, 1600, 3), 255, np.uint8)).save(big)
     inspector.pipe.register_to_config(threshold=-1.0)  # everything flagged

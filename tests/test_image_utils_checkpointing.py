@@ -200,6 +200,41 @@ def test_resume_keeps_this_runs_learning_rate_and_the_checkpoints_moments(tmp_pa
     assert not any("replaces" in line for line in said)
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from ddad_hub.checkpointing import lock_run_folder
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ddad_hub.checkpointing import "
+                               "lock_run_folder; lock_run_folder(sys.argv[1]); print('held', flush=True); "
+                               "time.sleep(60)", str(tmp_path / "ckpt")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=f"in use by another training run \\(pid {holder.pid}\\)"):
+            lock_run_folder(tmp_path / "ckpt")
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_run_folder(tmp_path / "ckpt")  # released when its process ended, however it ended
+    lock_run_folder(tmp_path / "ckpt")  # and held again by this process, which may ask twice
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    import os
+    import signal
+
+    from ddad_hub.training import StopOnInterrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started in the background, or by nohup
+    try:
+        with StopOnInterrupt() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert not stop.requested and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_held_out_images_are_checked_before_a_run_trains(tmp_path):
     from conftest import write_category
 

@@ -76,6 +76,11 @@ def test_mask_folders_hold_images_and_a_damaged_mask_is_named(tmp_path):
     (item,) = list_test_items(tmp_path)
     with pytest.raises(ImageLoadError, match=f"mask {item.mask} cannot be read"):
         load_mask(item.mask, (16, 16))
+    for white in (255, 65535, 1):  # a 16-bit mask is a label image whatever its white: 0/255, 0/65535, 0/1
+        values = np.zeros((16, 16), np.uint16)
+        values[4:8, 2:10] = white
+        Image.fromarray(values).save(item.mask)
+        assert Image.open(item.mask).mode.startswith("I;16") and load_mask(item.mask, (16, 16)).sum() == 32
 
 
 @needs_data

@@ -189,6 +189,8 @@ def test_two_processes_with_accelerate(dataset, preset_file, tmp_path):
 
 
 def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
+    from conftest import write_category
+
     _run(["training/finalize.py", "--run-dir", str(trained_run), "--data", str(dataset)])
     folder = trained_run / "pipeline"
     info = json.loads((folder / "training_info.json").read_text())
@@ -230,6 +232,39 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     # the memory took every training image, the held-out ones too
     assert info["d3ad"]["memory"]["images"] == len(list((dataset / "train" / "good").iterdir()))
 
+    # recalibrate.py on the unchanged pipeline gets back its own calibration, and drops the results of the old one;
+    # fit_d3ad.py refits the memory with the run's preset (the same bank size)
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "recalibrated" / "pipeline")
+    _run(["training/recalibrate.py", "--pipeline", str(copy), "--data", str(dataset)])
+    recalibrated = json.loads((copy / "model_index.json").read_text())
+    assert recalibrated["threshold"] == index["threshold"]
+    assert recalibrated["pixel_weight"] == index["pixel_weight"]
+    assert not (copy / "results.json").exists() and not (copy / "evaluation.png").exists()
+    _run(["training/fit_d3ad.py", "--pipeline", str(copy), "--data", str(dataset)])
+    bank = load_file(str(folder / "feature_memory" / "diffusion_pytorch_model.safetensors"))["bank"]
+    refitted = load_file(str(copy / "feature_memory" / "diffusion_pytorch_model.safetensors"))["bank"]
+    assert refitted.shape == bank.shape
+
+    # another product's folder, a run folder for its pipeline, an output over the source: one line, exit 2
+    other = write_category(tmp_path / "other", "gadget", n_train=12)
+    for args, said in (
+        (["training/recalibrate.py", "--pipeline", str(copy), "--data", str(other)], "trained on widget, not on"),
+        (["training/fit_d3ad.py", "--pipeline", str(copy), "--data", str(other)], "trained on widget, not on"),
+        (["training/evaluate.py", "--pipeline", str(trained_run), "--data", str(dataset)], "its pipeline is"),
+        (["training/train_unet.py", "--data", str(dataset / "test"), "--output-dir", str(tmp_path / "x")],
+         "train/good"),
+        (["training/train_unet.py", "--data", str(dataset), "--output-dir", str(tmp_path / "x"), "--preset", "cpux"],
+         "unknown preset"),
+    ):
+        proc = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "training/finalize.py", "--pipeline", str(copy), "--output-dir",
+                           str(copy.parent)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "would write over" in proc.stderr, proc.stderr[-2000:]
+
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for p in sorted((dataset / "test" / "scratch").glob("*.png"))[:2]:
@@ -257,6 +292,11 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     after = DDADPipeline.from_pretrained(adapted / "pipeline").feature_encoder.state_dict()
     changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
     assert changed, "adaptation did not change the encoder"
+    # the adapted pipeline's memory is refitted with the run's preset, as training fitted it
+    original, adapted_memory = (DDADPipeline.from_pretrained(f).feature_memory for f in (folder, adapted / "pipeline"))
+    assert adapted_memory.bank.shape == original.bank.shape
+    for key in ("input_norm", "pooling_pad", "normalization", "cross_fitted"):
+        assert adapted_memory.config[key] == original.config[key], key
     # resuming a finished adaptation does no more epochs and still writes the pipeline
     again = _run(["training/adapt_encoder.py", "--pipeline", str(folder), "--data", str(dataset), "--output-dir",
                   str(adapted), "--epochs", "1", "--batch-size", "4", "--threads", "1", "--resume"])
@@ -384,6 +424,25 @@ def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
     script.StopOnInterrupt = StopOnInterrupt
     script.main(args(tmp_path / "stopped") + ["--resume"])
+
+    class StopAfterLastStep(StopAtEighthStep):  # asked at every step's start, then once after the last epoch
+        checks = 0
+
+        @property
+        def requested(self) -> bool:
+            StopAfterLastStep.checks += 1
+            return StopAfterLastStep.checks > 10
+
+        @requested.setter
+        def requested(self, value: bool) -> None:
+            pass
+
+    script.StopOnInterrupt = StopAfterLastStep
+    with pytest.raises(SystemExit) as stopped:  # a Ctrl-C in the very last step: exit, not a pipeline
+        script.main(args(tmp_path / "last"))
+    script.StopOnInterrupt = StopOnInterrupt
+    assert stopped.value.code == 130 and not (tmp_path / "last" / "pipeline").exists()
+    assert sorted(p.name for p in (tmp_path / "last" / "checkpoints").glob("step_*"))[-1] == "step_00000010"
     whole = load_file(str(tmp_path / "whole" / "pipeline" / "feature_encoder" / "diffusion_pytorch_model.safetensors"))
     resumed = load_file(str(tmp_path / "stopped" / "pipeline" / "feature_encoder" /
                             "diffusion_pytorch_model.safetensors"))

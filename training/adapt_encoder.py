@@ -29,10 +29,13 @@ from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import resume, save_checkpoint
+from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
 from ddad_hub.distributed import make_accelerator
-from ddad_hub.model_card import write_model_card
-from ddad_hub.recipe import fit_d3ad, fit_fused, recalibrate
+from ddad_hub.model_card import discard_test_results, write_model_card
+from ddad_hub.model_info import check_same_product, trained_products, training_record
+from ddad_hub.presets import fill_preset
+from ddad_hub.recipe import fit_d3ad, fit_fused, memory_options, recalibrate
 from ddad_hub.training import StopOnInterrupt
 
 
@@ -66,8 +69,11 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator = make_accelerator(args.mixed_precision, args.threads)
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    info_file = Path(args.pipeline) / "training_info.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info = training_record(args.pipeline) if (Path(args.pipeline) / "training_info.json").is_file() else {}
+    if len(trained_products(info)) > 1:
+        raise SystemExit(f"{args.pipeline} is a multi-class pipeline; adapt_encoder.py adapts one product's "
+                         "pipeline (its memory and thresholds are refitted from one category folder)")
+    check_same_product(args.pipeline, args.data)
     train_paths, held_paths = held_out_split(args.data, info.get("held_out_nominal", []))
     images = load_images(train_paths, pipe.sample_size[0])
 
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.output_dir)
     ckpt_dir = out / "checkpoints"
     start_epoch, start_step, partial_loss, history = 0, 0, 0.0, []
-    if restored := resume(ckpt_dir, {"encoder": encoder}, optimizer, accelerator.print, args.resume, str(args.data)):
+    if restored := resume(ckpt_dir, {"encoder": encoder}, optimizer, accelerator.print, args.resume, str(args.data),
+                          lock=accelerator.is_main_process):
         start_epoch, history = restored[0]["epoch"], restored[0]["history"]
         start_step, partial_loss = restored[0].get("step_in_epoch", 0), restored[0].get("partial_loss", 0.0)
     encoder, optimizer = accelerator.prepare(encoder, optimizer)
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> Path:
             history.append({"epoch": epoch + 1, "mean_loss": total / max(1, steps)})
             accelerator.print(f"epoch {epoch + 1}: mean loss {history[-1]['mean_loss']:.4f}")
             checkpoint(epoch + 1)
+        if broadcast_object_list([stop.requested])[0]:  # a Ctrl-C in the last step: its epoch's checkpoint is written
+            stop.exit_if_requested(args.epochs * steps, ckpt_dir, accelerator.print)
 
     folder = out / "pipeline"
     if accelerator.is_main_process:
@@ -139,16 +148,20 @@ def main(argv: list[str] | None = None) -> Path:
         held_images = load_images(held_paths, pipe.map_hw[0]) if held_paths else None
         held_ids = None
         if pipe.feature_memory is not None and held_images is not None:  # its bank holds the old features
-            ratio = info.get("d3ad", {}).get("coreset_ratio", 0.02)
-            info["d3ad"] = fit_d3ad(pipe, load_images(train_paths, pipe.map_hw[0]), held_images, ratio,
-                                    [pipe.config.d3ad_t_max])
+            # refitted with the recipe's memory settings (bank cap, input normalisation...), as training fitted it
+            options = memory_options(fill_preset(info["preset"])) if "preset" in info else None
+            options = options or {"coreset_ratio": info.get("d3ad", {}).get("coreset_ratio", 0.02)}
+            info["d3ad"] = fit_d3ad(pipe, load_images(train_paths, pipe.map_hw[0]), held_images,
+                                    t_max_grid=[pipe.config.d3ad_t_max], **options)
             held_ids = info["d3ad"]["memory"]["held_out_ids"]
             if pipe.config.fused_base:  # the memory and the encoder changed, so did fused mode's statistics
                 with pipe.feature_memory.leaving_out(held_ids):
                     info["fused"] = fit_fused(pipe, held_images, info["d3ad"]["memory"]["stats"])
-        calibration = recalibrate(pipe, held_images, held_ids) if held_images is not None else {}
+        calibration = recalibrate(pipe, held_images, held_ids, nominal_unet_size=load_images(
+            held_paths, pipe.sample_size[0])) if held_images is not None else {}
         pipe.save_pretrained(folder)
-        info["adaptation"] = {"epochs": args.epochs, "lambda": args.lam, "w_da": args.w_da,
+        discard_test_results(folder)  # an adaptation run again into the same --output-dir
+        info["adaptation"] = {"epochs": len(history), "lambda": args.lam, "w_da": args.w_da,
                               "learning_rate": args.learning_rate, "history": history, "calibration": calibration}
         (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
         if "preset" in info:
@@ -159,4 +172,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -28,9 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
+from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range
 from ddad_hub.metrics import METRICS, paired_auroc_difference, roc_points, summarize
 from ddad_hub.model_card import write_model_card
+from ddad_hub.model_info import check_same_product
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
 
@@ -122,20 +124,6 @@ def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
     plt.close(fig)
 
 
-def _check_same_product(folder: Path, data: Path) -> None:
-    """Results go into the pipeline's folder and card only for a product it was trained on: another product's numbers
-    would be shown as its own."""
-    info_file = folder / "training_info.json"
-    if not info_file.is_file():
-        return
-    info = json.loads(info_file.read_text())
-    recorded = [Path(d).name for d in str(info.get("data") or "").split(", ") if d]
-    known = {*recorded, *(info.get("categories") or []), info.get("category")} - {None, ""}
-    if known and data.resolve().name not in known:
-        raise SystemExit(f"{folder} was trained on {', '.join(sorted(known))}, not on {data.resolve().name}: pass "
-                         "--output-dir to evaluate it on other data without writing over its own results and card")
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -152,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_dir:
         out_dir = Path(args.output_dir)
     elif local:
-        _check_same_product(folder, data)
+        check_same_product(folder, data, "pass --output-dir to evaluate it on other data without writing over its "
+                                         "own results and card")
         out_dir = folder
     else:  # the Hub cache is not written to
         out_dir = Path("evaluation") / args.pipeline.replace("/", "--")
@@ -291,4 +280,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

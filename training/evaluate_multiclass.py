@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddad_hub.cli import run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import summarize
 from ddad_hub.model_card import write_diad_model_card, write_model_card
@@ -241,4 +242,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
+from ddad_hub.cli import run
 from ddad_hub.data import categories_label, find_categories, held_out_split, nominal_id, split_categories
+from ddad_hub.model_info import check_same_product, training_record
 from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
@@ -49,7 +51,12 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     if not args.output_dir:
         raise SystemExit("--pipeline needs --output-dir (the saved pipeline is not overwritten)")
     folder = Path(args.pipeline)
-    info = json.loads((folder / "training_info.json").read_text())
+    if (Path(args.output_dir) / "pipeline").resolve() == folder.resolve():
+        raise SystemExit(f"--output-dir {args.output_dir} would write over {folder}, the pipeline it starts from: "
+                         "choose another folder")
+    info = training_record(folder)
+    if args.data and len(args.data) == 1:
+        check_same_product(folder, args.data[0])
     preset = fill_preset({**info["preset"], **(args.set or {})})
     if len(info.get("categories", [])) > 1:
         categories = find_categories(args.data or info["data"].split(", "))
@@ -108,4 +115,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

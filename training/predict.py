@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import load_pipeline
+from ddad_hub.cli import run
 from ddad_hub.data import IMAGE_SUFFIXES
 from ddad_hub.inspection import anomaly_picture, image_files, inspect_files, write_csv
 
@@ -63,4 +64,4 @@ def _unique(name: str, suffix: str, used: set[str]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 
 from ddad_hub import DDADPipeline
+from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
-from ddad_hub.model_card import write_model_card
+from ddad_hub.model_card import discard_test_results, write_model_card
+from ddad_hub.model_info import check_same_product, training_record
 from ddad_hub.recipe import recalibrate
 
 
@@ -23,7 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", required=True, help="the category folder it was trained on")
     args = p.parse_args(argv)
     folder = Path(args.pipeline)
-    info = json.loads((folder / "training_info.json").read_text())
+    info = training_record(folder)
+    check_same_product(folder, args.data)
     held = set(info["held_out_nominal"])
     _, paths = held_out_split(args.data, held)
     if len(paths) != len(held):
@@ -33,8 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     if pipe.config.get("category_thresholds"):  # held_out_nominal names files, which repeat across products
         print("this pipeline judges each product by its own threshold; recalibrating from one category folder "
               "drops those of the recalibrated modes (re-run training/finalize.py to refit them)")
-    calibration = recalibrate(pipe, load_images(paths, pipe.sample_size[0]))
+    # read as training read them: at map size for the thresholds, at the U-Net's size for the pixel weight
+    calibration = recalibrate(pipe, load_images(paths, pipe.map_hw[0]),
+                              nominal_unet_size=load_images(paths, pipe.sample_size[0]))
     pipe.save_pretrained(folder)
+    discard_test_results(folder)  # their verdicts were made with the old thresholds
     info["calibration"] = {**calibration, "how": "highest score among held-out nominal training images",
                            "compute_dtype": str(pipe.default_autocast_dtype() or "float32")}
     (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))
@@ -44,4 +50,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -29,6 +29,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers import AutoencoderKL, UNet2DModel
 
 from ddad_hub.checkpointing import latest_checkpoint, resume, save_checkpoint
+from ddad_hub.cli import run
 from ddad_hub.data import (
     categories_label,
     check_held_out,
@@ -38,7 +39,7 @@ from ddad_hub.data import (
     split_categories,
 )
 from ddad_hub.distributed import finish, make_accelerator
-from ddad_hub.model_card import write_diad_model_card
+from ddad_hub.model_card import discard_test_results, write_diad_model_card
 from ddad_hub.models.autoencoder import encode_images
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     step, elapsed = 0, 0.0
     if restored := resume(ckpt_dir, {"unet": unet, "sg_network": sg}, optimizer, accelerator.print, args.resume,
-                          ", ".join(map(str, categories.values()))):
+                          ", ".join(map(str, categories.values())), lock=accelerator.is_main_process):
         step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     model, optimizer = accelerator.prepare(model, optimizer)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> Path:
         fitted = finalize_diad(pipe, train_paths, held_out, preset)
         folder = out / "pipeline"
         pipe.save_pretrained(folder)
+        discard_test_results(folder)  # a finished run finalised again (--resume): the old results measured another
         info = {
             "preset": preset, "category": categories_label(categories),
             "categories": {k: str(v) for k, v in categories.items()}, "data": ", ".join(map(str, categories.values())),
@@ -229,4 +231,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -22,6 +22,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from diffusers.training_utils import EMAModel
 
 from ddad_hub.checkpointing import resume, save_checkpoint
+from ddad_hub.cli import run
 from ddad_hub.data import categories_label, check_held_out, find_categories, load_images, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> Path:
     step, elapsed = 0, 0.0
     shadow: dict[str, torch.Tensor] = {}  # the EMA's weights, restored with the U-Net (a damaged file alike)
     restorable = {"unet": unet, **({"ema": shadow} if ema is not None else {})}
-    if restored := resume(ckpt_dir, restorable, optimizer, accelerator.print, args.resume, str(data)):
+    if restored := resume(ckpt_dir, restorable, optimizer, accelerator.print, args.resume, str(data),
+                          lock=accelerator.is_main_process):
         state = restored[0]
         step, elapsed = state["step"], state["elapsed_seconds"]
         if ema is not None:
@@ -188,4 +190,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

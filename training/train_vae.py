@@ -23,6 +23,7 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
 from ddad_hub.checkpointing import resume, save_checkpoint
+from ddad_hub.cli import run
 from ddad_hub.data import categories_label, find_categories, load_images, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> Path:
     vae = build_vae(preset)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec["learning_rate"], weight_decay=0.0)
     step, elapsed = 0, 0.0
-    if restored := resume(ckpt_dir, {"vae": vae}, optimizer, accelerator.print, args.resume, str(data)):
+    if restored := resume(ckpt_dir, {"vae": vae}, optimizer, accelerator.print, args.resume, str(data),
+                          lock=accelerator.is_main_process):
         step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     objective, optimizer = accelerator.prepare(AutoencoderObjective(vae), optimizer)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,4 +128,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

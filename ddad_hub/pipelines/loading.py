@@ -17,7 +17,10 @@ def pipeline_class_name(path: str | os.PathLike) -> str:
     """The ``_class_name`` of a local pipeline folder (``DDADPipeline`` for a folder that names none)."""
     index = os.path.join(os.fspath(path), "model_index.json")
     if not os.path.isfile(index):
-        raise FileNotFoundError(f"{path} is not a saved pipeline: model_index.json is missing")
+        inner = os.path.join(os.fspath(path), "pipeline")
+        hint = (f" ({path} is a training run's folder: its pipeline is {inner})"
+                if os.path.isfile(os.path.join(inner, "model_index.json")) else "")
+        raise FileNotFoundError(f"{path} is not a saved pipeline: model_index.json is missing{hint}")
     try:
         with open(index) as f:
             return json.load(f).get("_class_name", "DDADPipeline")

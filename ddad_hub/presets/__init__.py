@@ -9,6 +9,10 @@ _HERE = Path(__file__).parent
 PRESETS = ("cpu", "cpu_latent", "cpu_diad", "paper")
 
 
+class PresetError(ValueError):
+    """A preset that cannot be used (unknown name, broken file, a count that is not positive); the message says."""
+
+
 def load_preset(name: str, category: str | None = None, **overrides) -> dict:
     """A preset's settings (by name, or a path to a JSON file); ``paper`` takes the category's published settings.
 
@@ -21,16 +25,16 @@ def load_preset(name: str, category: str | None = None, **overrides) -> dict:
         try:
             preset = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"preset file {path} is not valid JSON: {err}") from err
+            raise PresetError(f"preset file {path} is not valid JSON: {err}") from err
         if not isinstance(preset, dict):
-            raise ValueError(f"preset file {path} must hold a JSON object of settings")
+            raise PresetError(f"preset file {path} must hold a JSON object of settings")
         preset.setdefault("name", path.stem)
         name = preset["name"]
     elif name in PRESETS:
         preset = json.loads((_HERE / f"{name}.json").read_text())
         preset["name"] = name
     else:
-        raise ValueError(f"unknown preset {name!r}; choose from {PRESETS} or pass a .json file")
+        raise PresetError(f"unknown preset {name!r}; choose from {PRESETS} or pass a .json file")
     if name == "paper" and category is not None:
         table = json.loads((_HERE / "categories.json").read_text())
         if category in table:
@@ -45,11 +49,11 @@ def _check_counts(preset: dict) -> None:
     for key in ("batch_size", "checkpoint_every", "resolution"):
         value = preset.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"preset {preset.get('name')!r}: {key} must be a positive integer, got {value!r}")
+            raise PresetError(f"preset {preset.get('name')!r}: {key} must be a positive integer, got {value!r}")
     for key in ("max_minutes", "epochs"):
         value = preset.get(key)
         if value is not None and not value > 0:
-            raise ValueError(f"preset {preset.get('name')!r}: {key} must be above 0 (or left out), got {value!r}")
+            raise PresetError(f"preset {preset.get('name')!r}: {key} must be above 0 (or left out), got {value!r}")
 
 
 def fill_preset(preset: dict) -> dict:

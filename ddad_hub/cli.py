@@ -1,0 +1,28 @@
+"""How the scripts in ``training/`` end on a user's mistake: one line that names it, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .data import DatasetLayoutError
+from .image_utils import ImageLoadError
+from .presets import PresetError
+
+# Mistakes in what a user passed (a folder's layout, an image, a preset, a path); other errors keep their traceback.
+USER_ERRORS = (DatasetLayoutError, ImageLoadError, PresetError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
+
+
+def run(main: Callable[[], object]) -> None:
+    """Call a script's ``main``; a :data:`USER_ERRORS` error ends it with ``<script>: error: <message>`` and exit
+    code 2, as argparse ends on a wrong flag. ``DDAD_HUB_TRACEBACK=1`` shows the traceback instead."""
+    try:
+        main()
+    except USER_ERRORS as err:
+        if os.environ.get("DDAD_HUB_TRACEBACK"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
