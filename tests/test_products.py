@@ -9,7 +9,14 @@ import torch
 from conftest import make_tiny_pipeline, write_category
 
 from ddad_hub import FeatureEncoder
-from ddad_hub.data import find_categories, list_test_items, load_images, split_categories, to_unit_range
+from ddad_hub.data import (
+    DatasetLayoutError,
+    find_categories,
+    list_test_items,
+    load_images,
+    split_categories,
+    to_unit_range,
+)
 from ddad_hub.inspection import inspect_files
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline
@@ -144,7 +151,7 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     from training.evaluate import main as evaluate
 
     other = write_category(tmp_path / "more", "gamma", n_train=4, seed=5)
-    with pytest.raises(SystemExit, match="trained on alpha, beta.*, not on gamma: pass --output-dir"):
+    with pytest.raises(DatasetLayoutError, match="trained on alpha, beta.*, not on gamma: pass --output-dir"):
         evaluate(["--pipeline", str(folder), "--data", str(other)])  # would write gamma's numbers into its card
 
     for modes in (["fused"], ["ddad", "d3ad", "fused"]):  # the product from its own search, or from fused's
