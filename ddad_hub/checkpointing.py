@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -194,7 +195,8 @@ def lock_run_folder(directory: str | os.PathLike) -> None:
     Two runs writing checkpoints into one folder delete each other's files as they prune old checkpoints; this
     happens when ``--resume`` is started while an interrupted run is still writing its last checkpoint (``accelerate
     launch`` returns the prompt at Ctrl-C before its training process has finished). The operating system releases
-    the lock when the process ends, however it ends. Where ``fcntl`` is missing (Windows) nothing is locked.
+    the lock when the process ends, however it ends. Where ``fcntl`` is missing (Windows) or the file system has
+    no locks, nothing is locked (the latter with a warning).
     """
     try:
         import fcntl
@@ -207,12 +209,17 @@ def lock_run_folder(directory: str | os.PathLike) -> None:
     handle = open(directory / ".run.lock", "a+")  # noqa: SIM115 - held open on purpose, until the process ends
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by another process
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
         raise SystemExit(f"{directory} is in use by another training run ({owner}): wait until it has ended (an "
                          "interrupted run writes its checkpoint first), or choose another --output-dir") from None
+    except OSError as err:  # a file system without locks (NFS without lockd, Lustre without -o flock)
+        handle.close()
+        warnings.warn(f"{directory} cannot be locked ({err}); two runs into it at once would not be noticed",
+                      stacklevel=2)
+        return
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from .data import DatasetLayoutError
 from .image_utils import ImageLoadError
+from .model_info import PipelineFolderError
 from .presets import PresetError
 
 # Mistakes in what a user passed (a folder's layout, an image, a preset, a path); other errors keep their traceback.
-USER_ERRORS = (DatasetLayoutError, ImageLoadError, PresetError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               IsADirectoryError, PermissionError)
+USER_ERRORS = (DatasetLayoutError, ImageLoadError, PresetError, PipelineFolderError, FileNotFoundError, FileExistsError,
+               NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def run(main: Callable[[], object]) -> None:

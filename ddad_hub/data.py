@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .image_utils import ImageLoadError, open_image
 
@@ -121,21 +121,25 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
     """A boolean (H, W) mask at ``size``; all False for nominal images.
 
-    A mask is a label image, not a picture: 8-bit masks mark defects above 127 (MVTec's 0/255), deeper ones (16-bit,
-    32-bit, float) above half their own largest value, so 0/255 and 0/65535 masks alike are read whatever the depth.
+    8-bit masks are read as images are (upright by their EXIF orientation, transparency on black) and mark defects
+    above 127 (MVTec's 0/255). Deeper masks (16-bit, 32-bit) are label images: any non-zero value is a defect, so
+    0/255, 0/65535 and multi-label masks alike are read whatever the depth; float masks mark above half their maximum.
     """
     if path is None:
         return np.zeros(size, dtype=bool)
     try:
         with Image.open(path) as image:
-            image.load()
             deep = image.mode in ("I", "F") or image.mode.startswith("I;16")
-            values = np.asarray(image if deep else image.convert("L"), dtype=np.float64)
+            if deep:
+                values = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64)
+        if not deep:
+            mask = np.asarray(open_image(path).convert("L")) > 127
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # named in full: every defect type has a 000_mask.png
         raise ImageLoadError(f"mask {path} cannot be read: {err}") from err
-    top = values.max() if values.size else 0.0
-    mask = values > (top / 2 if deep else 127) if top > 0 else np.zeros(values.shape, dtype=bool)
+    if deep:
+        top = values.max() if values.size else 0.0
+        mask = values > (top / 2 if image.mode == "F" else 0) if top > 0 else np.zeros(values.shape, dtype=bool)
     if mask.shape != tuple(size):
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)) > 127
     return mask

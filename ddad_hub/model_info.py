@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from .metrics import METRICS
+
+
+class PipelineFolderError(ValueError):
+    """A pipeline folder that cannot be loaded as it is (damaged metadata or weights, another pipeline class);
+    the message names the file."""
 
 
 def find_pipelines(folder: str | os.PathLike) -> list[Path]:
@@ -37,17 +42,24 @@ def training_record(folder: str | os.PathLike) -> dict:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is damaged ({err})") from err
+        raise PipelineFolderError(f"{path} is damaged ({err})") from err
     if not isinstance(info, dict):
-        raise ValueError(f"{path} is damaged (not a JSON object)")
+        raise PipelineFolderError(f"{path} is damaged (not a JSON object)")
     return info
 
 
 def trained_products(info: dict) -> set[str]:
     """The category folder names a pipeline's training record says it was trained on (several for a multi-class
     model); empty when it does not say."""
-    recorded = [Path(d).name for d in str(info.get("data") or "").split(", ") if d]
+    # recorded paths may be another system's (a model trained on Windows): both separators split them
+    recorded = [PureWindowsPath(d.rstrip("/\\")).name for d in str(info.get("data") or "").split(", ") if d]
     return {*recorded, *(info.get("categories") or []), info.get("category")} - {None, ""}
+
+
+def is_multiclass(info: dict) -> bool:
+    """Whether a training record is of a multi-class model (several category folders); ``--category`` alone, the
+    paper settings' name for one product, does not make one."""
+    return len(info.get("categories") or []) > 1
 
 
 def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint: str = "") -> None:
@@ -57,8 +69,9 @@ def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint:
     from .data import DatasetLayoutError
 
     info = _read_json(Path(folder) / "training_info.json")
-    known, name = trained_products(info), Path(data).resolve().name
-    if known and name not in known:
+    known, names = trained_products(info), {Path(data).name, Path(data).resolve().name}  # as given, or its target
+    name = Path(data).name
+    if known and not names & known:
         raise DatasetLayoutError(f"{folder} was trained on {', '.join(sorted(known))}, not on {name}"
                                  + (f": {hint}" if hint else ": pass the category folder it was trained on"))
 

@@ -394,6 +394,13 @@ def choose_mode(pipe: DDADPipeline, objectives: dict[str, float]) -> dict:
             "how": "mean of image and pixel AUROC on held-out nominal images and synthetic defects"}
 
 
+def fused_mode_objectives(fused: dict) -> dict[str, float]:
+    """Each mode's objective as :func:`fit_fused` measured them (its parts alone and its best setting), all on the
+    same held-out images (left out of the bank) and synthetic defects: what :func:`choose_mode` compares."""
+    return {**{mode: part["objective"] for mode, part in fused["alone"].items() if mode != "memory"},
+            "fused": fused["best"]["objective"]}
+
+
 def per_category_maxima(scores: list[float], categories: list[str]) -> dict[str, float]:
     """The highest of ``scores`` per category (``categories`` names each score's): per-product thresholds."""
     if len(scores) != len(categories):
@@ -528,8 +535,7 @@ def finalize_diad(pipe, train_paths: list[Path], held_out: list[Path], preset: d
                                     group_names=_category_names(train_paths + held_out), **options)
         with pipe.feature_memory.leaving_out(info["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal, info["memory"]["stats"])
-            info["mode"] = choose_mode(pipe, {"diad": info["fused"]["alone"]["diad"]["objective"],
-                                              "fused": info["fused"]["best"]["objective"]})
+            info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))
         scores_by_mode["fused"] = info["fused"]["nominal_scores"]
     threshold, scores = calibrate_threshold(pipe, nominal, mode="diad")
     pipe.register_to_config(threshold=threshold)
@@ -616,9 +622,7 @@ def finalize_run(
                                 group_names=_category_names(train_paths + held_out))
         with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
             info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
-        alone = info["fused"]["alone"]
-        info["mode"] = choose_mode(pipe, {"ddad": alone["ddad"]["objective"], "d3ad": alone["d3ad"]["objective"],
-                                          "fused": info["fused"]["best"]["objective"]})
+        info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))
     threshold, nominal_scores = calibrate_threshold(pipe, nominal_map)
     pipe.register_to_config(threshold=threshold)
     memory = pipe.feature_memory

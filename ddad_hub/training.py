@@ -118,40 +118,47 @@ class TrainingProgress:
 
 
 class StopOnInterrupt:
-    """Turns the first Ctrl-C (SIGINT) into a request to stop at the next step boundary, where the training script
-    writes a checkpoint and exits (code 130), so ``--resume`` loses nothing; a second Ctrl-C stops at once.
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM (``kill``, ``timeout``, a cluster pre-empting the job) into a
+    request to stop at the next step boundary, where the training script writes a checkpoint and exits (130 after
+    SIGINT, 143 after SIGTERM, as a shell reports them), so ``--resume`` loses nothing; a second signal stops at once.
 
-    Use as a context manager around the training loop and add :attr:`requested` to its end condition. Outside the
-    main thread (where Python cannot install signal handlers) it does nothing.
+    Use as a context manager around the training loop and add :attr:`requested` to its end condition. A signal the
+    process was started ignoring stays ignored (a shell starts background jobs ignoring SIGINT), as Python itself
+    does. Outside the main thread (where Python cannot install signal handlers) it does nothing.
     """
 
-    exit_code = 130  # what a shell reports for a process ended by SIGINT
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
     def __enter__(self) -> StopOnInterrupt:
-        # a run started with SIGINT ignored (in the background, by nohup) keeps ignoring it, as Python itself does
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not (
-                signal.SIG_IGN):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupted: stopping after this step to write a checkpoint (Ctrl-C again to stop at once, losing "
-              "the steps since the last checkpoint)", file=sys.stderr, flush=True)
+        self.requested, self.signum = True, signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to write a checkpoint (send it again to "
+              "stop at once, losing the steps since the last checkpoint)", file=sys.stderr, flush=True)
 
     def exit_if_requested(self, step: int, checkpoint_dir: Path, log=print) -> None:
-        """After the loop: end the script with the way to continue, if the run stopped on a Ctrl-C."""
+        """After the loop: end the script with the way to continue, if the run stopped on a signal."""
         if self.requested:
             log(f"interrupted at step {step}: checkpoint written to {checkpoint_dir}; run the same command with "
                 "--resume to continue")

@@ -220,17 +220,21 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     lock_run_folder(tmp_path / "ckpt")  # and held again by this process, which may ask twice
 
 
-def test_an_ignored_ctrl_c_stays_ignored():
+def test_an_ignored_ctrl_c_stays_ignored_and_sigterm_stops_cleanly():
     import os
     import signal
 
     from ddad_hub.training import StopOnInterrupt
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started in the background, or by nohup
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a job in the background
     try:
         with StopOnInterrupt() as stop:
             os.kill(os.getpid(), signal.SIGINT)
         assert not stop.requested and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        with StopOnInterrupt() as stop:  # such a job is still stopped cleanly by kill (SIGTERM), as a cluster does
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.exit_code == 143
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -249,3 +253,17 @@ def test_held_out_images_are_checked_before_a_run_trains(tmp_path):
     held["small"][0].write_bytes(b"junk")  # read only at finalisation otherwise, after the whole training
     with pytest.raises(ImageLoadError):
         check_held_out(held, 0.5)
+
+
+def test_a_file_system_without_locks_warns_and_trains_on(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from ddad_hub.checkpointing import lock_run_folder
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot be locked"):
+        lock_run_folder(tmp_path / "lustre")

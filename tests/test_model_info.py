@@ -55,3 +55,42 @@ def test_damaged_metadata_does_not_stop_the_description(tmp_path):
         assert "tire" in text and "min of training" not in text and "no test metrics" in text
     (tmp_path / "training_info.json").write_bytes(b"\x00\xff")
     assert "not recorded" in describe(tmp_path)
+
+
+def test_a_pipeline_is_refitted_only_with_its_own_products_data(tmp_path):
+    import pytest
+
+    from ddad_hub.data import DatasetLayoutError
+    from ddad_hub.model_info import PipelineFolderError, check_same_product, is_multiclass, training_record
+
+    folder = tmp_path / "run" / "pipeline"
+    folder.mkdir(parents=True)
+    store = tmp_path / "store" / "transistor_v2"
+    store.mkdir(parents=True)
+    (tmp_path / "transistor").symlink_to(store)
+    record = {"data": str(tmp_path / "transistor"), "category": "transistor", "held_out_nominal": []}
+    (folder / "training_info.json").write_text(json.dumps(record))
+    check_same_product(folder, tmp_path / "transistor")  # the path it was trained with, a link: its own name counts
+    check_same_product(folder, str(tmp_path / "transistor") + "/")
+    with pytest.raises(DatasetLayoutError, match="trained on transistor, not on bottle"):
+        check_same_product(folder, tmp_path / "bottle")
+    # a model trained on Windows; --category (the paper's name for the product) does not make it multi-class
+    record = {"data": "C:\\data\\my_screws", "category": "screw", "held_out_nominal": []}
+    (folder / "training_info.json").write_text(json.dumps(record))
+    check_same_product(folder, tmp_path / "my_screws")
+    assert not is_multiclass(record) and is_multiclass({"categories": ["a", "b"]})
+    # the run folder given for its pipeline, and a damaged record, are named
+    with pytest.raises(FileNotFoundError, match="training run's folder: its pipeline is"):
+        training_record(tmp_path / "run")
+    (folder / "training_info.json").write_text("{broken")
+    with pytest.raises(PipelineFolderError, match="training_info.json is damaged"):
+        training_record(folder)
+
+
+def test_a_latent_pipelines_image_size_follows_its_unet_not_the_autoencoders_config():
+    from conftest import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(latent=True)  # 16 x 16 latents of a 2x autoencoder: 32 px images
+    assert pipe.sample_size == (32, 32)
+    pipe.vae.register_to_config(sample_size=512)  # a Hub autoencoder states the size it was trained at
+    assert pipe.sample_size == (32, 32)

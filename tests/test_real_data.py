@@ -81,6 +81,14 @@ def test_mask_folders_hold_images_and_a_damaged_mask_is_named(tmp_path):
         values[4:8, 2:10] = white
         Image.fromarray(values).save(item.mask)
         assert Image.open(item.mask).mode.startswith("I;16") and load_mask(item.mask, (16, 16)).sum() == 32
+    labels = np.zeros((16, 16), np.uint16)
+    labels[0:2, 0:4], labels[8:10, 8:12] = 1, 3  # two defects with their own labels: both count
+    Image.fromarray(labels).save(item.mask)
+    assert load_mask(item.mask, (16, 16)).sum() == 16
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3], rgba[4:8, 4:8, 3] = 255, 255  # white, transparent but for the defect: put on black as images are
+    Image.fromarray(rgba, "RGBA").save(item.mask)
+    assert load_mask(item.mask, (16, 16)).sum() == 16
 
 
 @needs_data

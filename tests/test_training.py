@@ -246,6 +246,11 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     bank = load_file(str(folder / "feature_memory" / "diffusion_pytorch_model.safetensors"))["bank"]
     refitted = load_file(str(copy / "feature_memory" / "diffusion_pytorch_model.safetensors"))["bank"]
     assert refitted.shape == bank.shape
+    from ddad_hub.recipe import fused_mode_objectives
+
+    refit = json.loads((copy / "training_info.json").read_text())  # its default mode chosen again, as finalisation does
+    assert refit["mode"]["objectives"] == fused_mode_objectives(refit["fused"])
+    assert json.loads((copy / "model_index.json").read_text())["mode"] == refit["mode"]["chosen"]
 
     # another product's folder, a run folder for its pipeline, an output over the source: one line, exit 2
     other = write_category(tmp_path / "other", "gadget", n_train=12)

@@ -33,9 +33,9 @@ from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import discard_test_results, write_model_card
-from ddad_hub.model_info import check_same_product, trained_products, training_record
+from ddad_hub.model_info import check_same_product, is_multiclass, training_record
 from ddad_hub.presets import fill_preset
-from ddad_hub.recipe import fit_d3ad, fit_fused, memory_options, recalibrate
+from ddad_hub.recipe import choose_mode, fit_d3ad, fit_fused, fused_mode_objectives, memory_options, recalibrate
 from ddad_hub.training import StopOnInterrupt
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     info = training_record(args.pipeline) if (Path(args.pipeline) / "training_info.json").is_file() else {}
-    if len(trained_products(info)) > 1:
+    if is_multiclass(info):
         raise SystemExit(f"{args.pipeline} is a multi-class pipeline; adapt_encoder.py adapts one product's "
                          "pipeline (its memory and thresholds are refitted from one category folder)")
     check_same_product(args.pipeline, args.data)
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> Path:
             if pipe.config.fused_base:  # the memory and the encoder changed, so did fused mode's statistics
                 with pipe.feature_memory.leaving_out(held_ids):
                     info["fused"] = fit_fused(pipe, held_images, info["d3ad"]["memory"]["stats"])
+                info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))  # the encoder moved them all
         calibration = recalibrate(pipe, held_images, held_ids, nominal_unet_size=load_images(
             held_paths, pipe.sample_size[0])) if held_images is not None else {}
         pipe.save_pretrained(folder)

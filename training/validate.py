@@ -14,9 +14,9 @@ from pathlib import Path
 
 from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
-from ddad_hub.model_info import check_same_product, training_record
+from ddad_hub.model_info import check_same_product, is_multiclass, training_record
 from ddad_hub.pipelines.loading import load_pipeline
-from ddad_hub.recipe import synthetic_objective
+from ddad_hub.recipe import fused_mode_objectives, synthetic_objective
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -27,12 +27,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for folder in map(Path, args.pipelines):
         info = training_record(folder)
+        if is_multiclass(info):  # its held-out images are named by file name only, which products share
+            raise SystemExit(f"{folder} is a multi-class pipeline: compare it with evaluate_multiclass.py's "
+                             "held-out thresholds, or the objectives its training_info.json records")
         check_same_product(folder, args.data)
         pipe = load_pipeline(folder)
         pipe.set_progress_bar_config(disable=True)
         nominal = load_images(held_out_split(args.data, info["held_out_nominal"])[1], pipe.map_hw[0])
         in_bank = pipe.feature_memory is not None and pipe.feature_memory.config.cross_fitted
-        recorded = info.get("mode", {}).get("objectives", {})
+        recorded = info.get("mode", {}).get("objectives") or (
+            fused_mode_objectives(info["fused"]) if "fused" in info else {})
         for mode in pipe.available_modes():
             if mode not in ("d3ad", "fused") or not in_bank:
                 row = {"pipeline": str(folder), "mode": mode, **synthetic_objective(pipe, nominal, mode=mode)}

@@ -6,6 +6,8 @@ import importlib
 import json
 import os
 
+from ..model_info import PipelineFolderError
+
 # pipeline class name -> module that defines it (imported on first use)
 PIPELINE_CLASSES = {
     "DDADPipeline": "ddad_hub.pipelines.pipeline_ddad",
@@ -25,7 +27,7 @@ def pipeline_class_name(path: str | os.PathLike) -> str:
         with open(index) as f:
             return json.load(f).get("_class_name", "DDADPipeline")
     except json.JSONDecodeError as err:
-        raise ValueError(f"{index} is not valid JSON: {err}") from err
+        raise PipelineFolderError(f"{index} is not valid JSON: {err}") from err
 
 
 def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: dict, backend: str = "pytorch") -> str:
@@ -60,8 +62,9 @@ def check_class(path: str | os.PathLike, cls: type) -> None:
     """Refuse a folder saved from another pipeline class: loading it as ``cls`` would drop its other components."""
     name = pipeline_class_name(path)
     if name != cls.__name__:
-        raise ValueError(f"{path} holds a {name}, not a {cls.__name__}: load it with ddad_hub.load_pipeline(path)"
-                         + (f" or {name}.from_pretrained(path)" if name in PIPELINE_CLASSES else ""))
+        raise PipelineFolderError(f"{path} holds a {name}, not a {cls.__name__}: load it with "
+                                  "ddad_hub.load_pipeline(path)"
+                                  + (f" or {name}.from_pretrained(path)" if name in PIPELINE_CLASSES else ""))
 
 
 def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
@@ -73,6 +76,7 @@ def load_pipeline(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
     path = pipeline_folder(pretrained_model_name_or_path, kwargs, kwargs.get("backend", "pytorch"))
     name = pipeline_class_name(path)
     if name not in PIPELINE_CLASSES:
-        raise ValueError(f"{path} holds a {name}, which ddad-hub cannot load (known: {', '.join(PIPELINE_CLASSES)})")
+        raise PipelineFolderError(f"{path} holds a {name}, which ddad-hub cannot load (known: "
+                                  f"{', '.join(PIPELINE_CLASSES)})")
     cls = getattr(importlib.import_module(PIPELINE_CLASSES[name]), name)
     return cls.from_pretrained(path, **kwargs)

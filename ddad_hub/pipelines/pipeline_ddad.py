@@ -32,7 +32,8 @@ from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
 from ..image_utils import open_image, to_image_tensor
-from ..models.autoencoder import from_latents, to_latents
+from ..model_info import PipelineFolderError
+from ..models.autoencoder import from_latents, latent_factor, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..schedulers.scheduling_ddad import DDADScheduler
@@ -220,9 +221,12 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ sizes
     @property
     def sample_size(self) -> tuple[int, int]:
-        """(height, width) of the images the pipeline works on: the U-Net's, or the autoencoder's with a vae."""
-        size = self.vae.config.sample_size if self.vae is not None else self.unet.config.sample_size
-        return (size, size) if isinstance(size, int) else tuple(size)
+        """(height, width) of the images the pipeline works on: the U-Net's; with a vae, the image size whose latents
+        are the U-Net's size (a Hub autoencoder's own ``sample_size``, 512 say, says nothing about this U-Net)."""
+        size = self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        factor = latent_factor(self.vae.config) if self.vae is not None else 1
+        return h * factor, w * factor
 
     @property
     def map_hw(self) -> tuple[int, int]:
@@ -656,8 +660,8 @@ def check_loaded_weights(pipe: DiffusionPipeline, stored: dict[str, set[str]], p
         missing = sorted(set(component.state_dict()) - stored[name])
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise ValueError(f"component '{name}': {folder} lacks {len(missing)} of its tensors ({shown}); the "
-                             "file is not this component's weights")
+            raise PipelineFolderError(f"component '{name}': {folder} lacks {len(missing)} of its tensors ({shown}); "
+                                      "the file is not this component's weights")
 
 
 def own_aligned_weights(pipe: DiffusionPipeline) -> None:
@@ -686,7 +690,7 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict[str, set[str]]:
         with open(index) as f:
             config = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{index} is not valid JSON: {err}") from err
+        raise PipelineFolderError(f"{index} is not valid JSON: {err}") from err
     stored: dict[str, set[str]] = {}
     for name, value in config.items():
         if not (isinstance(value, list) and len(value) == 2) or value[0] is None:
@@ -700,7 +704,8 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict[str, set[str]]:
                 with open(os.path.join(folder, cfg)) as f:
                     json.load(f)
             except json.JSONDecodeError as err:
-                raise ValueError(f"component '{name}': {os.path.join(folder, cfg)} is not valid JSON: {err}") from err
+                raise PipelineFolderError(f"component '{name}': {os.path.join(folder, cfg)} is not valid JSON: "
+                                          f"{err}") from err
         if "scheduler_config.json" in configs:
             continue
         weights = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
@@ -715,5 +720,6 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict[str, set[str]]:
                         handle.get_slice(key)
                         stored[name].add(key)
             except Exception as err:  # noqa: BLE001 - safetensors raises several types for damaged files
-                raise ValueError(f"component '{name}': {file} is damaged or not a safetensors file ({err})") from err
+                raise PipelineFolderError(f"component '{name}': {file} is damaged or not a safetensors file "
+                                          f"({err})") from err
     return stored
