@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
+from ddad_hub.hardware import machine_summary  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.close()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     # CPU seconds of this process (server and client, all threads): what the work costs whatever else runs
+    print(f"Machine: {machine_summary()}\n")
     print(f"| model | mode | images | batch size | threads | seconds (median of {len(times)}) | min-max | "
           f"CPU seconds (median) | load average |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {Path(args.model).name} | {mode} | {args.images} | {args.batch_size} | {args.threads} | "

@@ -32,7 +32,7 @@ def run(script: str, args: list[str], env: dict) -> dict:
     """Run one training script under ``accelerate launch``; steps, minutes and the machine line it printed."""
     accelerate = Path(sys.executable).with_name("accelerate")  # the README's command, with no launcher flags
     cmd = [str(accelerate), "launch", str(REPO / "training" / script), *args]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)  # relative paths as the caller gave them
     if out.returncode != 0:
         raise RuntimeError(f"{script} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     text = out.stdout + out.stderr

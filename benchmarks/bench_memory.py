@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--bank-sizes", type=int, nargs="+", default=None,
                    help="score these bank sizes (prefixes of one coreset) instead of --max-patches alone")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "memory"))
+    p.add_argument("--output", default=None, help="path stem for .json and .md results (default: print only; the "
+                   "README's table is benchmarks/results/memory)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = machine_summary()
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      f"{r['train_images']} | {r['bank']} | "
                      f"{r['fit_cpu_minutes']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
                      f"{r['aupro']:.3f} |")
-    write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
+    if args.output:
+        write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
     return rows
 

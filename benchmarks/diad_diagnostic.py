@@ -14,7 +14,7 @@ saved settings, and the script reports, inside the defect masks:
 - ``nominal_error``: mean |r - x| over clean images (how faithful the reconstruction of good parts is);
 - the image and pixel AUROC of the pipeline's own map on these images (the recipe's objective).
 
-Writes ``--output`` (.json and .md).
+Prints the table; ``--output`` also writes it (.json and .md).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--holdout", type=float, default=0.1, help="the recipe's held-out share (default 0.1)")
     p.add_argument("--every", type=int, default=2, help="use every k-th held-out image (default 2)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "multiclass" / "diad_diagnostic"))
+    p.add_argument("--output", default=None, help="path stem for .json and .md results (default: print only; the "
+                   "README's table is benchmarks/results/multiclass/diad_diagnostic)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = machine_summary()
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         lines.append(f"| {r['pipeline']} | {r['mode']} | {r['start_step']} | {r['defect_kept']:.2f} | "
                      f"{r['defect_kept_by_round_trip']:.2f} | {r['nominal_error']:.3f} | {r['image_auroc']:.3f} | "
                      f"{r['pixel_auroc']:.3f} |")
-    write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
+    if args.output:
+        write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))
     return rows
 

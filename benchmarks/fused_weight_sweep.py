@@ -10,8 +10,8 @@ of the map as image score, with the pixel AUROC of each weight's map. Per-produc
 only move the weight within a product, so they are covered too. The column "sum of maxima" fuses scores instead of
 maps: the same weighted sum of the two normalised maps' maxima (never below the maximum of the fused map, equal to
 it where both peaks fall on one pixel). Below the table, a paired bootstrap of the image AUROC of fused mode (the
-pipeline's rule and weight on this base) minus that of the memory alone. Prints a table and writes it to
-``benchmarks/results/fused_weight_sweep_<category>[_<base>].md``.
+pipeline's rule and weight on this base) minus that of the memory alone. Prints a table; ``--save`` also writes it
+to ``benchmarks/results/fused_weight_sweep_<category>[_<base>].md``, where the README's tables come from.
 
 With ``--held-out`` the same table is measured where the recipe measures, without test labels: on the pipeline's
 held-out nominal training images and synthetic defects made from them (``ddad_hub.recipe``), the memory refitted
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--base", default=None, help="the reconstruction mode to fuse (default: the pipeline's fused_base)")
     p.add_argument("--held-out", action="store_true",
                    help="held-out nominal training images and synthetic defects instead of the test set")
+    p.add_argument("--save", action="store_true",
+                   help="also write the table to benchmarks/results/ (overwriting the committed one of that name)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)
@@ -120,9 +122,10 @@ def main(argv: list[str] | None = None) -> str:
              f"{100 * diff['share_ahead']:.0f}% of rounds"]
     table = "\n".join(rows)
     suffix = (f"_{args.base}" if args.base else "") + ("_held_out" if args.held_out else "")
-    out = REPO / "benchmarks" / "results" / f"fused_weight_sweep_{Path(args.data).name}{suffix}.md"
-    out.write_text("Image AUROC of the fused map per memory weight (rows) and image score (columns), and its pixel "
-                   "AUROC\n\n" + table + "\n")
+    if args.save:
+        out = REPO / "benchmarks" / "results" / f"fused_weight_sweep_{Path(args.data).name}{suffix}.md"
+        out.write_text("Image AUROC of the fused map per memory weight (rows) and image score (columns), and its "
+                       "pixel AUROC\n\n" + table + "\n")
     print(table)
     return table
 

@@ -183,6 +183,14 @@ def test_stale_ir_is_refused_and_an_openvino_pipeline_cannot_be_saved(exported, 
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match="damaged"):
         load_pipeline(truncated, backend="openvino")
+    # the same size with bytes overwritten inside loads in OpenVINO and computes NaN: the export's digest finds it
+    overwritten = shutil.copytree(folder, tmp_path / "overwritten_bin")
+    weights = overwritten / "unet" / "openvino_model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = b"\xff" * 4096
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="openvino_model.bin is damaged"):
+        load_pipeline(overwritten, backend="openvino")
 
 
 def test_unknown_backend_and_missing_openvino_say_what_to_do(tiny_pipeline_dir, monkeypatch):

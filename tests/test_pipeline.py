@@ -217,6 +217,15 @@ def test_model_index_records_components(pipe, tmp_path):
     assert index["feature_memory"] == [None, None]
 
 
+def test_a_nan_score_is_judged_defective_with_a_warning(pipe, monkeypatch):
+    """A broken network (damaged weights) computes NaN; NaN > threshold is False, which would pass the part."""
+    original = pipe.predict_noise
+    monkeypatch.setattr(pipe, "predict_noise", lambda *a, **k: original(*a, **k) * float("nan"))
+    with pytest.warns(RuntimeWarning, match="NaN anomaly score"):
+        out = pipe(_images(2), generator=_gens(2), output_type="np")
+    assert np.isnan(out.image_scores).all() and out.is_anomalous.tolist() == [True, True]
+
+
 def test_a_call_running_between_another_calls_steps_leaves_its_schedule_alone(pipe, monkeypatch):
     """A Space serves requests from several threads on one pipeline: each call keeps its own schedule. Here a
     second call runs inside the first one's denoising loop, deterministically, where a thread could."""

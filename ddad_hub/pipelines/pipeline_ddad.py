@@ -575,6 +575,11 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         elif threshold is not None:
             per_image = torch.full_like(scores, threshold, dtype=torch.float32)
         flags = scores > per_image if per_image is not None else None
+        failed = torch.isnan(scores)
+        if failed.any():  # a broken network gives NaN maps; an inspection must not pass those parts as good
+            warnings.warn(f"{int(failed.sum())} image(s) got a NaN anomaly score (a network computed NaN: damaged "
+                          "weights?); they are judged defective", RuntimeWarning, stacklevel=2)
+            flags = flags | failed if flags is not None else None
         masks = maps_t > per_image[:, None, None] if per_image is not None else None
         if output_type == "pt":
             reconstructions = self.image_processor.postprocess(recon_t, output_type="pt")  # [0, 1], as diffusers
