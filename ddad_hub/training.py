@@ -99,6 +99,11 @@ class TrainingProgress:
     def restart_clock(self) -> None:
         self._last = time.perf_counter()
 
+    def reached(self, max_steps: int | None, budget_s: float | None) -> bool:
+        """Whether the run is at its end: ``max_steps`` steps or ``budget_s`` seconds of training (``None``: no
+        such limit)."""
+        return (max_steps is not None and self.step >= max_steps) or (budget_s is not None and self.elapsed >= budget_s)
+
     def update(self, value: float) -> None:
         """Record one finished step whose loss (or other metric) was ``value``."""
         self.step += 1

@@ -406,20 +406,25 @@ def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_
         return ["--pipeline", str(tiny_pipeline_dir), "--data", str(data), "--output-dir", str(out), "--epochs", "2",
                 "--batch-size", "2", "--threads", "1", "--mixed-precision", "no"]
 
-    class StopAtEighthStep(StopOnInterrupt):
-        checks = 0
+    def stop_at_check(n: int) -> type:
+        """A StopOnInterrupt whose stop request comes true at its n-th reading (one at each step's start)."""
 
-        @property
-        def requested(self) -> bool:
-            StopAtEighthStep.checks += 1
-            return StopAtEighthStep.checks > 7
+        class Stop(StopOnInterrupt):
+            checks = 0
 
-        @requested.setter
-        def requested(self, value: bool) -> None:
-            pass
+            @property
+            def requested(self) -> bool:
+                Stop.checks += 1
+                return Stop.checks >= n
+
+            @requested.setter
+            def requested(self, value: bool) -> None:
+                pass
+
+        return Stop
 
     script.main(args(tmp_path / "whole"))
-    script.StopOnInterrupt = StopAtEighthStep
+    script.StopOnInterrupt = stop_at_check(8)  # before the eighth step: epoch 2's third
     with pytest.raises(SystemExit) as stopped:
         script.main(args(tmp_path / "stopped"))
     assert stopped.value.code == 130
@@ -430,19 +435,7 @@ def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_
     script.StopOnInterrupt = StopOnInterrupt
     script.main(args(tmp_path / "stopped") + ["--resume"])
 
-    class StopAfterLastStep(StopAtEighthStep):  # asked at every step's start, then once after the last epoch
-        checks = 0
-
-        @property
-        def requested(self) -> bool:
-            StopAfterLastStep.checks += 1
-            return StopAfterLastStep.checks > 10
-
-        @requested.setter
-        def requested(self, value: bool) -> None:
-            pass
-
-    script.StopOnInterrupt = StopAfterLastStep
+    script.StopOnInterrupt = stop_at_check(11)  # after the tenth, last step: the check that follows the epochs
     with pytest.raises(SystemExit) as stopped:  # a Ctrl-C in the very last step: exit, not a pipeline
         script.main(args(tmp_path / "last"))
     script.StopOnInterrupt = StopOnInterrupt

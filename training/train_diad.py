@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
     latent_channels = latents.shape[1]
     with StopOnInterrupt() as stop:
         while True:
-            done = (max_steps is not None and progress.step >= max_steps) or (
-                budget_s is not None and progress.elapsed >= budget_s) or stop.requested
+            done = progress.reached(max_steps, budget_s) or stop.requested  # a signal: checkpoint this step, exit
             if broadcast_object_list([done])[0]:
                 break
             batch, t, noise = sample_batch(batches, progress.step, spec["batch_size"],

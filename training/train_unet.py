@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> Path:
     with StopOnInterrupt() as stop:
         while True:
             step, elapsed = progress.step, progress.elapsed
-            done = (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s)
-            done = done or stop.requested  # a Ctrl-C: checkpoint this step and exit
+            done = progress.reached(max_steps, budget_s) or stop.requested  # a signal: checkpoint this step, exit
             snap = next_snapshot is not None and elapsed >= next_snapshot
             done, snap = broadcast_object_list([done, snap])  # every process acts at the same step
             if snap:

@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> Path:
     objective.train()
     with StopOnInterrupt() as stop:
         while True:
-            done = (max_steps is not None and progress.step >= max_steps) or (
-                budget_s is not None and progress.elapsed >= budget_s) or stop.requested
+            done = progress.reached(max_steps, budget_s) or stop.requested  # a signal: checkpoint this step, exit
             if broadcast_object_list([done])[0]:
                 break
             x, g = sample_crops(images, progress.step, spec["batch_size"], spec["crop"], args.seed,
