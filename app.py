@@ -116,7 +116,7 @@ class Inspector:
         if threshold is None:
             verdict, mask_view = "not calibrated (this model has no threshold)", image
         else:
-            verdict = "DEFECTIVE" if score > threshold else "good"
+            verdict = "DEFECTIVE" if out.is_anomalous[0] else "good"  # the pipeline's verdict (a NaN score fails)
             mask_view = outline(image, amap > threshold, colour=(255, 0, 0))
         start_used = int(out.start_steps[0])
         shown_threshold = "none" if threshold is None else f"{threshold:.4f}"

@@ -7,6 +7,7 @@ with each image's own seeded noise, so a file's score does not depend on what it
 from __future__ import annotations
 
 import csv
+import math
 import os
 import zipfile
 import zlib
@@ -58,8 +59,11 @@ class Inspected:
 
 
 def verdict(score: float, threshold: float | None) -> str:
-    """"defective" above the calibrated threshold, else "good"; "" for a model without a threshold."""
-    return "" if threshold is None else ("defective" if score > threshold else "good")
+    """"defective" above the calibrated threshold, else "good"; "" for a model without a threshold. A NaN score
+    (a network that computed NaN) is "defective": a part the model could not judge must not pass."""
+    if threshold is None:
+        return ""
+    return "defective" if score > threshold or math.isnan(score) else "good"
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:

@@ -146,7 +146,8 @@ class StopOnInterrupt:
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
+                current = signal.getsignal(sig)
+                if current is not None and current is not signal.SIG_IGN:  # None: a handler set outside Python
                     self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -156,8 +157,10 @@ class StopOnInterrupt:
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.requested:  # the second signal: at once, as the signal would without this handler
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
         self.requested, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step to write a checkpoint (send it again to "
               "stop at once, losing the steps since the last checkpoint)", file=sys.stderr, flush=True)

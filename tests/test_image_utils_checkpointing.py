@@ -235,6 +235,10 @@ def test_an_ignored_ctrl_c_stays_ignored_and_sigterm_stops_cleanly():
             os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.exit_code == 143
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+        with pytest.raises(SystemExit) as at_once, StopOnInterrupt():  # a second SIGTERM ends the run at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert at_once.value.code == 143
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -156,6 +156,14 @@ def test_folder_without_ir_is_exported_into_the_cache_once(tmp_path, monkeypatch
     assert again.openvino_folder == first.openvino_folder
     images = _images(2, 3)
     _close(again(images, output_type="np"), pipe(images, output_type="np", autocast_dtype=torch.float32))
+    # the cache's copy damaged (same size): it is exported again, not refused
+    monkeypatch.undo()
+    weights = Path(first.openvino_folder) / "unet" / "openvino_model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+    weights.write_bytes(bytes(data))
+    renewed = load_pipeline(tmp_path / "plain", backend="openvino", openvino_cache_dir=cache, **FP32)
+    _close(renewed(images, output_type="np"), pipe(images, output_type="np", autocast_dtype=torch.float32))
 
 
 @needs_openvino

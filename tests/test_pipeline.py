@@ -224,6 +224,12 @@ def test_a_nan_score_is_judged_defective_with_a_warning(pipe, monkeypatch):
     with pytest.warns(RuntimeWarning, match="NaN anomaly score"):
         out = pipe(_images(2), generator=_gens(2), output_type="np")
     assert np.isnan(out.image_scores).all() and out.is_anomalous.tolist() == [True, True]
+    assert out.masks.all()  # where is unknown: the whole image is marked
+    from ddad_hub.inspection import inspect_files  # the batch tab's and predict.py's verdicts agree
+
+    with pytest.warns(RuntimeWarning):
+        rows = [item.row for item in inspect_files(pipe, _images(2), batch_size=2)]
+    assert [row.verdict for row in rows] == ["defective", "defective"]
 
 
 def test_a_call_running_between_another_calls_steps_leaves_its_schedule_alone(pipe, monkeypatch):

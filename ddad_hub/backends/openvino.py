@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model_info import PipelineFolderError
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "openvino_export.json"
@@ -201,8 +203,9 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
     try:
         manifest = json.loads(manifest_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{manifest_file} is damaged ({err}): export again with pipe.export_openvino(folder), or "
-                         "delete it to export into the cache on first use") from err
+        raise PipelineFolderError(f"{manifest_file} is damaged ({err}): export again with "
+                                  "pipe.export_openvino(folder), or delete it to export into the cache on first "
+                                  "use") from err
     if manifest.get("export_format", 1) != EXPORT_FORMAT:
         logger.warning("%s holds OpenVINO IR of an earlier export format (%s, now %s); not using it", folder,
                        manifest.get("export_format", 1), EXPORT_FORMAT)
@@ -211,9 +214,9 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
     for name, digest in digests.items():
         entry = manifest.get(name)
         if entry is None or entry["weights_sha256"] != digest:
-            raise ValueError(f"{folder} holds OpenVINO IR that was not exported from its current '{name}' weights; "
-                             "export it again with pipe.export_openvino(folder), or delete "
-                             f"{manifest_file} to export into the cache on first use")
+            raise PipelineFolderError(f"{folder} holds OpenVINO IR that was not exported from its current '{name}' "
+                                      "weights; export it again with pipe.export_openvino(folder), or delete "
+                                      f"{manifest_file} to export into the cache on first use")
         if entry.get("int8_weights", False) != (name in int8_weights):
             return False
         ir_files = [g for f in entry["files"] for g in (f, str(Path(f).with_suffix(".bin")))]
@@ -224,8 +227,8 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
         # used unchecked
         for file, digest in entry.get("ir_sha256", {}).items():
             if file_digest(folder / name / file) != digest:
-                raise ValueError(f"{folder / name / file} is damaged (it is not the file exported with {MANIFEST}): "
-                                 "export it again with pipe.export_openvino(folder)")
+                raise PipelineFolderError(f"{folder / name / file} is damaged (it is not the file exported with "
+                                          f"{MANIFEST}): export it again with pipe.export_openvino(folder)")
     return True
 
 
@@ -267,8 +270,13 @@ def find_or_export(
     key = hashlib.sha256(json.dumps([ov.__version__, EXPORT_FORMAT, sorted(digests.items()),
                                      sorted(int8_weights)]).encode())
     target = cache_root(cache_dir) / key.hexdigest()[:24]
-    if target.is_dir() and _matches(target, digests, tuple(int8_weights)):
-        return target
+    if target.is_dir():
+        try:
+            if _matches(target, digests, tuple(int8_weights)):
+                return target
+        except (PipelineFolderError, FileNotFoundError) as err:  # the cache's own copy damaged: make it again
+            logger.warning("the cached OpenVINO export %s is damaged (%s); exporting again", target, err)
+            shutil.rmtree(target, ignore_errors=True)
     logger.warning("exporting %s to OpenVINO IR in %s (once; pipe.export_openvino(folder) ships IR with a pipeline)",
                    ", ".join(modules), target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -294,8 +302,9 @@ class CompiledNetwork:
         try:
             self.compiled = core.compile_model(str(xml), "CPU", properties)
         except RuntimeError as err:
-            raise ValueError(f"the OpenVINO IR {xml} (with its .bin) cannot be read, it is damaged: export it again "
-                             f"with pipe.export_openvino(folder), or delete its folder's {MANIFEST} ({err})") from err
+            raise PipelineFolderError(f"the OpenVINO IR {xml} (with its .bin) cannot be read, it is damaged: export "
+                                      f"it again with pipe.export_openvino(folder), or delete its folder's {MANIFEST} "
+                                      f"({err})") from err
         self.request = self.compiled.create_infer_request()
         self.float_inputs = [i.get_element_type().is_real() for i in self.compiled.inputs]
         self.lock = threading.Lock()

@@ -578,9 +578,11 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         failed = torch.isnan(scores)
         if failed.any():  # a broken network gives NaN maps; an inspection must not pass those parts as good
             warnings.warn(f"{int(failed.sum())} image(s) got a NaN anomaly score (a network computed NaN: damaged "
-                          "weights?); they are judged defective", RuntimeWarning, stacklevel=2)
+                          "weights?); they are judged defective, the whole image marked", RuntimeWarning, stacklevel=3)
             flags = flags | failed if flags is not None else None
         masks = maps_t > per_image[:, None, None] if per_image is not None else None
+        if masks is not None and failed.any():
+            masks[failed] = True
         if output_type == "pt":
             reconstructions = self.image_processor.postprocess(recon_t, output_type="pt")  # [0, 1], as diffusers
         else:
