@@ -67,7 +67,7 @@ def discard_test_results(folder: str | Path) -> list[str]:
         (Path(folder) / name).unlink()
     if removed:
         print(f"{folder}: removed {', '.join(removed)} (test results of the pipeline before this change); run "
-              "training/evaluate.py again for its own")
+              "training/evaluate.py (evaluate_multiclass.py for a multi-class model) again for its own")
     return removed
 
 

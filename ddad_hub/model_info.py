@@ -80,7 +80,8 @@ def trained_on(folder: str | os.PathLike) -> str:
     """A short phrase naming the data a pipeline was trained on, from its ``training_info.json``."""
     info = _read_json(Path(folder) / "training_info.json")
     categories = info.get("categories") or ([info["category"]] if info.get("category") else [])
-    categories = categories if isinstance(categories, list) else [categories]
+    # a list of names (train_unet.py), or names to folders (train_diad.py)
+    categories = list(categories) if isinstance(categories, list | dict) else [categories]
     data = info.get("data")
     parts = []
     if categories:

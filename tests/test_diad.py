@@ -102,6 +102,10 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
               "feature_backbone": "efficientnet_lite0",
               "diad": {"sg_hint_channels": [4, 8], "sg_hint_strides": [1, 2], "learning_rate": 1e-3, "batch_size": 2,
                        "checkpoint_every": 2, "start_step": 999, "skip": 100, "feature_strides": [4, 8, 16]}}
+    (tmp_path / "wrong_size.json").write_text(json.dumps({**preset, "resolution": 64}))
+    with pytest.raises(SystemExit, match="trains at 64 px, but .* works at 32 px"):  # before any training
+        train_diad(["--pipeline", str(tmp_path / "base"), "--data", *map(str, cats), "--output-dir",
+                    str(tmp_path / "wrong"), "--preset", str(tmp_path / "wrong_size.json"), "--threads", "1"])
     (tmp_path / "tiny_diad.json").write_text(json.dumps(preset))
     base = load_pipeline(tmp_path / "base")
     frozen = {k: v.clone() for k, v in base.unet.state_dict().items() if not k.startswith(("up_blocks", "conv_out",
@@ -124,6 +128,16 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     assert "DiADPipeline" in card and "alpha, beta" in card and "Not evaluated yet" in card
     from training.evaluate_multiclass import main as evaluate
 
+    with pytest.raises(SystemExit, match="trained on alpha, beta; its results and card"):  # one product: elsewhere
+        evaluate(["--pipeline", str(folder), "--data", str(cats[0]), "--output-dir", str(folder)])
+    with pytest.raises(SystemExit, match="--modes d3ad"):  # a mode DiAD does not have, before any work
+        evaluate(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir", str(tmp_path / "e"),
+                  "--modes", "d3ad"])
+    with pytest.raises(NotImplementedError, match="semantic-guided"):  # IR without the SG network is refused
+        pipe.export_openvino(tmp_path / "ir")
+    from ddad_hub.model_info import trained_on
+
+    assert trained_on(folder).startswith("alpha, beta")  # its record maps names to folders
     evaluate(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir", str(folder), "--holdout", "0.34"])
     from huggingface_hub import ModelCard
 

@@ -32,7 +32,7 @@ from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range
 from ddad_hub.metrics import METRICS, paired_auroc_difference, roc_points, summarize
 from ddad_hub.model_card import write_model_card
-from ddad_hub.model_info import check_same_product
+from ddad_hub.model_info import check_same_product, is_multiclass, training_record
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
 
@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     elif local:
         check_same_product(folder, data, "pass --output-dir to evaluate it on other data without writing over its "
                                          "own results and card")
+        if is_multiclass(training_record(folder) if (folder / "training_info.json").is_file() else {}) or (
+                "sg_network" in pipe.components):
+            raise SystemExit(f"{folder} is a multi-class pipeline: its folder holds evaluate_multiclass.py's results "
+                             "of all its products; evaluate one product with --output-dir <another folder>")
         out_dir = folder
     else:  # the Hub cache is not written to
         out_dir = Path("evaluation") / args.pipeline.replace("/", "--")

@@ -28,6 +28,7 @@ from ddad_hub.cli import run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import summarize
 from ddad_hub.model_card import write_diad_model_card, write_model_card
+from ddad_hub.model_info import training_record
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.feature_memory import INPUT_NORMS, FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
@@ -139,11 +140,22 @@ def main(argv: list[str] | None = None) -> dict:
     categories = find_categories(args.data)
     train_paths, _, held_by_category = split_categories(categories, args.holdout, seed=args.seed)
     out_dir = Path(args.output_dir)
+    if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():  # its results.json and card
+        trained = set((training_record(out_dir) if (out_dir / "training_info.json").is_file() else {}).get(
+            "categories") or [])
+        if trained and trained != set(categories):
+            raise SystemExit(f"{out_dir} was trained on {', '.join(sorted(trained))}; its results and card are of "
+                             "those products: evaluate other data with --output-dir <another folder>")
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.pipeline) if args.pipeline else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
     modes = args.modes or ([pipe.config.mode] if pipe is not None else [])
+    for mode in modes if pipe is not None else []:  # an unfitted mode is named before minutes of work
+        try:
+            pipe.check_mode(mode)
+        except ValueError as err:
+            raise SystemExit(f"--modes {mode}: {err}") from None
     map_hw = pipe.map_hw if pipe is not None else (256, 256)
 
     memory, encoder, timing = None, None, {}

@@ -40,7 +40,7 @@ from ddad_hub.data import (
 )
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.model_card import discard_test_results, write_diad_model_card
-from ddad_hub.models.autoencoder import encode_images
+from ddad_hub.models.autoencoder import encode_images, latent_factor
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork
 from ddad_hub.models.unet import unet_from_checkpoint
@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt_dir = out / "diad_checkpoints"
 
     unet, vae, source = load_base(args)
+    base_size = unet.config.sample_size * latent_factor(vae.config)  # the image size the base works at
+    if preset["resolution"] != base_size:
+        raise SystemExit(f"preset {preset['name']!r} trains at {preset['resolution']} px, but {source} works at "
+                         f"{base_size} px: the SG network would learn another size than the pipeline runs at; "
+                         f"pass a preset .json file with \"resolution\": {base_size}")
     # the same split as train_vae.py / train_unet.py: held-out images stay unseen by every component
     train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
     check_held_out(held_by_category, preset["holdout"])

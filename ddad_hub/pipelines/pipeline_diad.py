@@ -134,6 +134,10 @@ class DiADPipeline(DDADPipeline):
         self.check_mode(mode)
         return "diad" if mode == "ddad" else mode
 
+    def export_openvino(self, *args, **kwargs):
+        """Not available yet, as :meth:`to_openvino`: IR without the SG network would load as an incomplete model."""
+        self.to_openvino()
+
     def to_openvino(self, *args, **kwargs):
         """Not available yet: the OpenVINO stand-ins cover the plain U-Net call, not the SG network's residuals."""
         raise NotImplementedError("the OpenVINO backend does not cover DiAD's semantic-guided network yet; load "
