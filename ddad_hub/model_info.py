@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path, PureWindowsPath
 
+from .data import DatasetLayoutError
 from .metrics import METRICS
 
 
@@ -29,11 +30,14 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def training_record(folder: str | os.PathLike) -> dict:
+def training_record(folder: str | os.PathLike, required: bool = True) -> dict:
     """A pipeline folder's ``training_info.json``, which scripts that refit or recalibrate need (the held-out
-    images, the preset); a missing or damaged one is named, and a training run's folder points at its pipeline."""
+    images, the preset); a missing (when ``required``; else ``{}``) or damaged one is named, and a training run's
+    folder points at its pipeline."""
     folder = Path(folder)
     path = folder / "training_info.json"
+    if not path.is_file() and not required:
+        return {}
     if not path.is_file():
         hint = (f"; {folder} is a training run's folder: its pipeline is {folder / 'pipeline'}"
                 if (folder / "pipeline" / "training_info.json").is_file() else
@@ -66,8 +70,6 @@ def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint:
     """Refuse ``data`` of a product the pipeline in ``folder`` was not trained on. Its held-out images are known by
     file name only, and every MVTec product has a ``000.png``: another product's folder would silently stand in.
     Raises :class:`~ddad_hub.data.DatasetLayoutError` naming both; ``hint`` says what to do instead."""
-    from .data import DatasetLayoutError
-
     info = _read_json(Path(folder) / "training_info.json")
     known, names = trained_products(info), {Path(data).name, Path(data).resolve().name}  # as given, or its target
     name = Path(data).name

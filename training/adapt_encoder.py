@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator = make_accelerator(args.mixed_precision, args.threads)
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    info = training_record(args.pipeline) if (Path(args.pipeline) / "training_info.json").is_file() else {}
+    info = training_record(args.pipeline, required=False)
     if is_multiclass(info):
         raise SystemExit(f"{args.pipeline} is a multi-class pipeline; adapt_encoder.py adapts one product's "
                          "pipeline (its memory and thresholds are refitted from one category folder)")

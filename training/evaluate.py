@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif local:
         check_same_product(folder, data, "pass --output-dir to evaluate it on other data without writing over its "
                                          "own results and card")
-        if is_multiclass(training_record(folder) if (folder / "training_info.json").is_file() else {}) or (
-                "sg_network" in pipe.components):
+        if is_multiclass(training_record(folder, required=False)) or "sg_network" in pipe.components:
             raise SystemExit(f"{folder} is a multi-class pipeline: its folder holds evaluate_multiclass.py's results "
                              "of all its products; evaluate one product with --output-dir <another folder>")
         out_dir = folder

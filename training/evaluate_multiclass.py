@@ -141,8 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_paths, _, held_by_category = split_categories(categories, args.holdout, seed=args.seed)
     out_dir = Path(args.output_dir)
     if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():  # its results.json and card
-        trained = set((training_record(out_dir) if (out_dir / "training_info.json").is_file() else {}).get(
-            "categories") or [])
+        trained = set(training_record(out_dir, required=False).get("categories") or [])
         if trained and trained != set(categories):
             raise SystemExit(f"{out_dir} was trained on {', '.join(sorted(trained))}; its results and card are of "
                              "those products: evaluate other data with --output-dir <another folder>")
