@@ -52,18 +52,25 @@ def training_record(folder: str | os.PathLike, required: bool = True) -> dict:
     return info
 
 
-def trained_products(info: dict) -> set[str]:
-    """The category folder names a pipeline's training record says it was trained on (several for a multi-class
-    model); empty when it does not say."""
+def recorded_categories(info: dict) -> set[str]:
+    """The category folders a training record names: its ``categories`` (a multi-class run), else the folder
+    names of its ``data`` paths."""
+    if info.get("categories"):
+        return set(info["categories"])
     # recorded paths may be another system's (a model trained on Windows): both separators split them
-    recorded = [PureWindowsPath(d.rstrip("/\\")).name for d in str(info.get("data") or "").split(", ") if d]
-    return {*recorded, *(info.get("categories") or []), info.get("category")} - {None, ""}
+    return {PureWindowsPath(d.rstrip("/\\")).name for d in str(info.get("data") or "").split(", ") if d}
+
+
+def trained_products(info: dict) -> set[str]:
+    """Every name a pipeline's training record gives what it was trained on: its category folders and its
+    ``category`` label (``--category``, or a multi-class run's); empty when it does not say."""
+    return {*recorded_categories(info), info.get("category")} - {None, ""}
 
 
 def is_multiclass(info: dict) -> bool:
     """Whether a training record is of a multi-class model (several category folders); ``--category`` alone, the
     paper settings' name for one product, does not make one."""
-    return len(info.get("categories") or []) > 1
+    return len(recorded_categories(info)) > 1
 
 
 def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint: str = "") -> None:

@@ -358,3 +358,23 @@ def test_multiclass_ddad_card_has_a_model_index_per_category(tmp_path, tiny_pipe
     assert sorted((r.dataset_name, r.metric_type) for r in card.data.eval_results) == sorted(
         (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
     assert "| **mean** | ddad |" in card.text and "never told the category" in card.text
+
+
+def test_evaluations_write_into_a_pipeline_folder_only_its_own_products(tmp_path, tiny_pipeline_dir):
+    """A one-product folder's results and card are of its product; a multi-class folder's of all its products."""
+    import shutil
+
+    from training.evaluate import main as evaluate_one
+    from training.evaluate_multiclass import main as evaluate_many
+
+    alpha, beta = (write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta")))
+    single = shutil.copytree(tiny_pipeline_dir, tmp_path / "single")
+    (single / "training_info.json").write_text(json.dumps({"category": "alpha", "data": str(alpha)}))
+    with pytest.raises(SystemExit, match="trained on alpha; its results and card"):
+        evaluate_many(["--pipeline", str(single), "--data", str(beta), "--output-dir", str(single)])
+    multi = shutil.copytree(tiny_pipeline_dir, tmp_path / "multi")
+    (multi / "training_info.json").write_text(json.dumps({"categories": ["alpha", "beta"],
+                                                          "data": f"{alpha}, {beta}"}))
+    with pytest.raises(SystemExit, match="multi-class or DiAD pipeline"):  # named as its output folder, too
+        evaluate_one(["--pipeline", str(multi), "--data", str(alpha), "--output-dir", str(multi)])
+    assert not (single / "results.json").exists() and not (multi / "results.json").exists()

@@ -153,7 +153,7 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     other = write_category(tmp_path / "more", "gamma", n_train=4, seed=5)
     with pytest.raises(DatasetLayoutError, match="trained on alpha, beta.*, not on gamma: pass --output-dir"):
         evaluate(["--pipeline", str(folder), "--data", str(other)])  # would write gamma's numbers into its card
-    with pytest.raises(SystemExit, match="multi-class pipeline: its folder holds evaluate_multiclass.py's results"):
+    with pytest.raises(SystemExit, match="multi-class or DiAD pipeline, whose folder keeps evaluate_multiclass.py"):
         evaluate(["--pipeline", str(folder), "--data", str(cats[1])])  # one product's numbers over all products'
 
     for modes in (["fused"], ["ddad", "d3ad", "fused"]):  # the product from its own search, or from fused's

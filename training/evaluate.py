@@ -140,15 +140,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_dir:
         out_dir = Path(args.output_dir)
     elif local:
-        check_same_product(folder, data, "pass --output-dir to evaluate it on other data without writing over its "
-                                         "own results and card")
-        if is_multiclass(training_record(folder, required=False)) or "sg_network" in pipe.components:
-            raise SystemExit(f"{folder} is a multi-class pipeline: its folder holds evaluate_multiclass.py's results "
-                             "of all its products; evaluate one product with --output-dir <another folder>")
         out_dir = folder
     else:  # the Hub cache is not written to
         out_dir = Path("evaluation") / args.pipeline.replace("/", "--")
         print(f"results of Hub model {args.pipeline} go to {out_dir} (--output-dir to choose)")
+    if out_dir.resolve() == folder.resolve():  # its own results.json and card: only its own product's
+        check_same_product(folder, data, "pass --output-dir <another folder> to evaluate it on other data without "
+                                         "writing over its own results and card")
+        if is_multiclass(training_record(folder, required=False)) or "sg_network" in pipe.components:
+            raise SystemExit(f"{folder} holds a multi-class or DiAD pipeline, whose folder keeps "
+                             "evaluate_multiclass.py's results of all its products: evaluate one product with "
+                             "--output-dir <another folder>")
     out_dir.mkdir(parents=True, exist_ok=True)
     items = list_test_items(data)
     size = pipe.map_hw

@@ -28,7 +28,7 @@ from ddad_hub.cli import run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import summarize
 from ddad_hub.model_card import write_diad_model_card, write_model_card
-from ddad_hub.model_info import training_record
+from ddad_hub.model_info import recorded_categories, trained_products, training_record
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.feature_memory import INPUT_NORMS, FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_paths, _, held_by_category = split_categories(categories, args.holdout, seed=args.seed)
     out_dir = Path(args.output_dir)
     if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():  # its results.json and card
-        trained = set(training_record(out_dir, required=False).get("categories") or [])
-        if trained and trained != set(categories):
+        info = training_record(out_dir, required=False)
+        trained, given = recorded_categories(info), set(categories)
+        one_by_label = len(trained) == 1 and len(given) == 1 and given <= trained_products(info)  # --category
+        if trained and given != trained and not one_by_label:
             raise SystemExit(f"{out_dir} was trained on {', '.join(sorted(trained))}; its results and card are of "
                              "those products: evaluate other data with --output-dir <another folder>")
     out_dir.mkdir(parents=True, exist_ok=True)

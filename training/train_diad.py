@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt_dir = out / "diad_checkpoints"
 
     unet, vae, source = load_base(args)
-    base_size = unet.config.sample_size * latent_factor(vae.config)  # the image size the base works at
+    side = unet.config.sample_size  # an int, or (height, width)
+    base_size = (side if isinstance(side, int) else side[0]) * latent_factor(vae.config)  # the base's image size
     if preset["resolution"] != base_size:
         raise SystemExit(f"preset {preset['name']!r} trains at {preset['resolution']} px, but {source} works at "
                          f"{base_size} px: the SG network would learn another size than the pipeline runs at; "
