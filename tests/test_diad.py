@@ -106,6 +106,12 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     with pytest.raises(SystemExit, match="trains at 64 px, but .* works at 32 px"):  # before any training
         train_diad(["--pipeline", str(tmp_path / "base"), "--data", *map(str, cats), "--output-dir",
                     str(tmp_path / "wrong"), "--preset", str(tmp_path / "wrong_size.json"), "--threads", "1"])
+    listed = load_pipeline(tmp_path / "base")  # a U-Net whose sample_size is (height, width)
+    listed.unet.register_to_config(sample_size=[16, 16])
+    listed.save_pretrained(tmp_path / "listed")
+    with pytest.raises(SystemExit, match="trains at 64 px, but .* works at 32 px"):
+        train_diad(["--pipeline", str(tmp_path / "listed"), "--data", *map(str, cats), "--output-dir",
+                    str(tmp_path / "wrong2"), "--preset", str(tmp_path / "wrong_size.json"), "--threads", "1"])
     (tmp_path / "tiny_diad.json").write_text(json.dumps(preset))
     base = load_pipeline(tmp_path / "base")
     frozen = {k: v.clone() for k, v in base.unet.state_dict().items() if not k.startswith(("up_blocks", "conv_out",
