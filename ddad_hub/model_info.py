@@ -53,12 +53,16 @@ def training_record(folder: str | os.PathLike, required: bool = True) -> dict:
 
 
 def recorded_categories(info: dict) -> set[str]:
-    """The category folders a training record names: its ``categories`` (a multi-class run), else the folder
-    names of its ``data`` paths."""
+    """The category folders a training record names: its ``categories`` (a multi-class run), else the folder name
+    of its ``data`` path (several ", "-joined paths only under a ``multiclass-<n>`` label: a single path may hold a
+    comma), else its ``category``."""
     if info.get("categories"):
         return set(info["categories"])
+    data = str(info.get("data") or "")
+    paths = data.split(", ") if str(info.get("category", "")).startswith("multiclass-") else [data]
     # recorded paths may be another system's (a model trained on Windows): both separators split them
-    return {PureWindowsPath(d.rstrip("/\\")).name for d in str(info.get("data") or "").split(", ") if d}
+    names = {PureWindowsPath(d.rstrip("/\\")).name for d in paths if d}
+    return names or ({info["category"]} if info.get("category") else set())
 
 
 def trained_products(info: dict) -> set[str]:

@@ -107,11 +107,12 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
         train_diad(["--pipeline", str(tmp_path / "base"), "--data", *map(str, cats), "--output-dir",
                     str(tmp_path / "wrong"), "--preset", str(tmp_path / "wrong_size.json"), "--threads", "1"])
     listed = load_pipeline(tmp_path / "base")  # a U-Net whose sample_size is (height, width)
-    listed.unet.register_to_config(sample_size=[16, 16])
-    listed.save_pretrained(tmp_path / "listed")
-    with pytest.raises(SystemExit, match="trains at 64 px, but .* works at 32 px"):
-        train_diad(["--pipeline", str(tmp_path / "listed"), "--data", *map(str, cats), "--output-dir",
-                    str(tmp_path / "wrong2"), "--preset", str(tmp_path / "wrong_size.json"), "--threads", "1"])
+    for side, said in (([16, 16], "works at 32 px"), ([16, 24], "works at 32x48 px.*square")):
+        listed.unet.register_to_config(sample_size=side)
+        listed.save_pretrained(tmp_path / "listed")
+        with pytest.raises(SystemExit, match=f"trains at 64 px, but .* {said}"):
+            train_diad(["--pipeline", str(tmp_path / "listed"), "--data", *map(str, cats), "--output-dir",
+                        str(tmp_path / "wrong2"), "--preset", str(tmp_path / "wrong_size.json"), "--threads", "1"])
     (tmp_path / "tiny_diad.json").write_text(json.dumps(preset))
     base = load_pipeline(tmp_path / "base")
     frozen = {k: v.clone() for k, v in base.unet.state_dict().items() if not k.startswith(("up_blocks", "conv_out",
@@ -376,6 +377,9 @@ def test_evaluations_write_into_a_pipeline_folder_only_its_own_products(tmp_path
     alpha, beta = (write_category(tmp_path / "data", name, seed=i) for i, name in enumerate(("alpha", "beta")))
     single = shutil.copytree(tiny_pipeline_dir, tmp_path / "single")
     (single / "training_info.json").write_text(json.dumps({"category": "alpha", "data": str(alpha)}))
+    with pytest.raises(SystemExit, match="trained on alpha; its results and card"):
+        evaluate_many(["--pipeline", str(single), "--data", str(beta), "--output-dir", str(single)])
+    (single / "training_info.json").write_text(json.dumps({"category": "alpha"}))  # a record naming no folder
     with pytest.raises(SystemExit, match="trained on alpha; its results and card"):
         evaluate_many(["--pipeline", str(single), "--data", str(beta), "--output-dir", str(single)])
     multi = shutil.copytree(tiny_pipeline_dir, tmp_path / "multi")

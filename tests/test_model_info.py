@@ -79,6 +79,8 @@ def test_a_pipeline_is_refitted_only_with_its_own_products_data(tmp_path):
     (folder / "training_info.json").write_text(json.dumps(record))
     check_same_product(folder, tmp_path / "my_screws")
     assert not is_multiclass(record) and is_multiclass({"categories": ["a", "b"]})
+    assert not is_multiclass({"category": "alpha", "data": "/data/My data, 256px/alpha"})  # a comma in one path
+    assert is_multiclass({"category": "multiclass-2", "data": "/d/alpha, /d/beta"})  # a record without categories
     # the run folder given for its pipeline, and a damaged record, are named
     with pytest.raises(FileNotFoundError, match="training run's folder: its pipeline is"):
         training_record(tmp_path / "run")

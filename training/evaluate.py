@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
             "DDAD map": maps[i], "ground truth": masks[i],  # first mode's
         })
     plot(out_dir / "evaluation.png", results, curves, examples)
-    if out_dir == folder and (folder / "training_info.json").is_file() and pipe.config.mode != "diad":
-        write_model_card(folder)
+    if out_dir.resolve() == folder.resolve() and (folder / "training_info.json").is_file():
+        write_model_card(folder)  # (a multi-class or DiAD folder was refused above)
     for name in ("ddad", "d3ad", "fused", "feature_memory"):
         if name in results:
             r = results[name]["all"]

@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():  # its results.json and card
         info = training_record(out_dir, required=False)
         trained, given = recorded_categories(info), set(categories)
+        targets = {Path(path).resolve().name for path in categories.values()}  # through symlinks, as evaluate.py
         one_by_label = len(trained) == 1 and len(given) == 1 and given <= trained_products(info)  # --category
-        if trained and given != trained and not one_by_label:
+        if trained and trained not in (given, targets) and not one_by_label:
             raise SystemExit(f"{out_dir} was trained on {', '.join(sorted(trained))}; its results and card are of "
                              "those products: evaluate other data with --output-dir <another folder>")
     out_dir.mkdir(parents=True, exist_ok=True)

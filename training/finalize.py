@@ -21,7 +21,7 @@ from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
 from ddad_hub.cli import run
 from ddad_hub.data import categories_label, find_categories, held_out_split, nominal_id, split_categories
-from ddad_hub.model_info import check_same_product, training_record
+from ddad_hub.model_info import check_same_product, is_multiclass, training_record
 from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
@@ -58,7 +58,7 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     if args.data and len(args.data) == 1:
         check_same_product(folder, args.data[0])
     preset = fill_preset({**info["preset"], **(args.set or {})})
-    if len(info.get("categories", [])) > 1:
+    if is_multiclass(info):
         categories = find_categories(args.data or info["data"].split(", "))
         data = ", ".join(map(str, categories.values()))
         train_paths, held_out = _redrawn_split(folder, info, categories, preset["holdout"])

@@ -139,11 +139,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     unet, vae, source = load_base(args)
     side = unet.config.sample_size  # an int, or (height, width)
-    base_size = (side if isinstance(side, int) else side[0]) * latent_factor(vae.config)  # the base's image size
-    if preset["resolution"] != base_size:
+    h, w = (side, side) if isinstance(side, int) else tuple(side)
+    base_h, base_w = h * latent_factor(vae.config), w * latent_factor(vae.config)  # the image size the base runs at
+    if (base_h, base_w) != (preset["resolution"],) * 2:
+        shown = f"{base_h}" if base_h == base_w else f"{base_h}x{base_w}"
         raise SystemExit(f"preset {preset['name']!r} trains at {preset['resolution']} px, but {source} works at "
-                         f"{base_size} px: the SG network would learn another size than the pipeline runs at; "
-                         f"pass a preset .json file with \"resolution\": {base_size}")
+                         f"{shown} px: the SG network would learn another size than the pipeline runs at"
+                         + (f"; pass a preset .json file with \"resolution\": {base_h}" if base_h == base_w else
+                            " (DiAD here trains square images)"))
     # the same split as train_vae.py / train_unet.py: held-out images stay unseen by every component
     train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
     check_held_out(held_by_category, preset["holdout"])
