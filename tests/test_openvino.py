@@ -174,6 +174,15 @@ def test_stale_ir_is_refused_and_an_openvino_pipeline_cannot_be_saved(exported, 
         ov_pipe.save_pretrained(tmp_path / "copy")
     with pytest.raises(ValueError, match="backend='pytorch'"):
         ov_pipe.export_openvino(tmp_path / "copy")
+    import huggingface_hub
+
+    def no_repo(*args, **kwargs):
+        raise AssertionError("a repository was created for a pipeline that cannot be uploaded")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub, "create_repo", no_repo)
+        with pytest.raises(ValueError, match="PyTorch pipeline"):  # refused before anything reaches the Hub
+            ov_pipe.push_to_hub("me/ov")
     shutil.copytree(folder, tmp_path / "stale")
     retrained = make_tiny_pipeline(latent=pipe.vae is not None)
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,40 @@ def test_a_call_running_between_another_calls_steps_leaves_its_schedule_alone(pi
     interrupted = pipe(x, generator=_gens(1), output_type="np", start_step=100, skip=50)
     assert np.array_equal(interrupted.anomaly_maps, alone.anomaly_maps)
     assert interrupted.start_steps.tolist() == [100] and nested[1].start_steps.tolist() == [60]
+
+
+EMBEDDED_LATENT = Path(__file__).resolve().parents[1] / "models" / "ddad-transistor-cpu-latent"
+
+
+@pytest.mark.skipif(not EMBEDDED_LATENT.is_dir(), reason="the embedded latent model is not here")
+def test_push_to_hub_uploads_the_projects_card_and_record_without_local_paths(tmp_path, monkeypatch):
+    """No network: the Hub calls are stood in for, and what would be uploaded is kept for the checks."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    calls = []
+
+    class Repo:
+        repo_id = "me/transistor"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: calls.append(repo_id) or Repo())
+
+    def upload_folder(repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, tmp_path / "uploaded")
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    pipe = DDADPipeline.from_pretrained(EMBEDDED_LATENT)
+    assert pipe.push_to_hub("me/transistor").endswith("/commit/0") and calls == ["me/transistor"]
+    up = tmp_path / "uploaded"
+    card = ModelCard.load(up / "README.md")
+    assert card.data.license == "cc-by-nc-sa-4.0" and card.data.eval_results  # the data's licence, the metrics
+    assert '"me/transistor"' in card.text  # the usage snippet names the repository it is in
+    assert (up / "training_info.json").is_file() and (up / "results.json").is_file()
+    assert "_name_or_path" not in (up / "model_index.json").read_text()  # no path of the uploading machine
+    assert not any("_name_or_path" in p.read_text() for p in up.glob("*/config.json"))
+    assert DDADPipeline.from_pretrained(up).config.mode == pipe.config.mode
+    pipe.save_pretrained(tmp_path / "copy")  # a plain save writes no card over anything
+    assert not (tmp_path / "copy" / "README.md").exists()

@@ -9,6 +9,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -37,6 +38,7 @@ from ..models.autoencoder import from_latents, latent_factor, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..schedulers.scheduling_ddad import DDADScheduler
+from .hub import push_pipeline
 from .loading import check_class, pipeline_folder
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
@@ -620,6 +622,26 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         # bank is scored in float32, and float16 weights are refused above, so the warning would only mislead
         kwargs.setdefault("silence_dtype_warnings", True)
         return super().to(*args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, create_pr: bool = False, card_folder: str | os.PathLike | None = None,
+                    **kwargs) -> str:
+        """Upload to the Hub with this project's model card (licence of the training data, test metrics, how to
+        load it) rendered from ``card_folder`` (default: the folder it was loaded from); see
+        :func:`ddad_hub.pipelines.hub.push_pipeline`. Returns the commit's URL."""
+        if kwargs:
+            raise TypeError(f"push_to_hub() got unexpected arguments {sorted(kwargs)}")
+        return push_pipeline(self, repo_id, card_folder, commit_message, private, token, create_pr)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        """diffusers' ``save_pretrained``; with ``push_to_hub=True`` the upload goes through :meth:`push_to_hub`,
+        so it carries the folder's own card (diffusers' would write a generic one over the folder's README)."""
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr") if k in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if push_to_hub:
+            repo_id = hub.pop("repo_id", None) or Path(save_directory).name
+            folder = save_directory if (Path(save_directory) / "training_info.json").is_file() else None
+            self.push_to_hub(repo_id, card_folder=folder, **hub)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DDADPipeline:

@@ -1,0 +1,69 @@
+"""Uploading a pipeline to the Hugging Face Hub with its own model card, training record and test results.
+
+diffusers' ``push_to_hub`` uploads what ``save_pretrained`` writes with a generic card (``library_name:
+diffusers`` and nothing else): the licence of the training data (MVTec AD is non-commercial), the test metrics and
+how to load the pipeline would be lost. This module uploads the same weights with the card ``ddad_hub.model_card``
+renders from the folder the pipeline came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+# what a trained pipeline folder holds besides the weights, and an upload carries along
+RECORDS = ("training_info.json", "results.json", "evaluation.png", "table.md")
+
+
+def strip_local_paths(folder: str | os.PathLike) -> None:
+    """Remove the ``_name_or_path`` entries diffusers writes into configs: the loading machine's own paths."""
+    for config in Path(folder).rglob("*.json"):
+        if config.name in RECORDS:
+            continue
+        values = json.loads(config.read_text())
+        if isinstance(values, dict) and values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def push_pipeline(
+    pipe,
+    repo_id: str,
+    card_folder: str | os.PathLike | None = None,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Upload ``pipe`` to ``repo_id`` (created if needed) and return the commit's URL.
+
+    The upload is what ``save_pretrained`` writes, without local paths, plus the training record and test results
+    of ``card_folder`` (default: the folder the pipeline was loaded from) and the model card rendered from them for
+    ``repo_id``. Without a training record the upload has no card, and a warning says so. The pipeline is saved
+    before anything reaches the Hub, so an OpenVINO pipeline (which cannot be saved) leaves no empty repository.
+    """
+    from huggingface_hub import create_repo, upload_folder
+
+    from ..model_card import write_diad_model_card, write_model_card
+
+    source = Path(card_folder or getattr(pipe, "name_or_path", None) or ".")
+    with tempfile.TemporaryDirectory(prefix="ddad-upload-") as tmp:
+        folder = Path(tmp)
+        pipe.save_pretrained(folder)
+        strip_local_paths(folder)
+        if (source / "training_info.json").is_file():
+            for name in RECORDS:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, folder / name)
+            (write_diad_model_card if "sg_network" in pipe.components else write_model_card)(folder, repo_id=repo_id)
+        else:
+            warnings.warn(f"{source} has no training_info.json, so the upload has no model card: the data it was "
+                          "trained on and their licence are not stated (pass card_folder=<its trained folder>)",
+                          stacklevel=3)
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        commit = upload_folder(repo_id=repo_id, folder_path=folder, token=token, create_pr=create_pr,
+                               commit_message=commit_message or "Upload ddad-hub pipeline with its model card")
+    return str(commit)
