@@ -287,3 +287,8 @@ def test_push_to_hub_uploads_the_projects_card_and_record_without_local_paths(tm
     assert DDADPipeline.from_pretrained(up).config.mode == pipe.config.mode
     pipe.save_pretrained(tmp_path / "copy")  # a plain save writes no card over anything
     assert not (tmp_path / "copy" / "README.md").exists()
+    built = make_tiny_pipeline()  # made in memory: nothing says what it was trained on, and a warning says so
+    shutil.rmtree(tmp_path / "uploaded")
+    with pytest.warns(UserWarning, match="the pipeline has no folder, so the upload has no model card"):
+        built.push_to_hub("me/tiny")
+    assert not (tmp_path / "uploaded" / "README.md").exists()

@@ -49,20 +49,21 @@ def push_pipeline(
 
     from ..model_card import write_diad_model_card, write_model_card
 
-    source = Path(card_folder or getattr(pipe, "name_or_path", None) or ".")
+    source = card_folder or getattr(pipe, "name_or_path", None)  # None: built in memory, no folder to read
+    source = Path(source) if source else None
     with tempfile.TemporaryDirectory(prefix="ddad-upload-") as tmp:
         folder = Path(tmp)
         pipe.save_pretrained(folder)
         strip_local_paths(folder)
-        if (source / "training_info.json").is_file():
+        if source is not None and (source / "training_info.json").is_file():
             for name in RECORDS:
                 if (source / name).is_file():
                     shutil.copy2(source / name, folder / name)
             (write_diad_model_card if "sg_network" in pipe.components else write_model_card)(folder, repo_id=repo_id)
         else:
-            warnings.warn(f"{source} has no training_info.json, so the upload has no model card: the data it was "
-                          "trained on and their licence are not stated (pass card_folder=<its trained folder>)",
-                          stacklevel=3)
+            where = f"{source} has no training_info.json" if source is not None else "the pipeline has no folder"
+            warnings.warn(f"{where}, so the upload has no model card: the data it was trained on and their licence "
+                          "are not stated (pass card_folder=<its trained folder>)", stacklevel=3)
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         commit = upload_folder(repo_id=repo_id, folder_path=folder, token=token, create_pr=create_pr,
                                commit_message=commit_message or "Upload ddad-hub pipeline with its model card")
