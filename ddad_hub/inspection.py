@@ -60,7 +60,9 @@ class Inspected:
 
 def verdict(score: float, threshold: float | None) -> str:
     """"defective" above the calibrated threshold, else "good"; "" for a model without a threshold. A NaN score
-    (a network that computed NaN) is "defective": a part the model could not judge must not pass."""
+    (a network that computed NaN) is "defective": a part the model could not judge must not pass. The rule a
+    pipeline call applies (``is_anomalous``), for scores judged outside a call; :func:`inspect_files` takes the
+    call's own verdicts."""
     if threshold is None:
         return ""
     return "defective" if score > threshold or math.isnan(score) else "good"
@@ -159,17 +161,18 @@ def inspect_files(
             out = pipe([image for _, image in loaded], output_type="np", batch_size=batch_size, **call_kwargs)
             # each image's own threshold: a multi-class model judges it by the product it recognised
             thresholds = out.image_thresholds if out.image_thresholds is not None else [None] * len(loaded)
+            flags = out.is_anomalous if out.is_anomalous is not None else [None] * len(loaded)
             products = out.categories or [""] * len(loaded)
             results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps, thresholds,
-                               products))
+                               flags, products))
         for i in range(start, min(start + batch_size, total)):
             if i in failed:
                 yield failed[i]
                 continue
-            (name, image), score, full, step, threshold, product = next(results)
+            (name, image), score, full, step, threshold, flag, product = next(results)
             score, threshold = float(score), None if threshold is None else float(threshold)
-            row = InspectionRow(name, score, verdict(score, threshold), int(step), threshold=threshold,
-                                product=product)
+            shown = "" if flag is None else ("defective" if flag else "good")  # the pipeline's own verdict
+            row = InspectionRow(name, score, shown, int(step), threshold=threshold, product=product)
             yield Inspected(row, image, full, threshold)
         if progress is not None:
             progress(min(start + batch_size, total), total)
