@@ -24,7 +24,15 @@ import torch
 import ddad_hub
 from ddad_hub import ImageLoadError, open_image
 from ddad_hub.data import IMAGE_SUFFIXES
-from ddad_hub.inspection import InspectionRow, anomaly_picture, extract_zip, inspect_files, skipped_members, write_csv
+from ddad_hub.inspection import (
+    InspectionRow,
+    anomaly_picture,
+    extract_zip,
+    inspect_files,
+    product_labels,
+    skipped_members,
+    write_csv,
+)
 from ddad_hub.model_info import describe, find_pipelines
 from ddad_hub.visualize import outline, overlay
 
@@ -107,7 +115,8 @@ class Inspector:
         seconds = time.perf_counter() - began
         # the one calibrated for this mode; a multi-class model's for the product it recognised
         threshold = None if out.image_thresholds is None else float(out.image_thresholds[0])
-        product = out.categories[0] if out.categories else None
+        product = (product_labels(out) or [None])[0]
+        unknown = out.unknown_category is not None and bool(out.unknown_category[0])
 
         score = float(out.image_scores[0])
         amap = out.anomaly_maps_input_size[0]  # at the upload's own size and aspect, as the batch tab shows it
@@ -125,10 +134,15 @@ class Inspector:
             f"anomaly score **{score:.4f}** (threshold {shown_threshold}"
             + (f", recognised as **{product}**)" if product else ")")
             + f"  \nmode {mode.upper()}, start step {start_used}, analysed in {seconds:.2f} s"
+            + (f"  \n**This image looks like none of the products this model was trained on** ("
+               f"{float(out.category_distances[0]):.1f} times as far from {out.categories[0]} as its farthest "
+               "held-out good image): the verdict only says it is not a good part of that product." if unknown else "")
         )
         details = {"score": score, "threshold": threshold, "verdict": verdict, "seconds": round(seconds, 3),
                    "mode": mode, "start_step": start_used, "image_size": list(image.size),
-                   **({"product": product} if product else {})}
+                   **({"product": product} if product else {}),
+                   **({"product_distance": round(float(out.category_distances[0]), 3)}
+                      if out.category_distances is not None else {})}
         return image, out.reconstructions[0].resize(image.size), heat, mask_view, summary, details
 
     def analyze_batch(self, uploads: list | None, mode: str, progress=None):
@@ -163,6 +177,7 @@ class Inspector:
         scored = sum(r.score is not None for r in rows)
         skipped = sum(r.error.startswith("skipped") for r in rows)
         unread = len(rows) - scored - skipped
+        strangers = sum(r.product.startswith("unknown") for r in rows)
         if len(thresholds) > 1:
             judged = "each by the threshold of the product it was recognised as: see the table"
         else:
@@ -170,6 +185,8 @@ class Inspector:
         summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
                    + (f"**{len(flagged)} flagged defective** ({judged})" if thresholds
                       else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
+                   + (f"; **{strangers} image(s) look like none of the trained products** (product column)"
+                      if strangers else "")
                    + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else "")
                    + (f"; {skipped} file(s) in zips skipped (not images)" if skipped else ""))
         return table, flagged, str(csv_path), summary

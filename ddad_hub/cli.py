@@ -18,12 +18,19 @@ USER_ERRORS = (DatasetLayoutError, ImageLoadError, PresetError, PipelineFolderEr
 
 
 def run(main: Callable[[], object]) -> None:
-    """Call a script's ``main``; a :data:`USER_ERRORS` error ends it with ``<script>: error: <message>`` and exit
-    code 2, as argparse ends on a wrong flag. ``DDAD_HUB_TRACEBACK=1`` shows the traceback instead."""
+    """Call a script's ``main``; a :data:`USER_ERRORS` error, or a refusal the script ends with
+    ``SystemExit("<message>")``, ends it with ``<script>: error: <message>`` and exit code 2, as argparse ends on a
+    wrong flag. ``DDAD_HUB_TRACEBACK=1`` shows the traceback of the errors instead. Exits with a number (an
+    interrupted run's 130 or 143) pass as they are."""
     try:
         main()
     except USER_ERRORS as err:
         if os.environ.get("DDAD_HUB_TRACEBACK"):
             raise
         print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {stop.code}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -28,6 +28,22 @@ MAX_ZIP_BYTES = 2_000_000_000
 MAX_ZIP_FILES = 10_000
 
 
+def product_label(category: str | None, unknown: bool | None = None) -> str:
+    """How the product a multi-class model recognised reads in the app, the table and the CSV: its name, or, for
+    an image that looks like none of the trained products (``unknown_category``), only the nearest one."""
+    if not category:
+        return ""
+    return f"unknown (nearest: {category})" if unknown else category
+
+
+def product_labels(out) -> list[str] | None:
+    """:func:`product_label` of each image of a pipeline output; ``None`` when it names no products."""
+    if not out.categories:
+        return None
+    unknown = out.unknown_category if out.unknown_category is not None else [None] * len(out.categories)
+    return [product_label(c, bool(u) if u is not None else None) for c, u in zip(out.categories, unknown)]
+
+
 @dataclass
 class InspectionRow:
     """One file's result: its score and verdict, or why it could not be scored."""
@@ -38,7 +54,7 @@ class InspectionRow:
     start_step: int | None = None
     error: str = ""
     threshold: float | None = None  # the one the verdict was made with (a multi-class model's: its product's)
-    product: str = ""  # the product a multi-class model recognised ("" for a one-product model)
+    product: str = ""  # the product a multi-class model recognised (product_label; "" for a one-product model)
 
     def as_csv(self) -> dict[str, str]:
         row = asdict(self)
@@ -162,7 +178,7 @@ def inspect_files(
             # each image's own threshold: a multi-class model judges it by the product it recognised
             thresholds = out.image_thresholds if out.image_thresholds is not None else [None] * len(loaded)
             flags = out.is_anomalous if out.is_anomalous is not None else [None] * len(loaded)
-            products = out.categories or [""] * len(loaded)
+            products = product_labels(out) or [""] * len(loaded)
             results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps, thresholds,
                                flags, products))
         for i in range(start, min(start + batch_size, total)):

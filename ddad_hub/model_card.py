@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .model_info import is_multiclass, recorded_categories
 from .models.autoencoder import latent_factor
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "ddad_template.md"
@@ -24,6 +25,26 @@ DATASETS = {
                       "use), with this project's own 80/20 split of the defect-free images"),
 }
 METRIC_NAMES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO (FPR 0.3)"}
+
+
+LICENSE_FILE = "LICENSE.md"  # the terms of a model whose training data carry no licence the Hub names
+
+
+def _license_metadata(folder: Path, names: list[str], license_id: str) -> dict:
+    """The card's licence fields. A Hub licence id passes as is; ``other`` (a data set with its own terms, or
+    several data sets) needs a name and a link, so the terms of each training set are written to ``LICENSE.md``
+    in ``folder`` and linked from there."""
+    if license_id != "other":
+        (folder / LICENSE_FILE).unlink(missing_ok=True)  # a re-render after the data changed
+        return {"license": license_id}
+    lines = ["# Terms of this model", "",
+             "The weights were trained on the data sets below; their terms carry over to the model. Use it for "
+             "non-commercial research only, and credit the data sets as they ask.", ""]
+    for name in names:
+        credit = DATASETS[name][3] if name in DATASETS else f"`{name}`: its terms were not recorded; check them"
+        lines.append(f"- {credit}")
+    (folder / LICENSE_FILE).write_text("\n".join(lines) + "\n")
+    return {"license": "other", "license_name": "training-data-terms", "license_link": LICENSE_FILE}
 
 
 def _per_category_eval_results(names: list[str], results: dict | None, mode: str) -> tuple[list, set]:
@@ -82,15 +103,17 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     preset = info["preset"]
     category = info["category"]
-    ds_name, ds_type, license_id, credit = DATASETS.get(category, (category, category, "other", category))
+    ds_name, ds_type, _, credit = DATASETS.get(category, (category, category, "other", category))
+    trained = sorted(recorded_categories(info)) if is_multiclass(info) else [category]  # evaluated or not
+    licenses = {DATASETS.get(name, (name, name, "other", name))[2] for name in trained}
+    license_id = licenses.pop() if len(licenses) == 1 else "other"
     model_name = f"ddad-{category}-{preset['name']}".replace("_", "-")
 
     eval_results = []
     mode = index.get("mode", "ddad")  # the Hub metadata reports what a default call does
     names = list(results["categories"]) if results and "per_category" in results else None
     if names:  # a multi-class model evaluated by training/evaluate_multiclass.py: one model-index set per category
-        eval_results, licenses = _per_category_eval_results(names, results, mode)
-        license_id = licenses.pop() if len(licenses) == 1 else "other"
+        eval_results, _ = _per_category_eval_results(names, results, mode)
         ds_name = "categories " + ", ".join(names)
     elif results and mode in results:
         for key, label in METRIC_NAMES.items():
@@ -101,7 +124,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                     dataset_name=ds_name, dataset_split="test", metric_type=key, metric_name=label,
                     metric_value=round(float(value), 4)))
     card_data = ModelCardData(
-        license=license_id, library_name="ddad-hub", tags=["anomaly-detection", "diffusion", "ddad", "diffusers"],
+        **_license_metadata(folder, trained, license_id), library_name="ddad-hub",
+        tags=["anomaly-detection", "diffusion", "ddad", "diffusers"],
         model_name=model_name, eval_results=eval_results or None,
     )
     selection = info.get("selection")
@@ -154,7 +178,8 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         data_text = (f"Trained on the nominal training images of {credit}. The data's terms carry over to this model: "
                      "it is for non-commercial research use.")
     else:
-        data_text = f"Trained on the nominal training images in `{info['data']}`; check that data's license."
+        data_text = (f"Trained on the nominal training images of `{Path(str(info['data'])).name}`; check that data's "
+                     "license.")
     resolution = f"{preset['resolution']} px"
     if index.get("vae", [None])[0] is not None:
         vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -187,8 +212,16 @@ def _products_text(index: dict, info: dict) -> str:
         return "one threshold per mode"
     accuracy = info.get("category_thresholds", {}).get("held_out_recognition_accuracy")
     recognised = f" ({accuracy:.1%} of held-out nominal images recognised correctly)" if accuracy is not None else ""
-    return ("each image is judged by the threshold of the product its feature memory recognises (nearest "
+    text = ("each image is judged by the threshold of the product its feature memory recognises (nearest "
             f"neighbours, no label){recognised}: " + ", ".join(f"{k} {v:.4f}" for k, v in own.items()))
+    unknown = info.get("unknown_products") or {}
+    if "margin" in unknown:
+        text += (f"; an image whose median patch distance from the bank exceeds {unknown['margin']:.2f} times its "
+                 "product's limit (the farthest held-out good image of it) looks like none of the products "
+                 "(`unknown_category`; held-out ratios: images of the products and their synthetic defects up to "
+                 f"{unknown['highest_known_ratio']:.2f}, each product with itself left out of the bank from "
+                 f"{unknown['lowest_unknown_ratio']:.2f})")
+    return text
 
 
 def _fused_vs_parts_text(comparison: dict | None) -> str:
@@ -237,7 +270,7 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
     mode = index.get("mode", "diad")
     eval_results, licenses = _per_category_eval_results(names, results, mode)
     card_data = ModelCardData(
-        license=licenses.pop() if len(licenses) == 1 else "other", library_name="ddad-hub",
+        **_license_metadata(folder, names, licenses.pop() if len(licenses) == 1 else "other"), library_name="ddad-hub",
         tags=["anomaly-detection", "diffusion", "diad", "multi-class", "diffusers"], model_name=model_name,
         eval_results=eval_results or None,
     )
@@ -280,3 +313,10 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
     path = folder / "README.md"
     card.save(path)
     return path
+
+
+def write_card(folder: str | Path, repo_id: str | None = None) -> Path:
+    """Render the card of whichever pipeline ``folder`` holds: :func:`write_diad_model_card` for a DiAD pipeline
+    (its ``model_index.json`` has an SG network), else :func:`write_model_card`."""
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    return (write_diad_model_card if "sg_network" in index else write_model_card)(folder, repo_id=repo_id)

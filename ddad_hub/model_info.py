@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path, PureWindowsPath
 
-from .data import DatasetLayoutError
+from .data import DatasetLayoutError, nominal_id, split_categories
 from .metrics import METRICS
 
 
@@ -77,6 +77,14 @@ def is_multiclass(info: dict) -> bool:
     return len(recorded_categories(info)) > 1
 
 
+def check_single_product(folder: str | os.PathLike, info: dict, instead: str) -> None:
+    """Refuse a multi-class pipeline where a script refits or compares one product's pipeline: its memory keeps a
+    coreset per product and its held-out images are named by file name only, which products share. Raises
+    :class:`PipelineFolderError`; ``instead`` says what to do with such a pipeline."""
+    if is_multiclass(info):
+        raise PipelineFolderError(f"{folder} is a multi-class pipeline: {instead}")
+
+
 def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint: str = "") -> None:
     """Refuse ``data`` of a product the pipeline in ``folder`` was not trained on. Its held-out images are known by
     file name only, and every MVTec product has a ``000.png``: another product's folder would silently stand in.
@@ -87,6 +95,23 @@ def check_same_product(folder: str | os.PathLike, data: str | os.PathLike, hint:
     if known and not names & known:
         raise DatasetLayoutError(f"{folder} was trained on {', '.join(sorted(known))}, not on {name}"
                                  + (f": {hint}" if hint else ": pass the category folder it was trained on"))
+
+
+def redrawn_split(
+    folder: str | os.PathLike, info: dict, categories: dict[str, Path], holdout: float
+) -> tuple[list[Path], list[Path]]:
+    """A multi-class pipeline's (training, held-out) images. Its record names held-out images by file name only,
+    which several products share, so the split is drawn again from the run's seed and must reproduce the record
+    name for name; otherwise the held-out images could have been trained on, and that is refused
+    (:class:`PipelineFolderError`)."""
+    seed = info.get("training", {}).get("seed", 0)
+    train_paths, held_out, _ = split_categories(categories, holdout, seed=seed)
+    if [nominal_id(p) for p in held_out] != info.get("held_out_nominal"):
+        raise PipelineFolderError(
+            f"{folder} is a multi-class pipeline and drawing its split again (seed {seed}, holdout {holdout}, data "
+            f"{', '.join(categories)}) does not give the held-out images it records; re-finalise it from its run "
+            "with --run-dir <run folder>, or pass the --data it trained on")
+    return train_paths, held_out
 
 
 def trained_on(folder: str | os.PathLike) -> str:

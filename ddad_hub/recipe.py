@@ -22,6 +22,7 @@ from .data import category_of, load_images, nominal_id, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc, stratified_resamples
 from .model_card import discard_test_results, write_model_card
+from .model_info import PipelineFolderError
 from .models.feature_encoder import FeatureEncoder
 from .models.feature_memory import FeatureMemory
 from .pipelines.pipeline_ddad import DDADPipeline
@@ -401,6 +402,16 @@ def fused_mode_objectives(fused: dict) -> dict[str, float]:
             "fused": fused["best"]["objective"]}
 
 
+def fit_fused_mode(pipe: DDADPipeline, nominal: torch.Tensor, memory_info: dict) -> dict:
+    """Fit fused mode on the held-out ``nominal`` images, left out of the bank the memory was just fitted with
+    (``memory_info``: :func:`fit_memory`'s facts, their statistics cross-fitted), then make the mode with the best
+    held-out objective the default. Every refit of the memory ends this way, since the memory moves all three
+    modes' objectives. Returns ``{"fused": ..., "mode": ...}`` for ``training_info.json``."""
+    with pipe.feature_memory.leaving_out(memory_info["held_out_ids"]):
+        fused = fit_fused(pipe, nominal, memory_info["stats"])
+    return {"fused": fused, "mode": choose_mode(pipe, fused_mode_objectives(fused))}
+
+
 def per_category_maxima(scores: list[float], categories: list[str]) -> dict[str, float]:
     """The highest of ``scores`` per category (``categories`` names each score's): per-product thresholds."""
     if len(scores) != len(categories):
@@ -446,6 +457,94 @@ def fit_category_thresholds(
             "held_out_recognition_accuracy": accuracy,
             "how": "per product: the highest score among its held-out nominal images (left out of the bank); at "
                    "test time the product is the one most of an image's patches find their nearest neighbour in"}
+
+
+def _recognised(pipe: DDADPipeline, images: torch.Tensor, batch_size: int = 16) -> tuple[list[str], torch.Tensor]:
+    """:meth:`DDADPipeline.recognise_categories` of ``images`` in batches."""
+    found = [pipe.recognise_categories(images[s : s + batch_size]) for s in range(0, images.shape[0], batch_size)]
+    return [name for names, _ in found for name in names], torch.cat([d for _, d in found])
+
+
+@torch.no_grad()
+def recover_held_out(
+    pipe: DDADPipeline, train: torch.Tensor, nominal: torch.Tensor, options: dict, groups: list[int] | None = None,
+    group_names: list[str] | None = None,
+) -> list[int]:
+    """Let a reloaded pipeline's memory leave its held-out images out of the bank again, as right after its fit.
+
+    The bank holds every nominal image, but which entry came from which image is not saved. The bank is fitted
+    again from ``train`` then ``nominal`` (in [-1, 1], at map size) with the memory's saved settings and the
+    preset's ``options`` (:func:`memory_options`); the fit is deterministic, so it must come out equal to the saved
+    bank, and only then are its sources taken over. Returns the held-out images' ids for
+    :meth:`FeatureMemory.leaving_out`; raises :class:`PipelineFolderError` when the banks differ.
+    """
+    saved, config = pipe.feature_memory, pipe.feature_memory.config
+    images = pipe.resize_to_map(torch.cat([train, nominal]))
+    memory = FeatureMemory.fit(pipe.feature_encoder, images, coreset_ratio=options["coreset_ratio"],
+                               image_size=config.image_size, blur_sigma=config.blur_sigma,
+                               max_patches=options.get("max_patches"), max_candidates=options.get("max_candidates"),
+                               normalization=config.normalization, pooling_pad=config.pooling_pad, groups=groups,
+                               group_names=group_names, feature_strides=tuple(config.feature_strides),
+                               bank_dtype=config.bank_dtype, max_total_patches=options.get("max_total_patches"),
+                               input_norm=config.input_norm)
+    same = memory.bank.shape == saved.bank.shape and torch.equal(memory.bank.cpu(), saved.bank.cpu())
+    if same and saved.has_groups:
+        same = memory.has_groups and torch.equal(memory.bank_groups.cpu(), saved.bank_groups.cpu())
+    if not same:
+        raise PipelineFolderError("fitting the feature memory again from the recorded split and settings did not give "
+                                  "the saved bank, so its held-out images cannot be left out of it: re-finalise the "
+                                  "pipeline with training/finalize.py")
+    saved.bank_sources = memory.bank_sources.to(saved.bank.device)
+    return list(range(train.shape[0], images.shape[0]))
+
+
+@torch.no_grad()
+def fit_unknown_products(
+    pipe: DDADPipeline, nominal: torch.Tensor, categories: list[str], held_out_ids: list[int], seed: int = 0
+) -> dict:
+    """Let a multi-class pipeline tell an image of none of its products from a defective one of its products.
+
+    Each product's limit is the largest distance from the bank (``FeatureMemory.image_distances``) among its
+    held-out nominal images (``nominal``, ``categories`` naming each one's product), left out of the bank. Two sets
+    of held-out images then place the margin: *known*, the same images and synthetic defects made from them, each
+    measured against the limit of the product it is recognised as; *unknown*, each product's images with that
+    product's entries taken out of the bank too (:meth:`FeatureMemory.without_groups`), so they stand for a product
+    the model never saw and are measured against the product they are taken for. The margin is the geometric mean
+    of the largest known ratio and the smallest unknown one when these are apart; when they overlap it is the
+    largest known ratio, so that no image of a trained product is called unknown. No test image is used.
+    """
+    memory = pipe.feature_memory
+    products = list(memory.config.group_names)
+    counts = {name: categories.count(name) for name in products}
+    if min(counts.values()) < 2:
+        return {"skipped": f"fewer than 2 held-out images of some product ({counts})"}
+    defective = _synthetic_set(pipe, nominal, seed)[0]
+    with memory.leaving_out(held_out_ids):
+        seen, distances = _recognised(pipe, nominal)
+        limits = {name: float(distances[torch.tensor([c == name for c in categories])].max()) for name in products}
+
+        def ratios(names: list[str], found: torch.Tensor) -> torch.Tensor:  # as FeatureMemory.product_ratios
+            return found / torch.tensor([limits[n] for n in names]).clamp(min=1e-8)
+
+        known = ratios(seen, distances)
+        known_defective = ratios(*_recognised(pipe, defective))
+        unknown = []
+        for name in products:
+            with memory.without_groups([name]):
+                unknown.append(ratios(*_recognised(pipe, nominal[torch.tensor([c == name for c in categories])])))
+    unknown = torch.cat(unknown)
+    highest_known = float(torch.cat([known, known_defective]).max())
+    lowest_unknown = float(unknown.min())
+    apart = lowest_unknown > highest_known
+    margin = (highest_known * lowest_unknown) ** 0.5 if apart else highest_known
+    memory.register_to_config(group_limits=limits, unknown_margin=margin)
+    return {"limits": limits, "margin": margin, "separated": apart, "highest_known_ratio": highest_known,
+            "lowest_unknown_ratio": lowest_unknown,
+            "known_ratios": {"nominal": known.tolist(), "synthetic_defects": known_defective.tolist()},
+            "unknown_ratios": unknown.tolist(), "held_out_images": counts,
+            "how": "limit per product: the largest median nearest-patch distance of its held-out nominal images "
+                   "(left out of the bank); margin between the held-out images and their synthetic defects (known) "
+                   "and each product's held-out images with that product left out of the bank (unknown)"}
 
 
 def recalibrate(
@@ -532,10 +631,8 @@ def finalize_diad(pipe, train_paths: list[Path], held_out: list[Path], preset: d
     if options is not None:
         train = load_images(train_paths, pipe.map_hw[0])
         info["memory"] = fit_memory(pipe, train, nominal, groups=category_ids(train_paths + held_out),
-                                    group_names=_category_names(train_paths + held_out), **options)
-        with pipe.feature_memory.leaving_out(info["memory"]["held_out_ids"]):
-            info["fused"] = fit_fused(pipe, nominal, info["memory"]["stats"])
-            info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))
+                                    group_names=category_names(train_paths + held_out), **options)
+        info.update(fit_fused_mode(pipe, nominal, info["memory"]))
         scores_by_mode["fused"] = info["fused"]["nominal_scores"]
     threshold, scores = calibrate_threshold(pipe, nominal, mode="diad")
     pipe.register_to_config(threshold=threshold)
@@ -544,6 +641,7 @@ def finalize_diad(pipe, train_paths: list[Path], held_out: list[Path], preset: d
         with pipe.feature_memory.leaving_out(info["memory"]["held_out_ids"]):
             info["category_thresholds"] = fit_category_thresholds(
                 pipe, nominal, names, scores_by_mode, preset.get("category_threshold_min_images", 5))
+        info["unknown_products"] = fit_unknown_products(pipe, nominal, names, info["memory"]["held_out_ids"])
     info["calibration"] = {
         "threshold": threshold, "nominal_scores": scores,
         "per_category": {name: {"threshold": value, "nominal_scores": [s for s, n in zip(scores, names) if n == name]}
@@ -572,7 +670,7 @@ def category_ids(paths: list[Path]) -> list[int]:
     return [names.setdefault(category_of(path), len(names)) for path in paths]
 
 
-def _category_names(paths: list[Path]) -> list[str]:
+def category_names(paths: list[Path]) -> list[str]:
     """The category folders' names of ``<category>/train/good/<image>`` paths, in order of first appearance."""
     return list(dict.fromkeys(category_of(path) for path in paths))
 
@@ -601,7 +699,7 @@ def finalize_run(
     nominal = load_images(held_out, preset["resolution"])
     info: dict = {"preset": preset, "data": str(data), "category": category or Path(data).name, "training": training,
                   "held_out_nominal": [nominal_id(p) for p in held_out],
-                  **({"categories": _category_names(train_paths + held_out)}
+                  **({"categories": category_names(train_paths + held_out)}
                      if train_paths and len(set(category_ids(train_paths + held_out))) > 1 else {}),
                   "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M"}
     if vae is not None:
@@ -619,10 +717,8 @@ def finalize_run(
         train = load_images(train_paths, pipe.map_hw[0])
         info["d3ad"] = fit_d3ad(pipe, train, nominal_map, t_max_grid=preset["d3ad"]["t_max"],
                                 **memory_options(preset), groups=category_ids(train_paths + held_out),
-                                group_names=_category_names(train_paths + held_out))
-        with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
-            info["fused"] = fit_fused(pipe, nominal_map, info["d3ad"]["memory"]["stats"])
-        info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))
+                                group_names=category_names(train_paths + held_out))
+        info.update(fit_fused_mode(pipe, nominal_map, info["d3ad"]["memory"]))
     threshold, nominal_scores = calibrate_threshold(pipe, nominal_map)
     pipe.register_to_config(threshold=threshold)
     memory = pipe.feature_memory
@@ -633,6 +729,8 @@ def finalize_run(
             info["category_thresholds"] = fit_category_thresholds(
                 pipe, nominal_map, [category_of(p) for p in held_out], scores_by_mode,
                 preset.get("category_threshold_min_images", 5))
+        info["unknown_products"] = fit_unknown_products(pipe, nominal_map, [category_of(p) for p in held_out],
+                                                        info["d3ad"]["memory"]["held_out_ids"])
     info["calibration"] = {"threshold": threshold, "nominal_scores": nominal_scores,
                            "how": "highest score among held-out nominal training images"}
     folder = out / "pipeline"

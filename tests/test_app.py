@@ -239,7 +239,7 @@ MULTICLASS_MODEL = app.MODELS_DIR / "ddad-multiclass-cpu-latent"
 
 @pytest.mark.skipif(not MULTICLASS_MODEL.is_dir() or not app.MULTICLASS_EXAMPLES,
                     reason="the embedded multi-class model or its examples are not in this checkout")
-def test_multiclass_model_names_the_product_it_recognised():
+def test_multiclass_model_names_the_product_it_recognised(tmp_path):
     """The page shows which product the multi-class model recognised and judges by that product's threshold."""
     inspector = app.Inspector(app.ddad_hub.load_pipeline(MULTICLASS_MODEL))
     own = inspector.pipe.config.category_thresholds[inspector.default_mode]
@@ -253,6 +253,17 @@ def test_multiclass_model_names_the_product_it_recognised():
     assert [row[6] for row in table] == products and [row[5] for row in table] == pytest.approx(
         [round(own[p], 4) for p in products])
     assert "each by the threshold of the product it was recognised as" in summary
+    assert "look like none of the trained products" not in summary
+    # an image of none of its products: named only as the nearest one, and said so on the page and in the table
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    noise.save(tmp_path / "noise.png")
+    *_, summary, details = inspector.analyze(str(tmp_path / "noise.png"), 4, 250, 25, mode=inspector.default_mode)
+    assert details["product"].startswith("unknown (nearest: ") and details["product_distance"] > 1
+    assert "looks like none of the products this model was trained on" in summary
+    table, *_, summary = inspector.analyze_batch([str(tmp_path / "noise.png"), str(app.MULTICLASS_EXAMPLES[0])],
+                                                 inspector.default_mode)
+    assert table[0][6].startswith("unknown (nearest: ") and table[1][6] == products[0]
+    assert "1 image(s) look like none of the trained products" in summary
 
 
 def _patched_zip(path, members: dict[str, bytes], offset: int, value: int) -> None:

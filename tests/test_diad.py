@@ -365,6 +365,11 @@ def test_multiclass_ddad_card_has_a_model_index_per_category(tmp_path, tiny_pipe
     assert sorted((r.dataset_name, r.metric_type) for r in card.data.eval_results) == sorted(
         (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
     assert "| **mean** | ddad |" in card.text and "never told the category" in card.text
+    # data with terms the Hub has no id for: the card names them and links the file that states them
+    assert (card.data.license, card.data.license_name, card.data.license_link) == (
+        "other", "training-data-terms", "LICENSE.md")
+    terms = (folder / "LICENSE.md").read_text()
+    assert "`alpha`: its terms were not recorded" in terms and "`beta`" in terms
 
 
 def test_evaluations_write_into_a_pipeline_folder_only_its_own_products(tmp_path, tiny_pipeline_dir):

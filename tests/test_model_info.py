@@ -96,3 +96,30 @@ def test_a_latent_pipelines_image_size_follows_its_unet_not_the_autoencoders_con
     assert pipe.sample_size == (32, 32)
     pipe.vae.register_to_config(sample_size=512)  # a Hub autoencoder states the size it was trained at
     assert pipe.sample_size == (32, 32)
+
+
+
+def test_scripts_that_refit_one_product_refuse_a_multiclass_pipeline_before_loading_it(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    from ddad_hub.model_info import PipelineFolderError
+
+    folder = tmp_path / "pipeline"  # a record alone: the scripts must refuse before they load any weights
+    folder.mkdir()
+    (folder / "training_info.json").write_text(json.dumps(
+        {"categories": ["bottle", "tire"], "data": "/d/bottle, /d/tire", "held_out_nominal": ["000.png"]}))
+    (tmp_path / "bottle").mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    for script, flags, instead in [
+        ("fit_d3ad", ["--pipeline"], "refit it with training/finalize.py --pipeline"),
+        ("validate", ["--pipelines"], "compare it with evaluate_multiclass.py's held-out thresholds"),
+        ("adapt_encoder", ["--output-dir", str(tmp_path / "out"), "--pipeline"], "adapt_encoder.py adapts one"),
+    ]:
+        spec = importlib.util.spec_from_file_location(f"{script}_script", repo / "training" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with pytest.raises(PipelineFolderError, match=f"{folder} is a multi-class pipeline: {instead}"):
+            module.main([*flags, str(folder), "--data", str(tmp_path / "bottle")])
+    assert not (tmp_path / "out").exists()

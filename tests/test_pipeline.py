@@ -73,7 +73,7 @@ def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch, dtype
         DDADPipeline.from_pretrained("acme/not-cached")
 
 
-def test_missing_or_damaged_components_name_the_file(pipe, tmp_path):
+def test_missing_or_damaged_components_name_the_file(pipe, tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "ok")
 
     missing = shutil.copytree(tmp_path / "ok", tmp_path / "missing")
@@ -122,6 +122,10 @@ def test_missing_or_damaged_components_name_the_file(pipe, tmp_path):
     # a local path that does not exist is not sent to the Hub as a repo id
     with pytest.raises(FileNotFoundError, match="no pipeline folder"):
         DDADPipeline.from_pretrained(str(tmp_path / "no" / "such" / "folder"))
+    # nor is a typo in "models/<name>" when models/ is a folder here (it has a repo id's form)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no pipeline folder at other/typo .other/ is a local folder"):
+        DDADPipeline.from_pretrained("other/typo")
 
 
 def test_weights_stay_float32_and_bad_calls_are_named(pipe, tmp_path):
@@ -282,6 +286,17 @@ def test_push_to_hub_uploads_the_projects_card_and_record_without_local_paths(tm
     assert card.data.license == "cc-by-nc-sa-4.0" and card.data.eval_results  # the data's licence, the metrics
     assert '"me/transistor"' in card.text  # the usage snippet names the repository it is in
     assert (up / "training_info.json").is_file() and (up / "results.json").is_file()
+    # the records keep folder names, not the paths of the machine that trained and tested the model
+    record = json.loads((up / "training_info.json").read_text())
+    local = json.loads((EMBEDDED_LATENT / "training_info.json").read_text())["data"]
+    assert record["data"] == "transistor" and local.endswith("/transistor") and local != "transistor"
+    from ddad_hub.model_info import trained_products
+
+    assert "transistor" in trained_products(record)
+    for name in ("training_info.json", "results.json"):
+        text = (up / name).read_text()
+        assert not any(marker in text for marker in ('"/', '"../', '"./', '"~')), name
+    assert not (up / "LICENSE.md").exists()  # a Hub licence id needs no terms file
     assert "_name_or_path" not in (up / "model_index.json").read_text()  # no path of the uploading machine
     assert not any("_name_or_path" in p.read_text() for p in up.glob("*/config.json"))
     assert DDADPipeline.from_pretrained(up).config.mode == pipe.config.mode

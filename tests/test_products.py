@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from ddad_hub.data import (
     split_categories,
     to_unit_range,
 )
-from ddad_hub.inspection import inspect_files
+from ddad_hub.inspection import inspect_files, product_labels
+from ddad_hub.model_info import PipelineFolderError
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.presets import load_preset
@@ -45,7 +47,7 @@ def test_a_grouped_bank_recognises_products_and_keeps_them_through_save_and_load
     assert torch.equal(memory.bank_groups, (memory.bank_sources >= 3).long())  # each entry's product, by source
     test = torch.cat([_parts(2, -0.6, 5), _parts(1, 0.5, 6)])
     assert memory.infer_groups(encoder, test) == ["dark", "dark", "light"]
-    maps, scores, groups = memory.anomaly_maps(encoder, test, return_groups=True)
+    maps, scores, groups, _ = memory.anomaly_maps(encoder, test, return_groups=True)
     torch.testing.assert_close(maps, memory.anomaly_maps(encoder, test)[0])  # the same search gives both
     assert groups == ["dark", "dark", "light"]
     # with every dark image left out, the nearest entries are light ones: indices map back into the whole bank
@@ -124,7 +126,9 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
         assert out.image_thresholds.tolist() == pytest.approx([own[pipe.config.mode][cat.name]] * len(items))
         # the batch inspection (app, predict.py) shows the product and the threshold that judged each file
         rows = [item.row for item in inspect_files(pipe, [it.image for it in items], batch_size=3)]
-        assert [r.product for r in rows] == [cat.name] * len(items)
+        # (the product's name, or "unknown (nearest: <name>)" for an image unlike any held-out good one: these
+        # tiny products hold out two images each, so their limits are tight and defects may pass them)
+        assert [r.product for r in rows] == product_labels(out) and all(cat.name in r.product for r in rows)
         assert [r.threshold for r in rows] == pytest.approx([own[pipe.config.mode][cat.name]] * len(items))
         assert [r.verdict for r in rows] == ["defective" if f else "good" for f in out.is_anomalous]
     results = evaluate_multiclass(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir",
@@ -143,7 +147,26 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     assert redone["held_out_nominal"] == info["held_out_nominal"] and redone["categories"] == info["categories"]
     assert redone["category"] == "multiclass-2"
     assert set(load_pipeline(again).config.category_thresholds["fused"]) == {"alpha", "beta"}
-    with pytest.raises(SystemExit, match="does not give the held-out images it records"):
+    # the limits for unknown products, fitted by finalisation or again (the bank refitted equal) by the script
+    fitted = info["unknown_products"]
+    assert set(fitted["limits"]) == {"alpha", "beta"} and fitted["margin"] >= fitted["highest_known_ratio"]
+    assert pipe.feature_memory.config.unknown_margin == pytest.approx(fitted["margin"])
+    from training.fit_unknown_products import main as fit_unknown
+
+    pipe.feature_memory.register_to_config(group_limits=None, unknown_margin=None)  # as a model finalised before
+    pipe.save_pretrained(tmp_path / "older")
+    old_record = {k: v for k, v in info.items() if k != "unknown_products"}
+    (tmp_path / "older" / "training_info.json").write_text(json.dumps(old_record))
+    shutil.copy2(folder / "README.md", tmp_path / "older" / "README.md")
+    assert load_pipeline(tmp_path / "older")(list_test_items(cats[0])[0].image).unknown_category is None
+    refitted = fit_unknown(["--pipeline", str(tmp_path / "older"), "--output-dir", str(tmp_path / "unknown")])
+    redone = json.loads((refitted / "training_info.json").read_text())["unknown_products"]
+    assert redone["limits"] == pytest.approx(fitted["limits"]) and redone["margin"] == pytest.approx(fitted["margin"])
+    assert load_pipeline(refitted).feature_memory.config.unknown_margin == pytest.approx(fitted["margin"])
+    with pytest.raises(PipelineFolderError, match="would write over"):
+        fit_unknown(["--pipeline", str(refitted), "--output-dir", str(tmp_path / "unknown")])
+
+    with pytest.raises(PipelineFolderError, match="does not give the held-out images it records"):
         finalize(["--pipeline", str(folder), "--output-dir", str(tmp_path / "other"), "--set", "holdout=0.5"])
     assert not (tmp_path / "other").exists()
 
@@ -180,3 +203,45 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     fitted = fit_category_thresholds(pipe, nominal, ["alpha", "alpha", "alpha", "beta"], {"ddad": [1.0, 2.0, 3.0, 9.0]},
                                      min_images=3)
     assert fitted["thresholds"] == {"ddad": {"alpha": 3.0}} and fitted["held_out_images"] == {"alpha": 3, "beta": 1}
+
+
+def test_a_multiclass_pipeline_tells_an_image_of_no_trained_product_from_its_products(tmp_path):
+    """Limits per product and a margin from held-out images alone; an image of neither product is flagged."""
+    from ddad_hub.recipe import fit_unknown_products
+
+    pipe = make_tiny_pipeline(threshold=0.5)
+    train, held = torch.cat([_parts(4, -0.6, 0), _parts(4, 0.5, 1)]), torch.cat([_parts(3, -0.6, 2), _parts(3, 0.5, 3)])
+    memory = FeatureMemory.fit(pipe.feature_encoder, torch.cat([train, held]), coreset_ratio=0.25, image_size=64,
+                               groups=[0] * 4 + [1] * 4 + [0] * 3 + [1] * 3, group_names=["dark", "light"])
+    pipe.register_modules(feature_memory=memory)
+    pipe.register_to_config(category_thresholds={"ddad": {"dark": 1.0, "light": 1.0}})
+    checker = ((torch.arange(64)[:, None] // 8 + torch.arange(64)[None] // 8) % 2).float() * 1.6 - 0.8
+    noise = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    images = to_unit_range(torch.cat([_parts(1, -0.6, 7), _parts(1, 0.5, 8), checker.expand(1, 3, 64, 64),
+                                      noise[None]]))
+    before = pipe(images, output_type="pt", mode="ddad")
+    assert before.categories is not None and before.category_distances is None and before.unknown_category is None
+
+    info = fit_unknown_products(pipe, held, ["dark"] * 3 + ["light"] * 3, held_out_ids=list(range(8, 14)))
+    assert info["separated"] and info["highest_known_ratio"] < info["margin"] < info["lowest_unknown_ratio"]
+    assert max(info["known_ratios"]["nominal"]) == pytest.approx(1.0)  # the limit is the farthest held-out image
+    assert pipe.feature_memory.config.unknown_margin == info["margin"]
+    out = pipe(images, output_type="pt", mode="ddad")
+    assert out.unknown_category.tolist() == [False, False, True, True]
+    assert out.categories[:2] == ["dark", "light"] and torch.equal(out.is_anomalous, before.is_anomalous)
+    assert (out.category_distances[:2] < 1.5).all() and (out.category_distances[2:] > info["margin"]).all()
+    assert pipe(images, output_type="pt", mode="ddad", per_category_thresholds=False).unknown_category is None
+    names, distances, unknown = pipe.recognise_products(images)  # the same, without reconstructing the images
+    assert names == out.categories and torch.equal(unknown, out.unknown_category)
+    torch.testing.assert_close(distances, out.category_distances)
+
+    pipe.save_pretrained(tmp_path / "p")  # the limits and the margin are part of the memory's config
+    loaded = load_pipeline(tmp_path / "p")
+    assert loaded.feature_memory.config.group_limits == pytest.approx(info["limits"])
+    assert loaded(images, output_type="np", mode="ddad").unknown_category.tolist() == [False, False, True, True]
+    with pytest.raises(ValueError, match="no product"):
+        with pipe.feature_memory.without_groups(["grey"]):
+            pass
+    with pytest.raises(ValueError, match="would empty the bank"):
+        with pipe.feature_memory.without_groups(["dark", "light"]):
+            pass

@@ -268,7 +268,8 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
         assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     proc = subprocess.run([sys.executable, "training/finalize.py", "--pipeline", str(copy), "--output-dir",
                            str(copy.parent)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "would write over" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and proc.stderr.startswith("finalize.py: error: --output-dir"), proc.stderr[-2000:]
+    assert "would write over" in proc.stderr
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()

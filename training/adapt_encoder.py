@@ -33,9 +33,9 @@ from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
 from ddad_hub.distributed import make_accelerator
 from ddad_hub.model_card import discard_test_results, write_model_card
-from ddad_hub.model_info import check_same_product, is_multiclass, training_record
+from ddad_hub.model_info import check_same_product, check_single_product, training_record
 from ddad_hub.presets import fill_preset
-from ddad_hub.recipe import choose_mode, fit_d3ad, fit_fused, fused_mode_objectives, memory_options, recalibrate
+from ddad_hub.recipe import fit_d3ad, fit_fused_mode, memory_options, recalibrate
 from ddad_hub.training import StopOnInterrupt
 
 
@@ -66,14 +66,13 @@ def cosine_loss(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    info = training_record(args.pipeline, required=False)  # a wrong folder is refused before anything loads
+    check_single_product(args.pipeline, info, "adapt_encoder.py adapts one product's pipeline (its memory and "
+                         "thresholds are refitted from one category folder)")
+    check_same_product(args.pipeline, args.data)
     accelerator = make_accelerator(args.mixed_precision, args.threads)
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
-    info = training_record(args.pipeline, required=False)
-    if is_multiclass(info):
-        raise SystemExit(f"{args.pipeline} is a multi-class pipeline; adapt_encoder.py adapts one product's "
-                         "pipeline (its memory and thresholds are refitted from one category folder)")
-    check_same_product(args.pipeline, args.data)
     train_paths, held_paths = held_out_split(args.data, info.get("held_out_nominal", []))
     images = load_images(train_paths, pipe.sample_size[0])
 
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> Path:
                                     t_max_grid=[pipe.config.d3ad_t_max], **options)
             held_ids = info["d3ad"]["memory"]["held_out_ids"]
             if pipe.config.fused_base:  # the memory and the encoder changed, so did fused mode's statistics
-                with pipe.feature_memory.leaving_out(held_ids):
-                    info["fused"] = fit_fused(pipe, held_images, info["d3ad"]["memory"]["stats"])
-                info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))  # the encoder moved them all
+                info.update(fit_fused_mode(pipe, held_images, info["d3ad"]["memory"]))  # and all modes' objectives
         calibration = recalibrate(pipe, held_images, held_ids, nominal_unet_size=load_images(
             held_paths, pipe.sample_size[0])) if held_images is not None else {}
         pipe.save_pretrained(folder)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ddad_hub.cli import run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import summarize
-from ddad_hub.model_card import write_diad_model_card, write_model_card
+from ddad_hub.model_card import write_card
 from ddad_hub.model_info import recorded_categories, trained_products, training_record
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.feature_memory import INPUT_NORMS, FeatureMemory
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():
         # the card's model-index gets one entry per category
-        (write_diad_model_card if "sg_network" in pipe.components else write_model_card)(out_dir)
+        write_card(out_dir)
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
     for d in detectors:
         cells = [" / ".join(f"{results['per_category'][c][d]['all'][m]:.3f}" for m in METRICS) for c in names]

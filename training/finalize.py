@@ -20,8 +20,8 @@ from pathlib import Path
 from ddad_hub import DDADPipeline
 from ddad_hub.checkpointing import latest_checkpoint
 from ddad_hub.cli import run
-from ddad_hub.data import categories_label, find_categories, held_out_split, nominal_id, split_categories
-from ddad_hub.model_info import check_same_product, is_multiclass, training_record
+from ddad_hub.data import categories_label, find_categories, held_out_split, split_categories
+from ddad_hub.model_info import check_same_product, is_multiclass, redrawn_split, training_record
 from ddad_hub.models.unet import unet_from_checkpoint
 from ddad_hub.presets import fill_preset
 from ddad_hub.recipe import finalize_run
@@ -61,7 +61,7 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     if is_multiclass(info):
         categories = find_categories(args.data or info["data"].split(", "))
         data = ", ".join(map(str, categories.values()))
-        train_paths, held_out = _redrawn_split(folder, info, categories, preset["holdout"])
+        train_paths, held_out = redrawn_split(folder, info, categories, preset["holdout"])
         category = categories_label(categories)
     else:
         data = Path(args.data[0] if args.data else info["data"])
@@ -76,19 +76,6 @@ def from_pipeline(args: argparse.Namespace) -> Path:
     return finalize_run(args.output_dir, pipe.unet, preset, data, held_out, training,
                         encoder=encoder, train_paths=train_paths, vae=pipe.vae, category=category,
                         autoencoder_training=info.get("autoencoder", {}).get("training"))
-
-
-def _redrawn_split(folder: Path, info: dict, categories: dict[str, Path], holdout: float) -> tuple[list, list]:
-    """A multi-class pipeline's (training, held-out) images. Its record names held-out images by file name only,
-    which several products share, so the split is drawn again from the run's seed and must reproduce the record
-    name for name; otherwise the held-out images could have been trained on, and that is refused."""
-    seed = info["training"].get("seed", 0)
-    train_paths, held_out, _ = split_categories(categories, holdout, seed=seed)
-    if [nominal_id(p) for p in held_out] != info["held_out_nominal"]:
-        raise SystemExit(f"{folder} is a multi-class pipeline and drawing its split again (seed {seed}, holdout "
-                         f"{holdout}, data {', '.join(categories)}) does not give the held-out images it records; "
-                         "re-finalise it from its run with --run-dir <run folder>, or pass the --data it trained on")
-    return train_paths, held_out
 
 
 def main(argv: list[str] | None = None) -> Path:

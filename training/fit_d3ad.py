@@ -20,9 +20,9 @@ from ddad_hub import DDADPipeline
 from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
 from ddad_hub.model_card import discard_test_results, write_model_card
-from ddad_hub.model_info import check_same_product, is_multiclass, training_record
+from ddad_hub.model_info import check_same_product, check_single_product, training_record
 from ddad_hub.presets import fill_preset
-from ddad_hub.recipe import choose_mode, fit_d3ad, fit_fused, fused_mode_objectives, memory_options
+from ddad_hub.recipe import fit_d3ad, fit_fused_mode, memory_options
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     folder = Path(args.pipeline)
     info = training_record(folder)
-    if is_multiclass(info):
-        raise SystemExit(f"{folder} is a multi-class pipeline, whose memory keeps a coreset per product: refit it "
-                         "with training/finalize.py --pipeline, which draws each product's images again")
+    check_single_product(folder, info, "refit it with training/finalize.py --pipeline, which draws each product's "
+                         "images again")
     check_same_product(folder, args.data)
     preset = fill_preset(info["preset"]) if "preset" in info else {}
     # the recipe's memory settings (bank cap, input normalisation...), as train_unet.py fits it; flags override
@@ -53,9 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = load_images(train_paths, size)
     nominal = load_images(held_paths, size)
     info["d3ad"] = fit_d3ad(pipe, train, nominal, t_max_grid=t_max, **options)
-    with pipe.feature_memory.leaving_out(info["d3ad"]["memory"]["held_out_ids"]):
-        info["fused"] = fit_fused(pipe, nominal, info["d3ad"]["memory"]["stats"])
-    info["mode"] = choose_mode(pipe, fused_mode_objectives(info["fused"]))  # as finalisation chooses it
+    info.update(fit_fused_mode(pipe, nominal, info["d3ad"]["memory"]))  # as finalisation fits and chooses them
     pipe.save_pretrained(folder)
     discard_test_results(folder)
     (folder / "training_info.json").write_text(json.dumps(info, indent=2, default=str))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
-from ddad_hub.model_info import check_same_product, is_multiclass, training_record
+from ddad_hub.model_info import check_same_product, check_single_product, training_record
 from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.recipe import fused_mode_objectives, synthetic_objective
 
@@ -27,9 +27,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for folder in map(Path, args.pipelines):
         info = training_record(folder)
-        if is_multiclass(info):  # its held-out images are named by file name only, which products share
-            raise SystemExit(f"{folder} is a multi-class pipeline: compare it with evaluate_multiclass.py's "
-                             "held-out thresholds, or the objectives its training_info.json records")
+        check_single_product(folder, info, "compare it with evaluate_multiclass.py's held-out thresholds, or the "
+                             "objectives its training_info.json records")
         check_same_product(folder, args.data)
         pipe = load_pipeline(folder)
         pipe.set_progress_bar_config(disable=True)

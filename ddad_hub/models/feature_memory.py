@@ -145,6 +145,11 @@ class FeatureMemory(ModelMixin, ConfigMixin):
             small keeps twice the patches); distances are always computed in float32.
         input_norm: "image" standardises each image's brightness and contrast before the encoder
             (:func:`standardize_images`); "none" (memories saved before the option existed) does not.
+        group_limits: per product of a multi-class bank, the largest :meth:`image_distances` of its held-out
+            nominal images (left out of the bank), set by ``ddad_hub.recipe.fit_unknown_products``; empty when not
+            fitted (memories saved before the option existed).
+        unknown_margin: an image whose distance exceeds ``unknown_margin`` times its recognised product's limit
+            looks like none of the products (:meth:`product_ratios`); chosen by the same function.
 
     After :meth:`fit`, ``bank_sources`` holds the index of the training image each bank entry came from (not
     saved: only the recipe that fitted the memory needs it, for cross-fitting).
@@ -165,6 +170,8 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         feature_strides: tuple[int, ...] = (),
         bank_dtype: str = "float32",
         input_norm: str = "none",
+        group_limits: dict[str, float] | None = None,
+        unknown_margin: float | None = None,
     ):
         super().__init__()
         if input_norm not in INPUT_NORMS:
@@ -197,6 +204,27 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         if not active.any():
             raise ValueError("leaving these images out would empty the bank")
         previous, self._active = self._active, active.to(self.bank.device)
+        try:
+            yield self
+        finally:
+            self._active = previous
+
+    @contextlib.contextmanager
+    def without_groups(self, names):
+        """Within the block, score against the bank without the entries of the products ``names``: images of those
+        products then stand for a product the bank has never seen (how ``fit_unknown_products`` calibrates)."""
+        if not self.has_groups:
+            raise ValueError("this memory's bank has no groups (it was fitted on one product)")
+        unknown = sorted(set(names) - set(self.config.group_names))
+        if unknown:
+            raise ValueError(f"no product(s) {unknown} in this bank, which has {list(self.config.group_names)}")
+        ids = torch.tensor([self.config.group_names.index(n) for n in names], dtype=torch.long)
+        active = ~torch.isin(self.bank_groups, ids.to(self.bank_groups.device))
+        if self._active is not None:
+            active &= self._active
+        if not active.any():
+            raise ValueError("leaving these products out would empty the bank")
+        previous, self._active = self._active, active
         try:
             yield self
         finally:
@@ -341,20 +369,56 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         return self.vote_groups(self.nearest_patches(encoder, images)[1])
 
     @torch.no_grad()
+    def recognise(self, encoder: FeatureEncoder, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """The product each image shows (:meth:`infer_groups`) and its :meth:`image_distances`, from one search."""
+        distances, nearest = self.nearest_patches(encoder, images)
+        return self.vote_groups(nearest), self.image_distances(distances)
+
+    @staticmethod
+    def image_distances(patch_distances: torch.Tensor) -> torch.Tensor:
+        """(B,) how far each image as a whole lies from the bank: the median of its (B, h, w) patch distances. A
+        defect moves few of an image's patches, so it hardly moves the median; another product moves them all."""
+        return patch_distances.flatten(1).float().median(dim=1).values.cpu()
+
+    @property
+    def knows_unknowns(self) -> bool:
+        """Whether :meth:`product_ratios` can tell an image of none of the products (limits were fitted)."""
+        return bool(self.has_groups and self.config.group_limits and self.config.unknown_margin)
+
+    def product_ratios(self, groups: list[str], distances: torch.Tensor) -> torch.Tensor:
+        """(B,) each image's distance over the limit of the product it was recognised as: about 1 or below for
+        that product's nominal images; above ``unknown_margin``, the image looks like none of the products."""
+        if not self.knows_unknowns:
+            raise ValueError("this memory has no product distance limits (ddad_hub.recipe.fit_unknown_products)")
+        limits = torch.tensor([self.config.group_limits[g] for g in groups], dtype=torch.float32)
+        return distances.float().cpu() / limits.clamp(min=1e-8)
+
+    def unknown_products(
+        self, groups: list[str], distances: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(:meth:`product_ratios`, ratios above ``unknown_margin``: images of none of the products), or
+        ``(None, None)`` when the limits were not fitted."""
+        if not self.knows_unknowns:
+            return None, None
+        ratios = self.product_ratios(groups, distances)
+        return ratios, ratios > self.config.unknown_margin
+
+    @torch.no_grad()
     def anomaly_maps(
         self, encoder: FeatureEncoder, images: torch.Tensor, size: tuple[int, int] | None = None,
         return_groups: bool = False,
     ):
         """(maps, scores): blurred patch distances upsampled to ``size`` (default: the memory's image size).
 
-        ``return_groups=True`` adds the product each image shows (:meth:`infer_groups`), from the same search.
+        ``return_groups=True`` adds the product each image shows and its distance from the bank
+        (:meth:`recognise`), from the same search.
         """
         size = size or (self.config.image_size,) * 2
         d, nearest = self.nearest_patches(encoder, images)
         maps = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         maps = gaussian_blur(maps, self.config.blur_sigma * size[0] / self.config.image_size)
         if return_groups:
-            return maps, image_scores(maps), self.vote_groups(nearest)
+            return maps, image_scores(maps), self.vote_groups(nearest), self.image_distances(d)
         return maps, image_scores(maps)
 
 

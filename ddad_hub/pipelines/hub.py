@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 # what a trained pipeline folder holds besides the weights, and an upload carries along
 RECORDS = ("training_info.json", "results.json", "evaluation.png", "table.md")
@@ -29,6 +30,23 @@ def strip_local_paths(folder: str | os.PathLike) -> None:
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
+# a string that is a path of the machine that trained or evaluated the model (absolute, home or ./ ../ relative)
+_PATH = re.compile(r"^(?:/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\])")
+_NEXT_PATH = re.compile(r", (?=/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\])")  # where a multi-class record joins its paths
+
+
+def without_local_paths(value):
+    """A training record or test results with every path of the machine that wrote them cut to its last part
+    (``/home/me/data/transistor`` -> ``transistor``): the folder names the record's readers need, no one's disk."""
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(item) for item in value]
+    if isinstance(value, str) and "\n" not in value and _PATH.match(value):
+        return ", ".join(PureWindowsPath(part.rstrip("/\\")).name for part in _NEXT_PATH.split(value))
+    return value
+
+
 def push_pipeline(
     pipe,
     repo_id: str,
@@ -41,13 +59,14 @@ def push_pipeline(
     """Upload ``pipe`` to ``repo_id`` (created if needed) and return the commit's URL.
 
     The upload is what ``save_pretrained`` writes, without local paths, plus the training record and test results
-    of ``card_folder`` (default: the folder the pipeline was loaded from) and the model card rendered from them for
-    ``repo_id``. Without a training record the upload has no card, and a warning says so. The pipeline is saved
+    of ``card_folder`` (default: the folder the pipeline was loaded from; their paths cut to folder names) and the
+    model card rendered from them for ``repo_id`` (with ``LICENSE.md`` when the data's terms have no Hub licence
+    id). Without a training record the upload has no card, and a warning says so. The pipeline is saved
     before anything reaches the Hub, so an OpenVINO pipeline (which cannot be saved) leaves no empty repository.
     """
     from huggingface_hub import create_repo, upload_folder
 
-    from ..model_card import write_diad_model_card, write_model_card
+    from ..model_card import write_card
 
     source = card_folder or getattr(pipe, "name_or_path", None)  # None: built in memory, no folder to read
     source = Path(source) if source else None
@@ -57,9 +76,12 @@ def push_pipeline(
         strip_local_paths(folder)
         if source is not None and (source / "training_info.json").is_file():
             for name in RECORDS:
-                if (source / name).is_file():
+                if name.endswith(".json") and (source / name).is_file():
+                    record = without_local_paths(json.loads((source / name).read_text()))
+                    (folder / name).write_text(json.dumps(record, indent=2) + "\n")
+                elif (source / name).is_file():
                     shutil.copy2(source / name, folder / name)
-            (write_diad_model_card if "sg_network" in pipe.components else write_model_card)(folder, repo_id=repo_id)
+            write_card(folder, repo_id=repo_id)
         else:
             where = f"{source} has no training_info.json" if source is not None else "the pipeline has no folder"
             warnings.warn(f"{where}, so the upload has no model card: the data it was trained on and their licence "

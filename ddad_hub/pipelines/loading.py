@@ -40,7 +40,9 @@ def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: di
     if os.path.isdir(path):
         return path
     if looks_like_a_path(path):
-        raise FileNotFoundError(f"no pipeline folder at {path} (a Hub repo id has the form 'owner/name')")
+        why = (f"{path.split('/')[0]}/ is a local folder, so this is a path, not a Hub repo id" if "/" in path
+               and os.path.isdir(path.split("/")[0]) else "a Hub repo id has the form 'owner/name'")
+        raise FileNotFoundError(f"no pipeline folder at {path} ({why})")
     from huggingface_hub import snapshot_download
 
     ir_files = ["*.xml", "*.bin"] if backend == "openvino" else []
@@ -53,9 +55,10 @@ def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: di
 
 def looks_like_a_path(name: str) -> bool:
     """True for what cannot be a Hub repo id ('name' or 'owner/name') and so must be a local folder: absolute or
-    relative paths, more than one '/', a backslash."""
+    relative paths, more than one '/', a backslash; and 'owner/name' where ``owner`` is a local folder (a typo in
+    ``models/<name>`` is a missing folder, not a repo to download)."""
     return (os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.count("/") > 1 or "\\" in name
-            or os.path.exists(name))
+            or os.path.exists(name) or ("/" in name and os.path.isdir(name.split("/")[0])))
 
 
 def check_class(path: str | os.PathLike, cls: type) -> None:

@@ -63,6 +63,12 @@ class DDADPipelineOutput(BaseOutput):
             (nearest neighbours; no label is given); ``None`` when per-product thresholds are not in use.
         image_thresholds: (B,) the threshold each image's verdict and mask used: its product's when ``categories``
             is set, else ``threshold``; ``None`` without a threshold.
+        category_distances: (B,) how far each image lies from the product it was recognised as, relative to that
+            product's held-out good images (1.0: as far as the farthest of them); ``None`` unless ``categories`` is
+            set and the memory's limits were fitted (``ddad_hub.recipe.fit_unknown_products``).
+        unknown_category: (B,) booleans, ``category_distances`` above the memory's ``unknown_margin``: the image
+            looks like none of the trained products, and ``categories`` names only the nearest one. The verdict
+            (``is_anomalous``) does not depend on it.
     """
 
     anomaly_maps: np.ndarray | torch.Tensor
@@ -75,6 +81,8 @@ class DDADPipelineOutput(BaseOutput):
     threshold: float | None = None
     categories: list[str] | None = None
     image_thresholds: np.ndarray | torch.Tensor | None = None
+    category_distances: np.ndarray | torch.Tensor | None = None
+    unknown_category: np.ndarray | torch.Tensor | None = None
 
 
 class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
@@ -380,6 +388,25 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return self.feature_memory.infer_groups(self.memory_encoder, self.resize_to_map(images))
 
     @torch.no_grad()
+    def recognise_categories(self, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """:meth:`infer_categories` and each image's distance from the bank (``FeatureMemory.recognise``)."""
+        return self.feature_memory.recognise(self.memory_encoder, self.resize_to_map(images))
+
+    @torch.no_grad()
+    def recognise_products(
+        self, image: ImageInput, batch_size: int = 16
+    ) -> tuple[list[str], torch.Tensor | None, torch.Tensor | None]:
+        """Which product each image shows, without reconstructing it: a multi-class pipeline's ``categories``,
+        ``category_distances`` and ``unknown_category`` as its calls report them (the last two ``None`` when the
+        memory's limits were not fitted). Images are read as calls read them for the memory."""
+        if self.feature_memory is None or not self.feature_memory.has_groups:
+            raise ValueError("only a multi-class pipeline (a feature memory that knows its products) recognises them")
+        x = self.preprocess(image, size=self.map_hw if self.config.memory_at_map_size else None)[0]
+        found = [self.recognise_categories(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]
+        names, distances = [n for f in found for n in f[0]], torch.cat([f[1] for f in found])
+        return names, *self.feature_memory.unknown_products(names, distances)
+
+    @torch.no_grad()
     def first_estimate(self, images: torch.Tensor) -> torch.Tensor:
         """D3AD's cheap anomaly estimate: the feature memory's image score of each image (in [-1, 1])."""
         return self.memory_maps(images)[1]
@@ -537,18 +564,20 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             raise ValueError(f"got {len(generator)} generators for {x.shape[0]} images")
         generators = self._generators(generator, x.shape[0])
 
-        maps, recons, starts, categories = [], [], [], []
+        maps, recons, starts, categories, distances = [], [], [], [], []
         for start in range(0, x.shape[0], batch_size):
             chunk = x[start : start + batch_size]
             gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
             recon_mode = self.config.fused_base if mode == "fused" else mode
-            memory_maps, first = None, None
-            if uses_memory:  # one nearest-neighbour search gives the memory's map, score and product
-                memory_maps, first, *found = self.memory_maps(x_map[start : start + batch_size],
-                                                              return_categories=own_thresholds is not None)
-                categories += found[0] if found else []
+            memory_maps, first, found = None, None, ([], torch.zeros(0))
+            if uses_memory:  # one nearest-neighbour search gives the memory's map, score, product and distance
+                memory_maps, first, *recognised = self.memory_maps(x_map[start : start + batch_size],
+                                                                   return_categories=own_thresholds is not None)
+                found = recognised or found
             elif own_thresholds is not None:
-                categories += self.infer_categories(x_map[start : start + batch_size])
+                found = self.recognise_categories(x_map[start : start + batch_size])
+            categories += found[0]
+            distances.append(found[1])
             if recon_mode == "d3ad":
                 r, t_hat, latents = self.reconstruct_dynamic(chunk, gen, autocast_dtype, first_estimate=first)
             else:
@@ -577,6 +606,9 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         elif threshold is not None:
             per_image = torch.full_like(scores, threshold, dtype=torch.float32)
         flags = scores > per_image if per_image is not None else None
+        relative, unknown = None, None
+        if own_thresholds is not None:
+            relative, unknown = self.feature_memory.unknown_products(categories, torch.cat(distances))
         failed = torch.isnan(scores)
         if failed.any():  # a broken network gives NaN maps; an inspection must not pass those parts as good
             warnings.warn(f"{int(failed.sum())} image(s) got a NaN anomaly score (a network computed NaN: damaged "
@@ -594,6 +626,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             masks = masks.numpy() if masks is not None else None
             start_steps = start_steps.numpy()
             per_image = per_image.numpy() if per_image is not None else None
+            relative = relative.numpy() if relative is not None else None
+            unknown = unknown.numpy() if unknown is not None else None
             reconstructions = self.image_processor.postprocess(recon_t, output_type=output_type)
         self.maybe_free_model_hooks()
         output = DDADPipelineOutput(
@@ -607,6 +641,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             threshold=threshold,
             categories=categories if own_thresholds is not None else None,
             image_thresholds=per_image,
+            category_distances=relative,
+            unknown_category=unknown,
         )
         if not return_dict:  # every field in the output's order, ``None`` kept, so positions never shift
             return tuple(getattr(output, field.name) for field in dataclasses.fields(output))
