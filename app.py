@@ -30,7 +30,9 @@ from ddad_hub.inspection import (
     extract_zip,
     inspect_files,
     product_labels,
+    product_tally,
     skipped_members,
+    tally_text,
     write_csv,
 )
 from ddad_hub.model_info import describe, find_pipelines
@@ -126,6 +128,8 @@ class Inspector:
             verdict, mask_view = "not calibrated (this model has no threshold)", image
         else:
             verdict = "DEFECTIVE" if out.is_anomalous[0] else "good"  # the pipeline's verdict (a NaN score fails)
+            if unknown:  # judged as the nearest product only: no verdict on a product the model does not know
+                verdict = f"UNKNOWN PRODUCT (as a {out.categories[0]}: {verdict})"
             mask_view = outline(image, amap > threshold, colour=(255, 0, 0))
         start_used = int(out.start_steps[0])
         shown_threshold = "none" if threshold is None else f"{threshold:.4f}"
@@ -136,7 +140,8 @@ class Inspector:
             + f"  \nmode {mode.upper()}, start step {start_used}, analysed in {seconds:.2f} s"
             + (f"  \n**This image looks like none of the products this model was trained on** ("
                f"{float(out.category_distances[0]):.1f} times as far from {out.categories[0]} as its farthest "
-               "held-out good image): the verdict only says it is not a good part of that product." if unknown else "")
+               f"held-out good image): it was judged as a {out.categories[0]}, which says nothing of a part of "
+               "another product." if unknown else "")
         )
         details = {"score": score, "threshold": threshold, "verdict": verdict, "seconds": round(seconds, 3),
                    "mode": mode, "start_step": start_used, "image_size": list(image.size),
@@ -187,6 +192,7 @@ class Inspector:
                       else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
                    + (f"; **{strangers} image(s) look like none of the trained products** (product column)"
                       if strangers else "")
+                   + (f"  \nper product: {tally_text(rows)}" if len(product_tally(rows)) > 1 else "")
                    + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else "")
                    + (f"; {skipped} file(s) in zips skipped (not images)" if skipped else ""))
         return table, flagged, str(csv_path), summary

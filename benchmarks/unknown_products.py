@@ -7,8 +7,9 @@ defective (it should not), and on images of no trained product (it should).
 
 The off-product images are scikit-image's bundled sample images (photos, textures, a chessboard, documents; read
 from the installed package, not copied here), plus a flat grey image and uniform noise. Only the feature memory's
-search runs (``DDADPipeline.recognise_products``), as in every call of the pipeline; nothing is reconstructed.
-Writes ``benchmarks/results/unknown_products.{md,json}`` with ``--save``.
+search runs (``DDADPipeline.recognise_products``) for the products' test images, as in every call of the pipeline;
+the off-product images are also scored in each mode, for the verdicts such images get. Writes
+``benchmarks/results/unknown_products.{md,json}`` with ``--save``.
 """
 
 from __future__ import annotations
@@ -75,10 +76,22 @@ def main(argv: list[str] | None = None) -> dict:
         record["off_product"][label] = {"nearest": nearest, "ratio": ratio, "unknown": flag}
     rows.append(f"| off-product images (scikit-image samples, grey, noise) | {len(off)} | {int(unknown.sum())} | "
                 f"n/a | {ratios.median():.2f}, min {ratios.min():.2f} |")
+    # the verdict does not read the check: how each mode judges these images as the product they are taken for
+    verdicts = ["| mode | off-product images judged defective | judged good |", "|---|---|---|"]
+    for mode in pipe.available_modes():
+        out = pipe(list(off.values()), mode=mode, output_type="np", batch_size=8,
+                   generator=torch.Generator().manual_seed(0))
+        for label, flag in zip(off, out.is_anomalous.tolist()):
+            record["off_product"][label][f"{mode}_defective"] = bool(flag)
+        passed = [label for label, flag in zip(off, out.is_anomalous.tolist()) if not flag]
+        record.setdefault("off_product_judged_good", {})[mode] = passed
+        verdicts.append(f"| {mode} | {len(off) - len(passed)} of {len(off)} | {', '.join(passed) or 'none'} |")
     missed = [f"{k} ({v['ratio']:.2f}, taken for {v['nearest']})" for k, v in record["off_product"].items()
               if not v["unknown"]]
     table = (f"Unknown-product check of `{args.pipeline}` (margin {memory.config.unknown_margin:.3f}; "
              f"{record['cpu']}, {args.threads} threads):\n\n" + "\n".join(rows)
+             + "\n\nThe verdicts of the off-product images, judged as the product each is taken for:\n\n"
+             + "\n".join(verdicts)
              + ("\n\nOff-product images it did not call unknown: " + "; ".join(missed) if missed else ""))
     print(table)
     if args.save:

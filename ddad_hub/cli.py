@@ -20,8 +20,8 @@ USER_ERRORS = (DatasetLayoutError, ImageLoadError, PresetError, PipelineFolderEr
 def run(main: Callable[[], object]) -> None:
     """Call a script's ``main``; a :data:`USER_ERRORS` error, or a refusal the script ends with
     ``SystemExit("<message>")``, ends it with ``<script>: error: <message>`` and exit code 2, as argparse ends on a
-    wrong flag. ``DDAD_HUB_TRACEBACK=1`` shows the traceback of the errors instead. Exits with a number (an
-    interrupted run's 130 or 143) pass as they are."""
+    wrong flag. ``DDAD_HUB_TRACEBACK=1`` shows the traceback of those errors instead (a refusal has none to show).
+    Exits with a number (an interrupted run's 130 or 143) pass as they are."""
     try:
         main()
     except USER_ERRORS as err:

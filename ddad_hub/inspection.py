@@ -64,6 +64,25 @@ class InspectionRow:
         return row
 
 
+def product_tally(rows: list[InspectionRow]) -> dict[str, tuple[int, int]]:
+    """Per product a multi-class model named (``unknown (nearest: ...)`` apart), (flagged defective, scored): what
+    an inspector reads first of a mixed batch. Empty for a one-product model's rows."""
+    tally: dict[str, list[int]] = {}
+    for row in rows:
+        if row.product and row.score is not None:
+            counts = tally.setdefault(row.product, [0, 0])
+            counts[0] += row.verdict == "defective"
+            counts[1] += 1
+    return {product: (flagged, scored) for product, (flagged, scored) in tally.items()}
+
+
+def tally_text(rows: list[InspectionRow]) -> str:
+    """:func:`product_tally` in a line, ``"transistor 2 of 10 flagged, bottle 0 of 4 flagged"``; ``""`` without
+    products."""
+    return ", ".join(f"{product} {flagged} of {scored} flagged" for product, (flagged, scored)
+                     in product_tally(rows).items())
+
+
 @dataclass
 class Inspected:
     """A scored file with the pictures made from it (``image`` is the decoded input, ``anomaly_map`` at its size)."""

@@ -28,18 +28,22 @@ METRIC_NAMES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aup
 
 
 LICENSE_FILE = "LICENSE.md"  # the terms of a model whose training data carry no licence the Hub names
+LICENSE_HEADING = "# Terms of this model"
 
 
 def _license_metadata(folder: Path, names: list[str], license_id: str) -> dict:
     """The card's licence fields. A Hub licence id passes as is; ``other`` (a data set with its own terms, or
     several data sets) needs a name and a link, so the terms of each training set are written to ``LICENSE.md``
     in ``folder`` and linked from there."""
+    ours = folder / LICENSE_FILE
     if license_id != "other":
-        (folder / LICENSE_FILE).unlink(missing_ok=True)  # a re-render after the data changed
+        if ours.is_file() and ours.read_text().startswith(LICENSE_HEADING):  # ours, from before the data changed
+            ours.unlink()
         return {"license": license_id}
-    lines = ["# Terms of this model", "",
-             "The weights were trained on the data sets below; their terms carry over to the model. Use it for "
-             "non-commercial research only, and credit the data sets as they ask.", ""]
+    known = [name for name in names if name in DATASETS]  # the data sets here are all for non-commercial research
+    lines = [LICENSE_HEADING, "",
+             "The weights were trained on the data sets below; their terms carry over to the model."
+             + (" Use it for non-commercial research only, and credit the data sets as they ask." if known else ""), ""]
     for name in names:
         credit = DATASETS[name][3] if name in DATASETS else f"`{name}`: its terms were not recorded; check them"
         lines.append(f"- {credit}")
@@ -47,12 +51,11 @@ def _license_metadata(folder: Path, names: list[str], license_id: str) -> dict:
     return {"license": "other", "license_name": "training-data-terms", "license_link": LICENSE_FILE}
 
 
-def _per_category_eval_results(names: list[str], results: dict | None, mode: str) -> tuple[list, set]:
-    """Hub eval results of ``mode``, one set per category of a multi-class ``results.json``, and the licenses."""
-    eval_results, licenses = [], set()
+def _per_category_eval_results(names: list[str], results: dict | None, mode: str) -> list:
+    """Hub eval results of ``mode``, one set per category of a multi-class ``results.json``."""
+    eval_results = []
     for name in names:
-        ds_name, ds_type, license_id, _ = DATASETS.get(name, (name, name, "other", name))
-        licenses.add(license_id)
+        ds_name, ds_type, _, _ = DATASETS.get(name, (name, name, "other", name))
         values = (results or {}).get("per_category", {}).get(name, {}).get(mode, {}).get("all", {})
         for key, label in METRIC_NAMES.items():
             if values.get(key) is not None and values[key] == values[key]:
@@ -60,7 +63,7 @@ def _per_category_eval_results(names: list[str], results: dict | None, mode: str
                     task_type="anomaly-detection", task_name="Visual anomaly detection", dataset_type=ds_type,
                     dataset_name=ds_name, dataset_config=name, dataset_split="test", metric_type=key, metric_name=label,
                     metric_value=round(float(values[key]), 4)))
-    return eval_results, licenses
+    return eval_results
 
 
 def _per_category_table(names: list[str], results: dict) -> str:
@@ -113,7 +116,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     mode = index.get("mode", "ddad")  # the Hub metadata reports what a default call does
     names = list(results["categories"]) if results and "per_category" in results else None
     if names:  # a multi-class model evaluated by training/evaluate_multiclass.py: one model-index set per category
-        eval_results, _ = _per_category_eval_results(names, results, mode)
+        eval_results = _per_category_eval_results(names, results, mode)
         ds_name = "categories " + ", ".join(names)
     elif results and mode in results:
         for key, label in METRIC_NAMES.items():
@@ -170,10 +173,12 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         results_text += _fused_vs_parts_text(results.get("fused_vs_parts"))
     else:
         results_text = "Not evaluated yet: run `training/evaluate.py` on this folder."
-    if names:
-        credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in names)
+    if len(trained) > 1:  # a multi-class model, evaluated or not
+        credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in trained)
+        terms = (" The data's terms carry over to this model: it is for non-commercial research use."
+                 if all(n in DATASETS for n in trained) else " Check each data set's licence.")
         data_text = (f"Trained on the nominal training images of {credits}, as one set (the model is never told the "
-                     "category). The data's terms carry over to this model: it is for non-commercial research use.")
+                     f"category).{terms}")
     elif category in DATASETS:
         data_text = (f"Trained on the nominal training images of {credit}. The data's terms carry over to this model: "
                      "it is for non-commercial research use.")
@@ -268,7 +273,8 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
     preset, names = info["preset"], list(info["categories"])
     model_name = f"diad-multiclass-{preset['name']}".replace("_", "-")
     mode = index.get("mode", "diad")
-    eval_results, licenses = _per_category_eval_results(names, results, mode)
+    eval_results = _per_category_eval_results(names, results, mode)
+    licenses = {DATASETS.get(name, (name, name, "other", name))[2] for name in names}  # evaluated or not
     card_data = ModelCardData(
         **_license_metadata(folder, names, licenses.pop() if len(licenses) == 1 else "other"), library_name="ddad-hub",
         tags=["anomaly-detection", "diffusion", "diad", "multi-class", "diffusers"], model_name=model_name,

@@ -109,8 +109,8 @@ def redrawn_split(
     if [nominal_id(p) for p in held_out] != info.get("held_out_nominal"):
         raise PipelineFolderError(
             f"{folder} is a multi-class pipeline and drawing its split again (seed {seed}, holdout {holdout}, data "
-            f"{', '.join(categories)}) does not give the held-out images it records; re-finalise it from its run "
-            "with --run-dir <run folder>, or pass the --data it trained on")
+            f"{', '.join(categories)}) does not give the held-out images it records: pass the --data it trained on, "
+            "or finalise it again from its training run")
     return train_paths, held_out
 
 

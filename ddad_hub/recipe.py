@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -517,7 +518,9 @@ def fit_unknown_products(
     products = list(memory.config.group_names)
     counts = {name: categories.count(name) for name in products}
     if min(counts.values()) < 2:
-        return {"skipped": f"fewer than 2 held-out images of some product ({counts})"}
+        why = f"fewer than 2 held-out images of some product ({counts})"
+        warnings.warn(f"no check for images of unknown products: {why}", stacklevel=2)
+        return {"skipped": why}
     defective = _synthetic_set(pipe, nominal, seed)[0]
     with memory.leaving_out(held_out_ids):
         seen, distances = _recognised(pipe, nominal)

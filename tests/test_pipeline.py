@@ -186,7 +186,8 @@ def test_inputs_of_any_kind_and_outputs(pipe):
     assert pt.reconstructions.min() >= 0 and pt.reconstructions.max() <= 1
     # return_dict=False: every field in DDADPipelineOutput's order, None included
     as_tuple = pipe(x, generator=_gens(2), output_type="pt", return_dict=False)
-    assert len(as_tuple) == 10 and as_tuple[8] is None  # categories: a one-product pipeline recognises none
+    assert len(as_tuple) == 12 and as_tuple[8] is None  # categories: a one-product pipeline recognises none
+    assert as_tuple[10:] == (None, None)  # nor tells an unknown product (category_distances, unknown_category)
     assert torch.equal(as_tuple[0], pt.anomaly_maps) and torch.equal(as_tuple[2], pt.image_scores)
     with pytest.raises(ValueError, match="output_type"):
         pipe(inputs[0], output_type="latent")

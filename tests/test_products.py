@@ -245,3 +245,14 @@ def test_a_multiclass_pipeline_tells_an_image_of_no_trained_product_from_its_pro
     with pytest.raises(ValueError, match="would empty the bank"):
         with pipe.feature_memory.without_groups(["dark", "light"]):
             pass
+
+
+def test_a_mixed_batch_is_tallied_per_product():
+    from ddad_hub.inspection import InspectionRow, product_tally, tally_text
+
+    rows = [InspectionRow("a", 1.0, "defective", product="bottle"), InspectionRow("b", 0.1, "good", product="bottle"),
+            InspectionRow("c", error="could not read"), InspectionRow("d", 9.0, "defective",
+                                                                      product="unknown (nearest: tire)")]
+    assert product_tally(rows) == {"bottle": (1, 2), "unknown (nearest: tire)": (1, 1)}
+    assert tally_text(rows) == "bottle 1 of 2 flagged, unknown (nearest: tire) 1 of 1 flagged"
+    assert tally_text([InspectionRow("a", 1.0, "good")]) == ""  # a one-product model names no product

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ddad_hub import load_pipeline
 from ddad_hub.cli import run
 from ddad_hub.data import IMAGE_SUFFIXES
-from ddad_hub.inspection import anomaly_picture, image_files, inspect_files, write_csv
+from ddad_hub.inspection import anomaly_picture, image_files, inspect_files, tally_text, write_csv
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> Path:
     bar.close()
     write_csv(rows, out / "scores.csv")
     print(f"{len(rows)} rows written to {out / 'scores.csv'}")
+    if tally_text(rows):  # a multi-class model: how each product fared
+        print(f"per product: {tally_text(rows)}")
     return out
 
 

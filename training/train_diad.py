@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
             "preset": preset, "category": categories_label(categories),
             "categories": {k: str(v) for k, v in categories.items()}, "data": ", ".join(map(str, categories.values())),
             "held_out_nominal": [nominal_id(p) for p in held_out], "base_denoiser": source,
-            "training": {"steps": progress.step, "minutes": round(progress.minutes, 2),
+            "training": {"steps": progress.step, "minutes": round(progress.minutes, 2), "seed": args.seed,
                          "guidance_defects": guidance_defects, **accelerator.run_info},
             "sg_params": f"{sum(p.numel() for p in sg.parameters()) / 1e6:.1f}M",
             "unet_params": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M",
