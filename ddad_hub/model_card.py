@@ -107,7 +107,9 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
     preset = info["preset"]
     category = info["category"]
     ds_name, ds_type, _, credit = DATASETS.get(category, (category, category, "other", category))
-    trained = sorted(recorded_categories(info)) if is_multiclass(info) else [category]  # evaluated or not
+    # a multi-class model's products, evaluated or not, in training order where the record keeps it
+    trained = (list(info.get("categories") or sorted(recorded_categories(info))) if is_multiclass(info)
+               else [category])
     licenses = {DATASETS.get(name, (name, name, "other", name))[2] for name in trained}
     license_id = licenses.pop() if len(licenses) == 1 else "other"
     model_name = f"ddad-{category}-{preset['name']}".replace("_", "-")

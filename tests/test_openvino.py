@@ -253,3 +253,39 @@ def test_the_embedded_latent_model_scores_alike_on_both_backends(tmp_path):
     reference = load_pipeline(model, **FP32)(images, mode="fused", output_type="np")
     ov_pipe = load_pipeline(model, backend="openvino", openvino_cache_dir=tmp_path, **FP32)
     _close(ov_pipe(images, mode="fused", output_type="np"), reference)
+
+
+@needs_openvino
+def test_a_diad_pipeline_exports_its_sg_network_and_unet_as_one_graph_and_matches_pytorch(tmp_path):
+    from ddad_hub import DDADScheduler
+    from ddad_hub.models.semantic_guided import SemanticGuidedNetwork
+    from ddad_hub.pipelines.pipeline_diad import DiADPipeline
+
+    base = make_tiny_pipeline(latent=True)
+    sg = SemanticGuidedNetwork.from_unet(base.unet, hint_channels=(4, 8), hint_strides=(1, 2))
+    torch.manual_seed(1)
+    for conv in [*sg.zero_convs, sg.mid_zero_conv]:  # trained residuals: zero convs left at zero would add nothing
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    pipe = DiADPipeline(base.unet, sg, DDADScheduler(start_step=999, skip=250, eta=0.0, w=0.0), base.feature_encoder,
+                        vae=base.vae, map_size=64, threshold=0.5, compute_dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.export_openvino(tmp_path / "ir")
+    assert (tmp_path / "ir" / "sg_network" / "openvino_model.xml").is_file()
+    assert not (tmp_path / "ir" / "unet" / "openvino_model.xml").exists()  # DiAD calls the U-Net only with its SG net
+    ov_pipe = load_pipeline(tmp_path / "ir", backend="openvino")
+    assert isinstance(ov_pipe, DiADPipeline) and ov_pipe.openvino_precision == "f32"
+    ov_pipe.set_progress_bar_config(disable=True)
+    images = _images(2, 0)
+    reference = pipe(images, generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np")
+    out = ov_pipe(images, generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np")
+    _close(out, reference)
+    pipe.save_pretrained(tmp_path / "plain")  # a folder without IR: exported into the cache on first use
+    cached = load_pipeline(tmp_path / "plain", backend="openvino", openvino_cache_dir=tmp_path / "cache")
+    assert Path(cached.openvino_folder).is_relative_to(tmp_path / "cache")
+    _close(cached(images, generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np"),
+           reference)
+    with torch.no_grad():  # one noise estimate: the compiled graph's equals PyTorch's, residuals included
+        x, t, guide = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.rand(1, 3, 32, 32) * 2 - 1
+        guided, reference_noise = ov_pipe.sg_network(x, t, guide), pipe.predict_noise(x, t, guide)
+        assert (guided - reference_noise).abs().max() < 0.01 * reference_noise.abs().max()
+        assert (guided - pipe.unet(x, t).sample).abs().max() > 0.05 * reference_noise.abs().max()

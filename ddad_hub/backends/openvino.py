@@ -85,6 +85,18 @@ class _DecoderGraph(torch.nn.Module):
         return self.vae.decode(latents).sample
 
 
+class _GuidedDenoiserGraph(torch.nn.Module):
+    """DiAD's denoiser, the SG network's residuals added into the U-Net, as one graph: (sample, timestep, image) ->
+    noise estimate. The residuals enter the U-Net's blocks, so the two networks compile together."""
+
+    def __init__(self, denoiser: torch.nn.Module):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(sample, timestep, image).sample
+
+
 @dataclass
 class IRPart:
     """One IR file of a component: the module traced, an example input and the input shapes (-1: dynamic)."""
@@ -108,7 +120,15 @@ def ir_parts(module: Any) -> list[IRPart]:
     from diffusers import AutoencoderKL, UNet2DModel
 
     from ..models.feature_encoder import FeatureEncoder
+    from ..models.semantic_guided import GuidedDenoiser
 
+    if isinstance(module, GuidedDenoiser):
+        c, (h, w) = module.unet.config.in_channels, _side(module.unet.config.sample_size)
+        s = module.sg_network.hint_scale()
+        return [IRPart("openvino_model", _GuidedDenoiserGraph(module),
+                       (torch.randn(2, c, h, w), torch.tensor([10, 10]), torch.rand(2, 3, h * s, w * s) * 2 - 1),
+                       [("sample", [-1, c, h, w], "f32"), ("timestep", [-1], "i64"),
+                        ("image", [-1, 3, h * s, w * s], "f32")])]
     if isinstance(module, UNet2DModel):
         c, (h, w) = module.config.in_channels, _side(module.config.sample_size)
         return [IRPart("openvino_model", _UNetGraph(module), (torch.randn(2, c, h, w), torch.tensor([10, 10])),
@@ -138,7 +158,13 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def exportable(components: dict[str, Any]) -> dict[str, torch.nn.Module]:
-    """The components that have IR parts, by name."""
+    """The components that have IR parts, by name. A DiAD pipeline's SG network is exported with its U-Net as one
+    guided denoiser (under ``sg_network``), the only way DiAD calls the U-Net."""
+    from ..models.semantic_guided import GuidedDenoiser, SemanticGuidedNetwork
+
+    components = dict(components)
+    if isinstance(components.get("sg_network"), SemanticGuidedNetwork):  # (not yet wrapped)
+        components["sg_network"] = GuidedDenoiser(components.pop("unet"), components["sg_network"])
     return {name: module for name, module in components.items() if module is not None and ir_parts(module)}
 
 
@@ -338,6 +364,22 @@ class OVModel:
         return self
 
 
+class OVGuidedDenoiser(OVModel):
+    """Stand-in for DiAD's SG network: the whole guided denoiser, ``sg_network(sample, timestep, image)`` -> the
+    noise estimate (what ``DiADPipeline.predict_noise`` computes from the SG network and the U-Net in PyTorch)."""
+
+    def __init__(self, config, network: CompiledNetwork, hint_scale: int):
+        super().__init__(config)
+        self.network, self._hint_scale = network, hint_scale
+
+    def hint_scale(self) -> int:
+        return self._hint_scale
+
+    def __call__(self, sample: torch.Tensor, timestep, image: torch.Tensor) -> torch.Tensor:
+        timestep = torch.as_tensor(timestep).reshape(-1).expand(sample.shape[0])
+        return self.network(sample, timestep, image)[0]
+
+
 class OVUNet2DModel(OVModel):
     """Stand-in for ``UNet2DModel``: ``unet(sample, timestep).sample``."""
 
@@ -425,7 +467,9 @@ def load_stand_ins(
     stand_ins = {}
     for name, module in exportable(components).items():
         nets = [CompiledNetwork(core, folder / name / f"{part.file}.xml", props) for part in ir_parts(module)]
-        if len(nets) == 2:
+        if hasattr(module, "sg_network"):  # a GuidedDenoiser: DiAD's SG network and U-Net in one graph
+            stand_ins[name] = OVGuidedDenoiser(module.sg_network.config, nets[0], module.sg_network.hint_scale())
+        elif len(nets) == 2:
             stand_ins[name] = OVAutoencoderKL(module.config, *nets)
         elif hasattr(module, "channels"):
             fp32 = None

@@ -103,6 +103,8 @@ class DiADPipeline(DDADPipeline):
 
     def predict_noise(self, sample: torch.Tensor, timesteps: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """The denoiser's noise estimate with the SG network's residuals added."""
+        if self.backend == "openvino":  # the SG network's stand-in is the whole guided denoiser, one compiled graph
+            return self.sg_network(sample, timesteps, guidance)
         sample = sample.contiguous(memory_format=torch.channels_last)
         down, mid = self.sg_network(sample, timesteps, guidance)
         return unet_forward_with_residuals(self.unet, sample, timesteps, down, mid).sample
@@ -133,15 +135,6 @@ class DiADPipeline(DDADPipeline):
         """"ddad" runs as "diad", its synonym here, so per-product thresholds are found under "diad"."""
         self.check_mode(mode)
         return "diad" if mode == "ddad" else mode
-
-    def export_openvino(self, *args, **kwargs):
-        """Not available yet, as :meth:`to_openvino`: IR without the SG network would load as an incomplete model."""
-        self.to_openvino()
-
-    def to_openvino(self, *args, **kwargs):
-        """Not available yet: the OpenVINO stand-ins cover the plain U-Net call, not the SG network's residuals."""
-        raise NotImplementedError("the OpenVINO backend does not cover DiAD's semantic-guided network yet; load "
-                                  "this pipeline with the default backend (backend='pytorch')")
 
     def threshold_for(self, mode: str | None = None) -> float | None:
         """The calibrated image-score threshold of ``mode`` (default ``config.mode``)."""
