@@ -25,6 +25,7 @@ import ddad_hub
 from ddad_hub import ImageLoadError, open_image
 from ddad_hub.data import IMAGE_SUFFIXES
 from ddad_hub.inspection import (
+    UNKNOWN_VERDICT,
     InspectionRow,
     anomaly_picture,
     extract_zip,
@@ -170,7 +171,7 @@ class Inspector:
                 rows += problems.pop(done, [])  # rows stay in upload order: a failed upload where it was sent
                 if item.image is not None and item.threshold is not None:
                     thresholds.add(item.threshold)
-                if item.row.verdict == "defective":
+                if item.row.verdict in ("defective", UNKNOWN_VERDICT):  # neither passed as good
                     picture = anomaly_picture(item.image, item.anomaly_map, item.threshold, colour=(255, 0, 0))
                     picture.thumbnail((GALLERY_SIDE, GALLERY_SIDE))  # a batch of large flagged photos fits in memory
                     product = f" ({item.row.product})" if item.row.product else ""
@@ -182,19 +183,21 @@ class Inspector:
         scored = sum(r.score is not None for r in rows)
         skipped = sum(r.error.startswith("skipped") for r in rows)
         unread = len(rows) - scored - skipped
-        strangers = sum(r.product.startswith("unknown") for r in rows)
+        strangers = sum(r.verdict == UNKNOWN_VERDICT for r in rows)
+        defective = sum(r.verdict == "defective" for r in rows)
         if len(thresholds) > 1:
             judged = "each by the threshold of the product it was recognised as: see the table"
         else:
             judged = f"threshold {next(iter(thresholds)):.4f}" if thresholds else ""
         summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
-                   + (f"**{len(flagged)} flagged defective** ({judged})" if thresholds
+                   + (f"**{defective} flagged defective** ({judged})" if thresholds
                       else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
-                   + (f"; **{strangers} image(s) look like none of the trained products** (product column)"
-                      if strangers else "")
-                   + (f"  \nper product: {tally_text(rows)}" if len(product_tally(rows)) > 1 else "")
+                   + (f"; **{strangers} image(s) look like none of the trained products** (verdict \"unknown "
+                      "product\", in the gallery too)" if strangers else "")
                    + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else "")
-                   + (f"; {skipped} file(s) in zips skipped (not images)" if skipped else ""))
+                   + (f"; {skipped} file(s) in zips skipped (not images)" if skipped else "")
+                   + (f"  \nper product (flagged: not passed as good): {tally_text(rows)}"
+                      if len(product_tally(rows)) > 1 else ""))
         return table, flagged, str(csv_path), summary
 
 

@@ -54,9 +54,18 @@ def load(config: str, args):
     kwargs = dict(CONFIGS[config])
     if kwargs["backend"] == "openvino" and args.cache_dir:
         kwargs["openvino_cache_dir"] = args.cache_dir
+    if _is_diad(args.model):
+        raise SystemExit(f"{args.model} is a DiAD pipeline: this benchmark times DDAD pipelines' networks (unet, vae, "
+                         "feature_encoder); DiAD's denoiser is one graph with its SG network, not timed here")
     pipe = load_pipeline(args.model, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _is_diad(model: str) -> bool:
+    """Whether a local pipeline folder holds a DiAD pipeline (a Hub id is checked when it loads)."""
+    index = Path(model) / "model_index.json"
+    return index.is_file() and "sg_network" in json.loads(index.read_text())
 
 
 # ---------------------------------------------------------------------------------------------- time per network

@@ -123,6 +123,7 @@ def resume(
     resume_requested: bool = True,
     data: str | None = None,
     lock: bool = True,
+    seed: int | None = None,
 ) -> tuple[dict, Path] | None:
     """Start or continue a training run (steps or epochs) in ``checkpoint_dir``.
 
@@ -130,7 +131,8 @@ def resume(
     checkpoints in favour of the earlier run's higher steps, so that is refused. With it, the newest checkpoint
     that loads is restored (a damaged newer one is named and passed over) and its state (``step``,
     ``elapsed_seconds``...) and folder are returned; ``None`` (said through ``log``) when there is none yet, so the
-    run starts fresh. A checkpoint of another network or of other ``data`` is refused: its run is not this one.
+    run starts fresh. A checkpoint of another network, of other ``data`` or of another ``seed`` (which draws the
+    held-out images: another one would hold out images the run trained on) is refused: its run is not this one.
     The optimizer keeps its moments from the checkpoint but this run's settings (``--learning-rate``...): a changed
     one is said through ``log``. With ``lock`` (the main process of a run) the folder is locked for the rest of the
     process (:func:`lock_run_folder`): a second run into it is refused while this one lives.
@@ -163,6 +165,9 @@ def resume(
         if data is not None and state.get("data") not in (None, data):
             raise SystemExit(f"{ckpt} is of a run on {state['data']}, this run is on {data}: resume with the same "
                              "--data, or choose another --output-dir")
+        if seed is not None and state.get("seed") not in (None, seed):
+            raise SystemExit(f"{ckpt} is of a run with --seed {state['seed']}, this run has --seed {seed}: resume with "
+                             "the same --seed (it draws the held-out images), or choose another --output-dir")
         if optimizer is not None:
             _restore_group_settings(optimizer, settings, log)
         trained = f" ({state['elapsed_seconds'] / 60:.1f} min trained)" if "elapsed_seconds" in state else ""

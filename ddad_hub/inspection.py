@@ -22,6 +22,7 @@ from .data import IMAGE_SUFFIXES
 from .image_utils import ImageLoadError, open_image
 from .visualize import outline, overlay
 
+UNKNOWN_VERDICT = "unknown product"  # a multi-class model's verdict on an image of none of its products
 CSV_FIELDS = ("file", "score", "verdict", "start_step", "error", "threshold", "product")
 # A zip upload may not expand to more than this many bytes or files (a zip bomb is small on disk).
 MAX_ZIP_BYTES = 2_000_000_000
@@ -50,7 +51,7 @@ class InspectionRow:
 
     file: str
     score: float | None = None
-    verdict: str = ""  # "defective", "good", "" (no threshold, or an error)
+    verdict: str = ""  # "defective", "good", "unknown product" (of none of a multi-class model's), "" (no verdict)
     start_step: int | None = None
     error: str = ""
     threshold: float | None = None  # the one the verdict was made with (a multi-class model's: its product's)
@@ -65,13 +66,13 @@ class InspectionRow:
 
 
 def product_tally(rows: list[InspectionRow]) -> dict[str, tuple[int, int]]:
-    """Per product a multi-class model named (``unknown (nearest: ...)`` apart), (flagged defective, scored): what
-    an inspector reads first of a mixed batch. Empty for a one-product model's rows."""
+    """Per product a multi-class model named (``unknown (nearest: ...)`` apart), (flagged, scored), flagged meaning
+    not passed as good: what an inspector reads first of a mixed batch. Empty for a one-product model's rows."""
     tally: dict[str, list[int]] = {}
     for row in rows:
         if row.product and row.score is not None:
             counts = tally.setdefault(row.product, [0, 0])
-            counts[0] += row.verdict == "defective"
+            counts[0] += row.verdict in ("defective", UNKNOWN_VERDICT)
             counts[1] += 1
     return {product: (flagged, scored) for product, (flagged, scored) in tally.items()}
 
@@ -198,15 +199,18 @@ def inspect_files(
             thresholds = out.image_thresholds if out.image_thresholds is not None else [None] * len(loaded)
             flags = out.is_anomalous if out.is_anomalous is not None else [None] * len(loaded)
             products = product_labels(out) or [""] * len(loaded)
+            unknown = out.unknown_category if out.unknown_category is not None else [False] * len(loaded)
             results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps, thresholds,
-                               flags, products))
+                               flags, products, unknown))
         for i in range(start, min(start + batch_size, total)):
             if i in failed:
                 yield failed[i]
                 continue
-            (name, image), score, full, step, threshold, flag, product = next(results)
+            (name, image), score, full, step, threshold, flag, product, stranger = next(results)
             score, threshold = float(score), None if threshold is None else float(threshold)
             shown = "" if flag is None else ("defective" if flag else "good")  # the pipeline's own verdict
+            if stranger and flag is not None:  # judged as another product: neither verdict holds for this part
+                shown = UNKNOWN_VERDICT
             row = InspectionRow(name, score, shown, int(step), threshold=threshold, product=product)
             yield Inspected(row, image, full, threshold)
         if progress is not None:

@@ -34,12 +34,15 @@ LICENSE_HEADING = "# Terms of this model"
 def _license_metadata(folder: Path, names: list[str], license_id: str) -> dict:
     """The card's licence fields. A Hub licence id passes as is; ``other`` (a data set with its own terms, or
     several data sets) needs a name and a link, so the terms of each training set are written to ``LICENSE.md``
-    in ``folder`` and linked from there."""
+    in ``folder`` and linked from there. A ``LICENSE.md`` the project did not write (the user's own terms) is never
+    overwritten nor removed."""
     ours = folder / LICENSE_FILE
     if license_id != "other":
         if ours.is_file() and ours.read_text().startswith(LICENSE_HEADING):  # ours, from before the data changed
             ours.unlink()
         return {"license": license_id}
+    if ours.is_file() and not ours.read_text().startswith(LICENSE_HEADING):  # the user's own terms: kept, linked
+        return {"license": "other", "license_name": "training-data-terms", "license_link": LICENSE_FILE}
     known = [name for name in names if name in DATASETS]  # the data sets here are all for non-commercial research
     lines = [LICENSE_HEADING, "",
              "The weights were trained on the data sets below; their terms carry over to the model."
@@ -49,6 +52,14 @@ def _license_metadata(folder: Path, names: list[str], license_id: str) -> dict:
         lines.append(f"- {credit}")
     (folder / LICENSE_FILE).write_text("\n".join(lines) + "\n")
     return {"license": "other", "license_name": "training-data-terms", "license_link": LICENSE_FILE}
+
+
+def _terms_text(names: list[str]) -> str:
+    """What a card says of its training data's terms: the known data sets' (non-commercial research), or to check
+    them when any is not one of ``DATASETS``."""
+    if all(name in DATASETS for name in names):
+        return " The data's terms carry over to this model: it is for non-commercial research use."
+    return " Check each data set's licence: its terms carry over to this model."
 
 
 def _per_category_eval_results(names: list[str], results: dict | None, mode: str) -> list:
@@ -177,8 +188,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         results_text = "Not evaluated yet: run `training/evaluate.py` on this folder."
     if len(trained) > 1:  # a multi-class model, evaluated or not
         credits = "; ".join(DATASETS.get(n, (n, n, "other", n))[3] for n in trained)
-        terms = (" The data's terms carry over to this model: it is for non-commercial research use."
-                 if all(n in DATASETS for n in trained) else " Check each data set's licence.")
+        terms = _terms_text(trained)
         data_text = (f"Trained on the nominal training images of {credits}, as one set (the model is never told the "
                      f"category).{terms}")
     elif category in DATASETS:
@@ -315,8 +325,7 @@ def write_diad_model_card(folder: str | Path, repo_id: str | None = None, templa
         skip=scheduler["skip"], threshold=index.get("threshold"), threshold_text=threshold_text, mode=mode,
         fused_text=_fused_text(index, info), products_text=_products_text(index, info),
         training_text=training_text, results_text=results_text,
-        data_text=f"Trained on the nominal training images of {credits}. The data's terms carry over to this model: "
-                  "it is for non-commercial research use.",
+        data_text=f"Trained on the nominal training images of {credits}.{_terms_text(names)}",
     )
     path = folder / "README.md"
     card.save(path)

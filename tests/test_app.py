@@ -254,7 +254,7 @@ def test_multiclass_model_names_the_product_it_recognised(tmp_path):
         [round(own[p], 4) for p in products])
     assert "each by the threshold of the product it was recognised as" in summary
     assert "look like none of the trained products" not in summary
-    tally = summary.split("per product: ")[1]  # a mixed batch: how each product fared
+    tally = summary.split("per product (flagged: not passed as good): ")[1]  # a mixed batch: how each fared
     assert all(f"{p} {int(row[2] == 'defective')} of 1 flagged" in tally for p, row in zip(products, table))
     # an image of none of its products: named only as the nearest one, and said so on the page and in the table
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
@@ -266,6 +266,7 @@ def test_multiclass_model_names_the_product_it_recognised(tmp_path):
     table, *_, summary = inspector.analyze_batch([str(tmp_path / "noise.png"), str(app.MULTICLASS_EXAMPLES[0])],
                                                  inspector.default_mode)
     assert table[0][6].startswith("unknown (nearest: ") and table[1][6] == products[0]
+    assert table[0][2] == "unknown product" and table[1][2] in ("good", "defective")  # no verdict as another product
     assert "1 image(s) look like none of the trained products" in summary
 
 

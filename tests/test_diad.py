@@ -368,6 +368,13 @@ def test_multiclass_ddad_card_has_a_model_index_per_category(tmp_path, tiny_pipe
         "other", "training-data-terms", "LICENSE.md")
     terms = (folder / "LICENSE.md").read_text()
     assert "`alpha`: its terms were not recorded" in terms and "`beta`" in terms
+    assert "non-commercial" not in terms + card.text  # no terms claimed for data sets it does not know
+    (folder / "LICENSE.md").write_text("Proprietary: ACME's own parts.\n")  # the user's own terms stay, linked
+    from ddad_hub.model_card import write_card
+
+    write_card(folder)
+    assert (folder / "LICENSE.md").read_text() == "Proprietary: ACME's own parts.\n"
+    assert ModelCard.load(folder / "README.md").data.license_link == "LICENSE.md"
 
 
 def test_evaluations_write_into_a_pipeline_folder_only_its_own_products(tmp_path, tiny_pipeline_dir):

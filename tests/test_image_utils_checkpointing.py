@@ -156,7 +156,8 @@ def test_resume_refuses_other_runs_and_passes_over_a_damaged_checkpoint(tmp_path
     opt = torch.optim.Adam(model.parameters())
     assert resume(tmp_path, {"model": model}, opt, resume_requested=False) is None  # an empty folder: a new run
     for step in (1, 2):
-        save_checkpoint(tmp_path, step, {"model": model}, opt, {"elapsed_seconds": float(step), "data": "/d/widget"})
+        save_checkpoint(tmp_path, step, {"model": model}, opt,
+                        {"elapsed_seconds": float(step), "data": "/d/widget", "seed": 0})
     # a new run (no --resume) would delete its own checkpoints in favour of the earlier run's higher steps
     with pytest.raises(SystemExit, match="earlier run.*step_00000002.*--resume"):
         resume(tmp_path, {"model": model}, opt, resume_requested=False)
@@ -164,6 +165,10 @@ def test_resume_refuses_other_runs_and_passes_over_a_damaged_checkpoint(tmp_path
         resume(tmp_path, {"model": model}, opt, data="/d/gadget")
     with pytest.raises(SystemExit, match="another network"):
         resume(tmp_path, {"model": torch.nn.Linear(3, 2)}, None, data="/d/widget")
+    # another --seed draws other held-out images: some of them were trained on
+    with pytest.raises(SystemExit, match="--seed 0, this run has --seed 3: resume with the same --seed"):
+        resume(tmp_path, {"model": model}, opt, data="/d/widget", seed=3)
+    assert resume(tmp_path, {"model": model}, opt, log=lambda _: None, data="/d/widget", seed=0)[1].name.endswith("2")
     weights = tmp_path / "step_00000002" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:20])  # the newest checkpoint damaged: the one before it is used
     said = []

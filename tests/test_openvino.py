@@ -274,6 +274,19 @@ def test_a_diad_pipeline_exports_its_sg_network_and_unet_as_one_graph_and_matche
     assert not (tmp_path / "ir" / "unet" / "openvino_model.xml").exists()  # DiAD calls the U-Net only with its SG net
     ov_pipe = load_pipeline(tmp_path / "ir", backend="openvino")
     assert isinstance(ov_pipe, DiADPipeline) and ov_pipe.openvino_precision == "f32"
+    assert not isinstance(ov_pipe.unet, torch.nn.Module)  # runs inside the graph: its config kept, not its weights
+    with pytest.raises(ValueError, match="U-Net is exported inside sg_network"):  # before anything is written
+        pipe.export_openvino(tmp_path / "int8", int8_weights=("unet",))
+    assert not (tmp_path / "int8").exists()
+    # the digest covers both networks' configs: an SG network of other strides does not reuse this IR
+    import copy
+
+    from ddad_hub.models.semantic_guided import GuidedDenoiser
+
+    other = copy.deepcopy(sg)
+    other.register_to_config(hint_strides=(2, 1))
+    assert ov_backend.weights_digest(GuidedDenoiser(base.unet, sg)) != ov_backend.weights_digest(
+        GuidedDenoiser(base.unet, other))
     ov_pipe.set_progress_bar_config(disable=True)
     images = _images(2, 0)
     reference = pipe(images, generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="np")
@@ -289,3 +302,27 @@ def test_a_diad_pipeline_exports_its_sg_network_and_unet_as_one_graph_and_matche
         guided, reference_noise = ov_pipe.sg_network(x, t, guide), pipe.predict_noise(x, t, guide)
         assert (guided - reference_noise).abs().max() < 0.01 * reference_noise.abs().max()
         assert (guided - pipe.unet(x, t).sample).abs().max() > 0.05 * reference_noise.abs().max()
+
+
+@needs_openvino
+def test_signals_still_work_after_openvino_pipelines_are_dropped(tmp_path):
+    """With an OpenVINO Core per pipeline, dropping two pipelines left the process crashing (SIGSEGV) at its next
+    Python signal handler: a server stopped with Ctrl-C, a training run's SIGTERM. One Core serves them all."""
+    import subprocess
+
+    make_tiny_pipeline().export_openvino(tmp_path / "ir")
+    script = f"""
+import os, signal, torch
+from ddad_hub import load_pipeline
+pipes = [load_pipeline({str(tmp_path / 'ir')!r}, backend="openvino") for _ in range(2)]
+for pipe in pipes:
+    pipe.set_progress_bar_config(disable=True)
+    pipe(torch.rand(1, 3, 32, 32), output_type="np")
+del pipes, pipe
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+os.kill(os.getpid(), signal.SIGTERM)
+print("handled", got)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "handled [15]" in done.stdout, (done.returncode, done.stderr[-2000:])

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from conftest import make_tiny_pipeline, write_category
+from PIL import Image
 
 from ddad_hub import FeatureEncoder
 from ddad_hub.data import (
@@ -130,7 +131,9 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
         # tiny products hold out two images each, so their limits are tight and defects may pass them)
         assert [r.product for r in rows] == product_labels(out) and all(cat.name in r.product for r in rows)
         assert [r.threshold for r in rows] == pytest.approx([own[pipe.config.mode][cat.name]] * len(items))
-        assert [r.verdict for r in rows] == ["defective" if f else "good" for f in out.is_anomalous]
+        unknown = out.unknown_category if out.unknown_category is not None else [False] * len(items)
+        assert [r.verdict for r in rows] == ["unknown product" if u else "defective" if f else "good"
+                                             for f, u in zip(out.is_anomalous, unknown)]
     results = evaluate_multiclass(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir",
                                    str(tmp_path / "eval"), "--modes", "fused", "--holdout", "0.25"])
     for cat in cats:
@@ -231,6 +234,16 @@ def test_a_multiclass_pipeline_tells_an_image_of_no_trained_product_from_its_pro
     assert out.categories[:2] == ["dark", "light"] and torch.equal(out.is_anomalous, before.is_anomalous)
     assert (out.category_distances[:2] < 1.5).all() and (out.category_distances[2:] > info["margin"]).all()
     assert pipe(images, output_type="pt", mode="ddad", per_category_thresholds=False).unknown_category is None
+    # a batch gives an image of no product the verdict "unknown product", whatever its score says as another one
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(paths[-1])
+    pipe.register_to_config(category_thresholds={"ddad": {"dark": 1e9, "light": 1e9}})  # every score passes
+    rows = [item.row for item in inspect_files(pipe, paths, batch_size=2, mode="ddad")]
+    assert [r.verdict for r in rows] == ["good", "good", "unknown product", "unknown product"]
+    assert rows[2].product.startswith("unknown (nearest: ")
+    pipe.register_to_config(category_thresholds={"ddad": {"dark": 1.0, "light": 1.0}})
     names, distances, unknown = pipe.recognise_products(images)  # the same, without reconstructing the images
     assert names == out.categories and torch.equal(unknown, out.unknown_category)
     torch.testing.assert_close(distances, out.category_distances)
@@ -251,8 +264,8 @@ def test_a_mixed_batch_is_tallied_per_product():
     from ddad_hub.inspection import InspectionRow, product_tally, tally_text
 
     rows = [InspectionRow("a", 1.0, "defective", product="bottle"), InspectionRow("b", 0.1, "good", product="bottle"),
-            InspectionRow("c", error="could not read"), InspectionRow("d", 9.0, "defective",
-                                                                      product="unknown (nearest: tire)")]
-    assert product_tally(rows) == {"bottle": (1, 2), "unknown (nearest: tire)": (1, 1)}
+            InspectionRow("c", error="could not read"),
+            InspectionRow("d", 0.2, "unknown product", product="unknown (nearest: tire)")]  # judged good as a tire
+    assert product_tally(rows) == {"bottle": (1, 2), "unknown (nearest: tire)": (1, 1)}  # not passed as good
     assert tally_text(rows) == "bottle 1 of 2 flagged, unknown (nearest: tire) 1 of 1 flagged"
     assert tally_text([InspectionRow("a", 1.0, "good")]) == ""  # a one-product model names no product

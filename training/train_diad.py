@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     step, elapsed = 0, 0.0
     if restored := resume(ckpt_dir, {"unet": unet, "sg_network": sg}, optimizer, accelerator.print, args.resume,
-                          ", ".join(map(str, categories.values())), lock=accelerator.is_main_process):
+                          ", ".join(map(str, categories.values())), lock=accelerator.is_main_process, seed=args.seed):
         step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     model, optimizer = accelerator.prepare(model, optimizer)
     out.mkdir(parents=True, exist_ok=True)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> Path:
     shadow: dict[str, torch.Tensor] = {}  # the EMA's weights, restored with the U-Net (a damaged file alike)
     restorable = {"unet": unet, **({"ema": shadow} if ema is not None else {})}
     if restored := resume(ckpt_dir, restorable, optimizer, accelerator.print, args.resume, str(data),
-                          lock=accelerator.is_main_process):
+                          lock=accelerator.is_main_process, seed=args.seed):
         state = restored[0]
         step, elapsed = state["step"], state["elapsed_seconds"]
         if ema is not None:

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> Path:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=spec["learning_rate"], weight_decay=0.0)
     step, elapsed = 0, 0.0
     if restored := resume(ckpt_dir, {"vae": vae}, optimizer, accelerator.print, args.resume, str(data),
-                          lock=accelerator.is_main_process):
+                          lock=accelerator.is_main_process, seed=args.seed):
         step, elapsed = restored[0]["step"], restored[0]["elapsed_seconds"]
     objective, optimizer = accelerator.prepare(AutoencoderObjective(vae), optimizer)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ digest of the weights each IR was made from. A pipeline without IR is exported o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -146,9 +147,17 @@ def ir_parts(module: Any) -> list[IRPart]:
     return []
 
 
+def _configs(module: torch.nn.Module) -> dict:
+    """A module's config, or its children's (a :class:`GuidedDenoiser` is a U-Net and an SG network), without
+    ``_`` entries (paths)."""
+    if hasattr(module, "config"):
+        return {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+    return {name: _configs(child) for name, child in module.named_children()}
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's config and state dict: which weights an IR was exported from."""
-    config = {k: v for k, v in dict(getattr(module, "config", {})).items() if not k.startswith("_")}  # not paths
+    config = _configs(module)
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -181,7 +190,9 @@ def export_components(
     modules = exportable(components)
     unknown = set(int8_weights) - set(modules)
     if unknown:
-        raise ValueError(f"int8_weights names {sorted(unknown)}, which are not exported (exported: {sorted(modules)})")
+        hint = " (a DiAD pipeline's U-Net is exported inside sg_network)" if "sg_network" in modules else ""
+        raise ValueError(f"int8_weights names {sorted(unknown)}, which are not exported (exported: "
+                         f"{sorted(modules)}){hint}")
     manifest = {"openvino_version": ov.__version__, "export_format": EXPORT_FORMAT, "components": {}}
     for name, module in modules.items():
         files = []
@@ -450,6 +461,12 @@ class OVFeatureEncoder(OVModel):
         return feats
 
 
+@functools.lru_cache(maxsize=1)
+def _core():
+    """One OpenVINO ``Core`` for the process, as OpenVINO advises: every pipeline's compiled models share it."""
+    return require_openvino().Core()
+
+
 def load_stand_ins(
     components: dict[str, Any], ir_folder: str | os.PathLike, precision: str = "f32", threads: int | None = None,
     properties: dict | None = None,
@@ -459,8 +476,8 @@ def load_stand_ins(
     ``precision`` is OpenVINO's inference precision ("f32" or "bf16"); ``threads`` defaults to torch's thread
     count, so ``torch.set_num_threads`` governs both backends. ``properties`` adds or overrides CPU plugin settings.
     """
-    ov = require_openvino()
-    core = ov.Core()
+    core = _core()  # one Core for the process: with one per pipeline, destroying two of them left the process
+    # crashing (SIGSEGV) at its next Python signal handler (OpenVINO 2026, this CPU)
     props = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
              "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), **(properties or {})}
     folder = Path(ir_folder)
@@ -480,6 +497,8 @@ def load_stand_ins(
             stand_ins[name] = OVFeatureEncoder(module.config, nets[0], list(module.channels), full_precision=fp32)
         else:
             stand_ins[name] = OVUNet2DModel(module.config, nets[0])
+    if "sg_network" in stand_ins and components.get("unet") is not None:  # DiAD: the U-Net runs inside that graph;
+        stand_ins["unet"] = OVModel(components["unet"].config)  # its config stays (sizes), its weights need not
     return stand_ins
 
 
@@ -501,6 +520,9 @@ class OpenVINOMixin:
         if self.backend != "pytorch":
             raise ValueError("export_openvino needs the PyTorch pipeline; load it with backend='pytorch'")
         require_openvino()
+        unknown = set(int8_weights) - set(exportable(self.components))
+        if unknown:  # before anything is written: a folder without its IR would be left behind
+            export_components(self.components, folder, tuple(int8_weights))  # raises, naming what is exported
         self.save_pretrained(folder)
         export_components(self.components, folder, tuple(int8_weights))
 
