@@ -366,7 +366,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     def infer_groups(self, encoder: FeatureEncoder, images: torch.Tensor) -> list[str]:
         """The product each image shows, as named in ``group_names``: the group most of its patches' nearest bank
         entries belong to. Needs no label: a multi-class model names the product it recognised."""
-        return self.vote_groups(self.nearest_patches(encoder, images)[1])
+        return self.recognise(encoder, images)[0]
 
     @torch.no_grad()
     def recognise(self, encoder: FeatureEncoder, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:

@@ -385,7 +385,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
     @torch.no_grad()
     def infer_categories(self, images: torch.Tensor) -> list[str]:
         """The product each image in [-1, 1] shows, as a multi-class pipeline's feature memory recognises it."""
-        return self.feature_memory.infer_groups(self.memory_encoder, self.resize_to_map(images))
+        return self.recognise_categories(images)[0]
 
     @torch.no_grad()
     def recognise_categories(self, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
