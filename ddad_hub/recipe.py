@@ -451,19 +451,12 @@ def fit_category_thresholds(
     counts = {name: categories.count(name) for name in dict.fromkeys(categories)}
     thresholds = {mode: category_maxima(scores, categories, min_images) for mode, scores in nominal_scores.items()}
     pipe.register_to_config(category_thresholds=thresholds)
-    recognised = [pipe.infer_categories(nominal[s : s + 16]) for s in range(0, nominal.shape[0], 16)]
-    recognised = [name for chunk in recognised for name in chunk]
+    recognised = pipe.infer_categories(nominal)
     accuracy = float(np.mean([r == c for r, c in zip(recognised, categories)]))
     return {"thresholds": thresholds, "held_out_images": counts, "min_images": min_images,
             "held_out_recognition_accuracy": accuracy,
             "how": "per product: the highest score among its held-out nominal images (left out of the bank); at "
                    "test time the product is the one most of an image's patches find their nearest neighbour in"}
-
-
-def _recognised(pipe: DDADPipeline, images: torch.Tensor, batch_size: int = 16) -> tuple[list[str], torch.Tensor]:
-    """:meth:`DDADPipeline.recognise_categories` of ``images`` in batches."""
-    found = [pipe.recognise_categories(images[s : s + batch_size]) for s in range(0, images.shape[0], batch_size)]
-    return [name for names, _ in found for name in names], torch.cat([d for _, d in found])
 
 
 @torch.no_grad()
@@ -522,25 +515,23 @@ def fit_unknown_products(
         warnings.warn(f"no check for images of unknown products: {why}", stacklevel=2)
         return {"skipped": why}
     defective = _synthetic_set(pipe, nominal, seed)[0]
+    own = {name: torch.tensor([c == name for c in categories]) for name in products}
     with memory.leaving_out(held_out_ids):
-        seen, distances = _recognised(pipe, nominal)
-        limits = {name: float(distances[torch.tensor([c == name for c in categories])].max()) for name in products}
-
-        def ratios(names: list[str], found: torch.Tensor) -> torch.Tensor:  # as FeatureMemory.product_ratios
-            return found / torch.tensor([limits[n] for n in names]).clamp(min=1e-8)
-
-        known = ratios(seen, distances)
-        known_defective = ratios(*_recognised(pipe, defective))
+        seen, distances = pipe.recognise_categories(nominal)
+        limits = {name: float(distances[own[name]].max()) for name in products}
+        memory.register_to_config(group_limits=limits, unknown_margin=None)  # the ratios need the limits alone
+        known = memory.product_ratios(seen, distances)
+        known_defective = memory.product_ratios(*pipe.recognise_categories(defective))
         unknown = []
         for name in products:
             with memory.without_groups([name]):
-                unknown.append(ratios(*_recognised(pipe, nominal[torch.tensor([c == name for c in categories])])))
+                unknown.append(memory.product_ratios(*pipe.recognise_categories(nominal[own[name]])))
     unknown = torch.cat(unknown)
     highest_known = float(torch.cat([known, known_defective]).max())
     lowest_unknown = float(unknown.min())
     apart = lowest_unknown > highest_known
     margin = (highest_known * lowest_unknown) ** 0.5 if apart else highest_known
-    memory.register_to_config(group_limits=limits, unknown_margin=margin)
+    memory.register_to_config(unknown_margin=margin)
     return {"limits": limits, "margin": margin, "separated": apart, "highest_known_ratio": highest_known,
             "lowest_unknown_ratio": lowest_unknown,
             "known_ratios": {"nominal": known.tolist(), "synthetic_defects": known_defective.tolist()},

@@ -388,7 +388,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     def product_ratios(self, groups: list[str], distances: torch.Tensor) -> torch.Tensor:
         """(B,) each image's distance over the limit of the product it was recognised as: about 1 or below for
         that product's nominal images; above ``unknown_margin``, the image looks like none of the products."""
-        if not self.knows_unknowns:
+        if not (self.has_groups and self.config.group_limits):
             raise ValueError("this memory has no product distance limits (ddad_hub.recipe.fit_unknown_products)")
         limits = torch.tensor([self.config.group_limits[g] for g in groups], dtype=torch.float32)
         return distances.float().cpu() / limits.clamp(min=1e-8)

@@ -383,14 +383,17 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return (out[0].float().cpu(), out[1].float().cpu(), *out[2:])
 
     @torch.no_grad()
-    def infer_categories(self, images: torch.Tensor) -> list[str]:
+    def infer_categories(self, images: torch.Tensor, batch_size: int = 16) -> list[str]:
         """The product each image in [-1, 1] shows, as a multi-class pipeline's feature memory recognises it."""
-        return self.recognise_categories(images)[0]
+        return self.recognise_categories(images, batch_size)[0]
 
     @torch.no_grad()
-    def recognise_categories(self, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """:meth:`infer_categories` and each image's distance from the bank (``FeatureMemory.recognise``)."""
-        return self.feature_memory.recognise(self.memory_encoder, self.resize_to_map(images))
+    def recognise_categories(self, images: torch.Tensor, batch_size: int = 16) -> tuple[list[str], torch.Tensor]:
+        """:meth:`infer_categories` and each image's distance from the bank (``FeatureMemory.recognise``), searched
+        ``batch_size`` images at a time."""
+        found = [self.feature_memory.recognise(self.memory_encoder, self.resize_to_map(images[s : s + batch_size]))
+                 for s in range(0, images.shape[0], batch_size)]
+        return [name for names, _ in found for name in names], torch.cat([d for _, d in found])
 
     @torch.no_grad()
     def recognise_products(
@@ -402,8 +405,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         if self.feature_memory is None or not self.feature_memory.has_groups:
             raise ValueError("only a multi-class pipeline (a feature memory that knows its products) recognises them")
         x = self.preprocess(image, size=self.map_hw if self.config.memory_at_map_size else None)[0]
-        found = [self.recognise_categories(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)]
-        names, distances = [n for f in found for n in f[0]], torch.cat([f[1] for f in found])
+        names, distances = self.recognise_categories(x, batch_size)
         return names, *self.feature_memory.unknown_products(names, distances)
 
     @torch.no_grad()
