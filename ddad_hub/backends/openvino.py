@@ -177,6 +177,15 @@ def exportable(components: dict[str, Any]) -> dict[str, torch.nn.Module]:
     return {name: module for name, module in components.items() if module is not None and ir_parts(module)}
 
 
+def check_int8_weights(modules: dict[str, torch.nn.Module], int8_weights: tuple[str, ...] | list[str]) -> None:
+    """Refuse ``int8_weights`` that name a component not exported (``modules``, as :func:`exportable` gives)."""
+    unknown = set(int8_weights) - set(modules)
+    if unknown:
+        hint = " (a DiAD pipeline's U-Net is exported inside sg_network)" if "sg_network" in modules else ""
+        raise ValueError(f"int8_weights names {sorted(unknown)}, which are not exported (exported: "
+                         f"{sorted(modules)}){hint}")
+
+
 def export_components(
     components: dict[str, Any], folder: str | os.PathLike, int8_weights: tuple[str, ...] | list[str] = ()
 ) -> dict:
@@ -188,11 +197,7 @@ def export_components(
     ov = require_openvino()
     folder = Path(folder)
     modules = exportable(components)
-    unknown = set(int8_weights) - set(modules)
-    if unknown:
-        hint = " (a DiAD pipeline's U-Net is exported inside sg_network)" if "sg_network" in modules else ""
-        raise ValueError(f"int8_weights names {sorted(unknown)}, which are not exported (exported: "
-                         f"{sorted(modules)}){hint}")
+    check_int8_weights(modules, int8_weights)
     manifest = {"openvino_version": ov.__version__, "export_format": EXPORT_FORMAT, "components": {}}
     for name, module in modules.items():
         files = []
@@ -520,9 +525,8 @@ class OpenVINOMixin:
         if self.backend != "pytorch":
             raise ValueError("export_openvino needs the PyTorch pipeline; load it with backend='pytorch'")
         require_openvino()
-        unknown = set(int8_weights) - set(exportable(self.components))
-        if unknown:  # before anything is written: a folder without its IR would be left behind
-            export_components(self.components, folder, tuple(int8_weights))  # raises, naming what is exported
+        # before anything is written: a folder without its IR would be left behind
+        check_int8_weights(exportable(self.components), int8_weights)
         self.save_pretrained(folder)
         export_components(self.components, folder, tuple(int8_weights))
 

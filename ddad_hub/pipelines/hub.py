@@ -30,9 +30,10 @@ def strip_local_paths(folder: str | os.PathLike) -> None:
             config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
-# a string that is a path of the machine that trained or evaluated the model (absolute, home or ./ ../ relative)
-_PATH = re.compile(r"^(?:/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\])")
-_NEXT_PATH = re.compile(r", (?=/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\])")  # where a multi-class record joins its paths
+# how a path of the machine that trained or evaluated the model starts (absolute, home, ./ ../ relative, a drive)
+_PATH_START = r"(?:/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\])"
+_PATH = re.compile(f"^{_PATH_START}")
+_NEXT_PATH = re.compile(f", (?={_PATH_START})")  # where a multi-class record joins its paths
 
 
 def without_local_paths(value):
