@@ -54,6 +54,11 @@ def _license_metadata(folder: Path, names: list[str], license_id: str) -> dict:
     return {"license": "other", "license_name": "training-data-terms", "license_link": LICENSE_FILE}
 
 
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the products of a card's first sentence."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _terms_text(names: list[str]) -> str:
     """What a card says of its training data's terms: the known data sets' (non-commercial research), or to check
     them when any is not one of ``DATASETS``."""
@@ -123,7 +128,10 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                else [category])
     licenses = {DATASETS.get(name, (name, name, "other", name))[2] for name in trained}
     license_id = licenses.pop() if len(licenses) == 1 else "other"
-    model_name = f"ddad-{category}-{preset['name']}".replace("_", "-")
+    # a multi-class model is named for what it is (as the DiAD card does), not for its data's label "multiclass-<n>"
+    model_name = (f"ddad-multiclass-{preset['name']}" if len(trained) > 1
+                  else f"ddad-{category}-{preset['name']}").replace("_", "-")
+    products = _listed(trained)
 
     eval_results = []
     mode = index.get("mode", "ddad")  # the Hub metadata reports what a default call does
@@ -204,7 +212,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
         resolution += (f" images, diffused as {side}x{side}x{vae['latent_channels']} latents of an AutoencoderKL "
                        f"(D3AD's latent space; the pixel distance is the latent distance)")
     card = ModelCard.from_template(
-        card_data, template_path=str(template), model_name=model_name, category=category,
+        card_data, template_path=str(template), model_name=model_name, category=products,
         repo_id=repo_id or f"<user>/{model_name}", preset_name=preset["name"], resolution=resolution,
         unet_params=info.get("unet_params", "n/a"), backbone=preset["feature_backbone"],
         strides=", ".join(map(str, preset["feature_strides"])), map_size=index.get("map_size"),

@@ -363,6 +363,9 @@ def test_multiclass_ddad_card_has_a_model_index_per_category(tmp_path, tiny_pipe
     assert sorted((r.dataset_name, r.metric_type) for r in card.data.eval_results) == sorted(
         (c, m) for c in ("alpha", "beta") for m in ("image_auroc", "pixel_auroc", "aupro"))
     assert "| **mean** | ddad |" in card.text and "never told the category" in card.text
+    # named for what it is, not for the data's label "multiclass-2"
+    assert card.data.model_name == "ddad-multiclass-cpu" and "multiclass-2" not in card.text
+    assert "anomaly detection on **alpha and beta** images" in card.text
     # data with terms the Hub has no id for: the card names them and links the file that states them
     assert (card.data.license, card.data.license_name, card.data.license_link) == (
         "other", "training-data-terms", "LICENSE.md")
