@@ -24,7 +24,9 @@ import torch
 import ddad_hub
 from ddad_hub import ImageLoadError, open_image
 from ddad_hub.data import IMAGE_SUFFIXES
+from ddad_hub.image_utils import count_pages
 from ddad_hub.inspection import (
+    MAX_PAGES,
     UNKNOWN_VERDICT,
     InspectionRow,
     anomaly_picture,
@@ -157,18 +159,19 @@ class Inspector:
             raise gr.Error("Upload one or more images, or a zip of a folder of images.")
         self._check_mode(mode)
         with tempfile.TemporaryDirectory(prefix="ddad-batch-") as scratch:
-            files, names, problems = _expand_uploads(uploads, Path(scratch))
-            if len(files) > MAX_BATCH_FILES:
-                raise gr.Error(f"{len(files)} images is more than the {MAX_BATCH_FILES} one batch takes; split it.")
+            files, names, problems, skipped = _expand_uploads(uploads, Path(scratch))
+            images = sum(min(count_pages(f), MAX_PAGES) for f in files)  # a multi-page TIFF counts its pages
+            if images > MAX_BATCH_FILES:
+                raise gr.Error(f"{images} images is more than the {MAX_BATCH_FILES} one batch takes; split it.")
             if not files and not problems:
                 raise gr.Error("No images found in the upload (PNG, JPEG, BMP, TIFF, WebP or GIF, or a zip of them).")
             report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
             began = time.perf_counter()
-            rows, flagged, thresholds = list(problems.pop(0, [])), [], set()
+            rows, flagged, thresholds = [], [], set()
             scored_files = inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode)
-            for done, item in enumerate(scored_files, start=1):
+            for item in scored_files:
+                rows += problems.pop(item.file_index, [])  # rows stay in upload order: a failed upload where sent
                 rows.append(item.row)
-                rows += problems.pop(done, [])  # rows stay in upload order: a failed upload where it was sent
                 if item.image is not None and item.threshold is not None:
                     thresholds.add(item.threshold)
                 if item.row.verdict in ("defective", UNKNOWN_VERDICT):  # neither passed as good
@@ -176,12 +179,12 @@ class Inspector:
                     picture.thumbnail((GALLERY_SIDE, GALLERY_SIDE))  # a batch of large flagged photos fits in memory
                     product = f" ({item.row.product})" if item.row.product else ""
                     flagged.append((picture, f"{item.row.file}{product}: {item.row.score:.3f}"))
+            rows += [row for key in sorted(problems) for row in problems[key]]  # those after the last image
             seconds = time.perf_counter() - began
         table = [[r.file, None if r.score is None else round(r.score, 4), r.verdict, r.start_step, r.error,
                   None if r.threshold is None else round(r.threshold, 4), r.product] for r in rows]
         csv_path = write_csv(rows, Path(tempfile.mkdtemp(prefix="ddad-csv-")) / "scores.csv")
         scored = sum(r.score is not None for r in rows)
-        skipped = sum(r.error.startswith("skipped") for r in rows)
         unread = len(rows) - scored - skipped
         strangers = sum(r.verdict == UNKNOWN_VERDICT for r in rows)
         defective = sum(r.verdict == "defective" for r in rows)
@@ -202,11 +205,11 @@ class Inspector:
 
 
 def _expand_uploads(uploads: list, scratch: Path):
-    """Uploaded files -> (image files, their shown names, rows for uploads that failed or were skipped); zips are
-    extracted. A failed row is keyed by the number of image files before it, so the table keeps upload order.
-    Names are unique: a second upload called ``000.png`` is shown as ``000.png (2)``, a second ``lot.zip``'s
-    members as ``lot.zip (2)/...``."""
-    files, names, problems = [], [], {}
+    """Uploaded files -> (image files, their shown names, rows for uploads that failed or were skipped, how many
+    zip members were skipped as not images); zips are extracted. A failed row is keyed by the number of image files
+    before it, so the table keeps upload order. Names are unique: a second upload called ``000.png`` is shown as
+    ``000.png (2)``, a second ``lot.zip``'s members as ``lot.zip (2)/...``."""
+    files, names, problems, skipped = [], [], {}, 0
     taken: set[str] = set()
     for k, upload in enumerate(uploads):
         path = Path(_upload_path(upload))
@@ -225,13 +228,15 @@ def _expand_uploads(uploads: list, scratch: Path):
                 continue
             files += found
             names += [f"{shown}/{f.relative_to(target)}" for f in found]
+            left_out = skipped_members(path)
+            skipped += len(left_out)
             problems.setdefault(len(files), []).extend(
                 InspectionRow(f"{shown}/{member}", error="skipped: not an image file (" + ", ".join(IMAGE_SUFFIXES)
-                              + ")") for member in skipped_members(path))
+                              + ")") for member in left_out)
         else:
             files.append(path)
             names.append(shown)
-    return files, names, {k: rows for k, rows in problems.items() if rows}
+    return files, names, {k: rows for k, rows in problems.items() if rows}, skipped
 
 
 def _shelf_name(model: str, taken: dict[str, str]) -> str:
@@ -339,7 +344,7 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                                   "credits in examples/README.md)")
         with gr.Tab("Many images"):
             batch_files = gr.File(label="Images, or a zip of a folder of images", file_count="multiple",
-                                  file_types=["image", ".zip"], type="filepath", elem_id="batch-input", height=240)
+                                  file_types=None, type="filepath", elem_id="batch-input", height=240)
             batch_button = gr.Button("Score all", variant="primary")
             batch_summary = gr.Markdown(elem_id="batch-summary")
             table = gr.Dataframe(headers=TABLE_COLUMNS,

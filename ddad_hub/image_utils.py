@@ -20,12 +20,32 @@ class ImageLoadError(ValueError):
     """The input could not be used as an image; the message says why."""
 
 
-def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
+def image_pages(image: Image.Image) -> int:
+    """How many images a file holds: the pages of a multi-page TIFF, the frames of an animated GIF, PNG or WebP.
+    A camera JPEG's extra pictures (MPO: a preview or depth map beside the photo) are not pages: it counts as one."""
+    if image.format == "MPO":
+        return 1
+    return int(getattr(image, "n_frames", 1) or 1)
+
+
+def count_pages(source: str | os.PathLike | bytes) -> int:
+    """:func:`image_pages` of a file, read from its header; 1 for a file that cannot be opened (its error comes
+    when :func:`open_image` reads it)."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return image_pages(image)
+    except Exception:  # noqa: BLE001 - whatever is wrong with the file, open_image names it
+        return 1
+
+
+def open_image(source: str | os.PathLike | bytes | Image.Image, page: int | None = None) -> Image.Image:
     """Open a path, raw bytes or a PIL image and return a fully decoded 8-bit RGB image, upright as a viewer shows
     it (a camera's EXIF orientation applied).
 
-    Raises :class:`ImageLoadError` for files that are not images, truncated files, images too large to decode
-    safely and images too small to inspect. Grayscale, palette, RGBA and 16-bit images are converted.
+    A file of several images (:func:`image_pages`: a multi-page TIFF, an animation) needs ``page`` (0-based): a
+    score of its first page alone would pass the others unseen. Raises :class:`ImageLoadError` for that, for files
+    that are not images, truncated files, images too large to decode safely and images too small to inspect.
+    Grayscale, palette, RGBA and 16-bit images are converted.
     """
     given = isinstance(source, Image.Image)
     name = "image" if given or isinstance(source, bytes) else os.path.basename(os.fspath(source))
@@ -33,6 +53,16 @@ def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = source if given else Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            pages = image_pages(image)
+            if page is None and pages > 1:
+                raise ImageLoadError(
+                    f"{name}: holds {pages} images (pages of a TIFF or frames of an animation), and one score would "
+                    "leave all but the first unseen: score each page (open_image(path, page=k); the Space's batch "
+                    "tab and training/predict.py score every page)")
+            if page is not None:
+                if not 0 <= page < pages:
+                    raise ImageLoadError(f"{name}: has no page {page} (it holds {pages})")
+                image.seek(page)
             _check_size(image, name)
             image.load()  # a PIL image opened lazily by the caller is decoded here too, so damage shows here
     except ImageLoadError:

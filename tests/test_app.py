@@ -77,8 +77,10 @@ def test_bad_files_get_a_message_and_the_app_keeps_serving(server, tmp_path):
     Image.new("RGB", (3, 3)).save(tiny)
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20_000, 20_000)).save(bomb)  # 400 M pixels, a few kB on disk
+    stack = tmp_path / "stack.tif"  # two pages: one score would leave the second unseen
+    Image.open(good_png).save(stack, save_all=True, append_images=[Image.open(good_png)])
     for bad, words in ((not_image, "not an image"), (truncated, "damaged or truncated"), (tiny, "too small"),
-                       (bomb, "too large")):
+                       (bomb, "too large"), (stack, "holds 2 images")):
         with pytest.raises(Exception, match=words):
             _call(client, bad)
         assert np.isfinite(_call(client, good_png)[5]["score"])  # the next request still succeeds
@@ -107,6 +109,9 @@ def test_odd_modes_and_depths_are_accepted(server, tmp_path):
         pictures, details = out[:4], out[5]
         assert np.isfinite(details["score"]), path.name
         assert details["image_size"] == list(shown), path.name
+        # the file as ddad_hub reads it, not as the upload widget would convert it (16-bit clipped to white)
+        analysed = np.asarray(Image.open(pictures[0]).convert("RGB"), dtype=np.float64)
+        assert abs(analysed.mean() - np.asarray(app.open_image(path), dtype=np.float64).mean()) < 3, path.name
         # every panel at the upload's own size and aspect, upright, as the batch tab shows it
         assert [Image.open(p).size for p in pictures] == [shown] * 4, path.name
 
@@ -156,11 +161,14 @@ def test_batch_api_scores_images_and_zips_and_lists_bad_files(server, tmp_path):
         for p in images[:2]:
             zf.write(p, f"line_a/{p.name}")
         zf.writestr("line_a/readme.txt", "ignored")
-    table, gallery, csv_file, summary = _batch(client, [*images, broken, archive])
+    notes = tmp_path / "notes.txt"  # not an image by its name either: a row for it, not a refused batch
+    notes.write_text("lot 7, shift 2")
+    table, gallery, csv_file, summary = _batch(client, [*images, broken, archive, notes])
     rows = {r[0]: r for r in table["data"]}
     assert set(rows) == {"part_0.png", "part_1.png", "part_2.png", "broken.png", "folder.zip/line_a/part_0.png",
-                         "folder.zip/line_a/part_1.png", "folder.zip/line_a/readme.txt"}
-    assert "not an image" in rows["broken.png"][4] and rows["broken.png"][1] in (None, "")
+                         "folder.zip/line_a/part_1.png", "folder.zip/line_a/readme.txt", "notes.txt"}
+    for name in ("broken.png", "notes.txt"):
+        assert "not an image" in rows[name][4] and rows[name][1] in (None, "")
     assert rows["folder.zip/line_a/readme.txt"][4].startswith("skipped: not an image file")  # not silently dropped
     for name in ("part_0.png", "folder.zip/line_a/part_0.png"):  # score, verdict, start step, error, threshold...
         assert np.isfinite(rows[name][1]) and rows[name][2] in ("good", "defective") and rows[name][3] > 0
@@ -184,6 +192,9 @@ def test_predict_cli_and_batch_tab_give_the_same_scores(server, tiny_pipeline_di
     client, _ = server
     folder = tmp_path / "parts"
     images = _images(folder, 12, seed=3)  # more than one batch of either
+    stack = folder / "stack.tif"  # and a file of two pages: a row and a heat-map each
+    Image.open(images[0]).save(stack, save_all=True, append_images=[Image.open(images[1])])
+    images.append(stack)
     out = tmp_path / "pred"
     subprocess.run([sys.executable, "training/predict.py", "--pipeline", str(tiny_pipeline_dir), "--input-dir",
                     str(folder), "--output-dir", str(out), "--batch-size", "5", "--mode", "ddad", "--threads", "1"],
@@ -193,12 +204,14 @@ def test_predict_cli_and_batch_tab_give_the_same_scores(server, tiny_pipeline_di
     table, _, batch_csv, _ = _batch(client, images)
     with open(batch_csv) as handle:
         tab = {r["file"]: r for r in csv.DictReader(handle)}
-    assert len(cli) == len(tab) == len(table["data"]) == 12
+    assert len(cli) == len(tab) == len(table["data"]) == 14
+    assert {"stack.tif [page 1 of 2]", "stack.tif [page 2 of 2]"} <= set(tab)
     for name, row in tab.items():  # the CSVs agree to the last written digit
         assert {k: row[k] for k in inspection.CSV_FIELDS[1:]} == {k: cli[name][k] for k in inspection.CSV_FIELDS[1:]}
     for name, score, *_ in table["data"]:  # and the table shows those scores
         assert score == pytest.approx(float(tab[name]["score"]), abs=1e-4)
-    assert len(list((tmp_path / "pred").glob("*_map.png"))) == 12
+    maps = {p.name for p in (tmp_path / "pred").glob("*_map.png")}
+    assert len(maps) == 14 and {"stack_page1_map.png", "stack_page2_map.png"} <= maps
 
 
 def test_model_dropdown_offers_embedded_models_and_passed_ones(tiny_pipeline_dir, monkeypatch):
@@ -324,6 +337,34 @@ def test_batch_rows_keep_upload_order_with_unique_names_and_odd_zips_get_a_row(t
         inspector.pipe.register_to_config(threshold=0.5)
     assert max(gallery[0][0].size) == app.GALLERY_SIDE
     assert "1 file(s) in zips skipped" in summary
+
+
+def test_batch_scores_every_page_of_a_stack_and_every_copy_of_a_zip_path(tiny_pipeline_dir, tmp_path):
+    """A TIFF stack's second page, or a zip's second member of the same path, is a part to inspect too."""
+    inspector = app.Inspector(app.ddad_hub.load_pipeline(tiny_pipeline_dir))
+    first, second = _images(tmp_path / "parts", 2, seed=4)
+    stack = tmp_path / "stack.tif"
+    Image.open(first).save(stack, save_all=True, append_images=[Image.open(second)])
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.write(first, "lot/part.png")
+        zf.write(second, "lot/part.png")
+    empty = tmp_path / "skipped_01.png"  # an unreadable file whose name starts like a skipped zip member's row
+    empty.write_bytes(b"")
+    table, _, csv_file, summary = inspector.analyze_batch([str(p) for p in (first, second, stack, dup, empty)],
+                                                          "ddad")
+    names = [row[0] for row in table]
+    assert names == ["part_0.png", "part_1.png", "stack.tif [page 1 of 2]", "stack.tif [page 2 of 2]",
+                     "dup.zip/lot/part (2).png", "dup.zip/lot/part.png", "skipped_01.png"]
+    scores = dict(zip(names, (row[1] for row in table)))
+    assert scores["stack.tif [page 1 of 2]"] == pytest.approx(scores["part_0.png"], abs=1e-4)
+    assert scores["stack.tif [page 2 of 2]"] == pytest.approx(scores["part_1.png"], abs=1e-4)
+    assert scores["dup.zip/lot/part.png"] == pytest.approx(scores["part_0.png"], abs=1e-4)
+    assert scores["dup.zip/lot/part (2).png"] == pytest.approx(scores["part_1.png"], abs=1e-4)
+    with open(csv_file) as handle:
+        assert [r["file"] for r in csv.DictReader(handle)] == names
+    assert "6 image(s) scored" in summary and "1 file(s) could not be read" in summary
+    assert "skipped" not in summary
 
 
 def test_models_in_folders_of_the_same_name_are_all_offered(tmp_path):

@@ -43,6 +43,40 @@ def test_broken_files_raise_clear_errors(tmp_path):
     assert time.perf_counter() - start < 2  # refused before decoding
 
 
+def test_a_file_of_several_images_is_read_page_by_page_not_as_its_first(tmp_path):
+    """A TIFF stack or an animation scored by its first page alone would pass the other pages unseen."""
+    from ddad_hub.image_utils import count_pages
+
+    rng = np.random.default_rng(0)
+    pages = [Image.fromarray((rng.random((32, 40, 3)) * 255).astype(np.uint8)) for _ in range(3)]
+    for name in ("stack.tif", "clip.gif"):
+        path = tmp_path / name
+        pages[0].save(path, save_all=True, append_images=pages[1:])
+        assert count_pages(path) == 3
+        with pytest.raises(ImageLoadError, match="holds 3 images"):
+            open_image(path)
+        with pytest.raises(ImageLoadError, match="has no page 3"):
+            open_image(path, page=3)
+        if name.endswith(".tif"):  # lossless: each page is the image saved there
+            for k in range(3):
+                assert np.array_equal(np.asarray(open_image(path, page=k)), np.asarray(pages[k]))
+        else:
+            assert not np.array_equal(np.asarray(open_image(path, page=1)), np.asarray(open_image(path, page=2)))
+    single = tmp_path / "one.png"
+    pages[0].save(single)
+    assert count_pages(single) == 1 and open_image(single, page=0).size == (40, 32)
+    # a camera JPEG with a second, preview picture (MPO) is one photo
+    camera = tmp_path / "camera.jpg"
+    pages[0].save(camera, format="MPO", save_all=True, append_images=[pages[1]])
+    assert Image.open(camera).n_frames == 2 and count_pages(camera) == 1
+    assert open_image(camera).size == (40, 32)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 not really")
+    assert count_pages(broken) == 1  # its error comes from open_image
+    with pytest.raises(ImageLoadError):
+        open_image(broken)
+
+
 def test_modes_are_converted_to_rgb8():
     deep = Image.fromarray(np.array([[0, 65535], [32768, 1000]] * 8, dtype=np.uint16).repeat(8, axis=1))
     rgb = open_image(deep)

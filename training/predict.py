@@ -40,13 +40,18 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
-    bar = tqdm(total=len(files), desc="predict")
-    progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
+    bar = tqdm(total=len(files), desc="predict", unit="image")
+
+    def progress(done: int, total: int) -> None:  # images: a multi-page file counts its pages
+        bar.total = total
+        bar.update(done - bar.n)
+
     for item in inspect_files(pipe, files, args.batch_size, progress=progress, mode=args.mode):
         rows.append(item.row)
         if item.image is not None:
-            rel = Path(item.row.file).relative_to(root)
-            target = out / f"{_unique(str(rel.with_suffix('')).replace('/', '__'), rel.suffix, used)}_map.png"
+            rel = files[item.file_index].relative_to(root)
+            stem = str(rel.with_suffix("")).replace("/", "__") + ("" if item.page is None else f"_page{item.page + 1}")
+            target = out / f"{_unique(stem, rel.suffix, used)}_map.png"
             anomaly_picture(item.image, item.anomaly_map, item.threshold).save(target)
     bar.close()
     write_csv(rows, out / "scores.csv")
