@@ -34,17 +34,28 @@ def cpu_bf16_features() -> dict[str, bool]:
             "amx": bool(torch.cpu._is_amx_tile_supported())}
 
 
+# oneDNN's instruction-set caps below the first with bf16 instructions (AVX512_CORE_BF16): with
+# ONEDNN_MAX_CPU_ISA at one of them, torch's and OpenVINO's kernels emulate bf16 whatever the CPU has
+_ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def isa_cap_hides_bf16() -> bool:
+    """True when ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN below its bf16 instructions."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ISA_WITHOUT_BF16
+
+
 def has_native_bf16(device: str | torch.device = "cpu") -> bool:
     """True where bf16 matrix products run in hardware: a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports it.
 
-    ``DDAD_NATIVE_BF16=0`` or ``=1`` overrides the detection (to test both code paths on one machine).
+    ``DDAD_NATIVE_BF16=0`` or ``=1`` overrides the detection (to test both code paths on one machine); a CPU whose
+    bf16 instructions ``ONEDNN_MAX_CPU_ISA`` hides from oneDNN counts as one without them.
     """
     forced = os.environ.get("DDAD_NATIVE_BF16")
     if forced in ("0", "1"):
         return forced == "1"
     kind = torch.device(device).type
     if kind == "cpu":
-        return any(cpu_bf16_features().values())
+        return any(cpu_bf16_features().values()) and not isa_cap_hides_bf16()
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return False
@@ -78,6 +89,8 @@ def machine_summary(threads: int | None = None) -> str:
     feats = cpu_bf16_features()
     native = "native bf16 (" + ", ".join(k for k, v in feats.items() if v) + ")" if any(feats.values()) \
         else "no native bf16 (no AVX512-BF16, no AMX)"
+    if any(feats.values()) and isa_cap_hides_bf16():
+        native += f", hidden by ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}"
     forced = os.environ.get("DDAD_NATIVE_BF16")
     if forced in ("0", "1"):
         native += f"; DDAD_NATIVE_BF16={forced} overrides"

@@ -23,8 +23,30 @@ def test_auto_follows_the_hardware(monkeypatch):
     with pytest.raises(ValueError, match="mixed precision"):
         resolve_mixed_precision("int8")
     monkeypatch.delenv("DDAD_NATIVE_BF16")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     feats = [torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported()]
     assert has_native_bf16() == any(feats)
+
+
+def test_a_cap_on_onednns_instruction_set_below_bf16_means_no_native_bf16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes torch's (and OpenVINO's) kernels emulate bf16 on any CPU: 4x slower autocast
+    here, and OpenVINO's bf16 Softmax does not compile at all, so "auto" must pick fp32 there."""
+    from ddad_hub import hardware
+
+    monkeypatch.delenv("DDAD_NATIVE_BF16", raising=False)
+    monkeypatch.setattr(hardware, "cpu_bf16_features", lambda: {"avx512_bf16": True, "amx": False})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert has_native_bf16() and resolve_mixed_precision("auto") == "bf16"
+    for cap in ("AVX2", "avx512_core", "AVX512_CORE_VNNI"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert not has_native_bf16() and resolve_mixed_precision("auto") == "no", cap
+        assert f"hidden by ONEDNN_MAX_CPU_ISA={cap}" in machine_summary()
+    for cap in ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL", "DEFAULT"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert has_native_bf16(), cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("DDAD_NATIVE_BF16", "1")  # the explicit override still wins
+    assert has_native_bf16()
 
 
 def test_pipeline_auto_dtype_follows_the_hardware(monkeypatch):

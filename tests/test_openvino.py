@@ -164,6 +164,63 @@ def test_folder_without_ir_is_exported_into_the_cache_once(tmp_path, monkeypatch
     weights.write_bytes(bytes(data))
     renewed = load_pipeline(tmp_path / "plain", backend="openvino", openvino_cache_dir=cache, **FP32)
     _close(renewed(images, output_type="np"), pipe(images, output_type="np", autocast_dtype=torch.float32))
+    # the cache's copy without its manifest (an export cut short, or the manifest deleted as an error once advised)
+    # and with damaged weights: made again, not used unchecked, and the next load finds it complete
+    (Path(renewed.openvino_folder) / ov_backend.MANIFEST).unlink()
+    weights.write_bytes(bytes(data))
+    rebuilt = load_pipeline(tmp_path / "plain", backend="openvino", openvino_cache_dir=cache, **FP32)
+    assert rebuilt.openvino_folder == first.openvino_folder
+    assert (Path(rebuilt.openvino_folder) / ov_backend.MANIFEST).is_file()
+    _close(rebuilt(images, output_type="np"), pipe(images, output_type="np", autocast_dtype=torch.float32))
+
+
+@needs_openvino
+def test_a_damaged_manifest_a_newer_format_and_an_unwritable_cache_are_named(exported, tmp_path, monkeypatch,
+                                                                           caplog):
+    _, folder = exported
+    for case, manifest in (("list", []), ("no components", {"export_format": ov_backend.EXPORT_FORMAT}),
+                           ("no digest", {"export_format": ov_backend.EXPORT_FORMAT,
+                                          "components": {"unet": {"files": ["openvino_model.xml"]}}})):
+        copy = shutil.copytree(folder, tmp_path / case)
+        (copy / ov_backend.MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match="is damaged"):
+            load_pipeline(copy, backend="openvino", openvino_cache_dir=tmp_path / "cache")
+    newer = shutil.copytree(folder, tmp_path / "newer")
+    manifest = json.loads((newer / ov_backend.MANIFEST).read_text())
+    manifest["export_format"] = ov_backend.EXPORT_FORMAT + 1
+    (newer / ov_backend.MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger=ov_backend.__name__):
+        ov_pipe = load_pipeline(newer, backend="openvino", openvino_cache_dir=tmp_path / "cache", **FP32)
+    assert "a newer ddad-hub's export format" in caplog.text
+    assert ov_pipe.openvino_folder.startswith(str(tmp_path / "cache"))
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ov_backend.tempfile, "mkdtemp", refused)
+    with pytest.raises(PermissionError, match="DDAD_HUB_CACHE"):
+        load_pipeline(newer, backend="openvino", openvino_cache_dir=tmp_path / "other_cache", **FP32)
+
+
+@needs_openvino
+def test_settings_openvino_cannot_compile_are_not_called_damaged_ir(exported):
+    _, folder = exported
+    with pytest.raises(RuntimeError, match="could not compile") as caught:
+        load_pipeline(folder, backend="openvino", openvino_properties={"PERFORMANCE_HINT": "FAST"})
+    assert "damaged" not in str(caught.value) and "delete" not in str(caught.value)
+
+
+@needs_openvino
+def test_an_export_is_a_complete_folder_with_the_card_licence_and_records(tmp_path):
+    source = tmp_path / "trained"
+    make_tiny_pipeline(threshold=0.5).save_pretrained(source)
+    records = {"README.md": "# my model\n", "LICENSE.md": "Non-commercial research use only.\n",
+               "training_info.json": "{}\n", "results.json": "{}\n"}
+    for name, text in records.items():
+        (source / name).write_text(text)
+    load_pipeline(source).export_openvino(tmp_path / "shipped")
+    for name, text in records.items():
+        assert (tmp_path / "shipped" / name).read_text() == text, name
 
 
 @needs_openvino

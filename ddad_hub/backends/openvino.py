@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hardware import machine_summary
 from ..model_info import PipelineFolderError
 
 logger = logging.getLogger(__name__)
@@ -242,17 +243,25 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
     manifest_file = folder / MANIFEST
     if not manifest_file.is_file():
         return False
+    damaged = (f"{manifest_file} is damaged ({{}}): export again with pipe.export_openvino(folder), or delete it "
+               "to export into the cache on first use")
     try:
         manifest = json.loads(manifest_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PipelineFolderError(f"{manifest_file} is damaged ({err}): export again with "
-                                  "pipe.export_openvino(folder), or delete it to export into the cache on first "
-                                  "use") from err
-    if manifest.get("export_format", 1) != EXPORT_FORMAT:
-        logger.warning("%s holds OpenVINO IR of an earlier export format (%s, now %s); not using it", folder,
-                       manifest.get("export_format", 1), EXPORT_FORMAT)
+        raise PipelineFolderError(damaged.format(err)) from err
+    if not isinstance(manifest, dict):
+        raise PipelineFolderError(damaged.format("not a JSON object"))
+    found = manifest.get("export_format", 1)
+    if found != EXPORT_FORMAT:
+        age = "a newer ddad-hub's" if isinstance(found, int) and found > EXPORT_FORMAT else "an earlier"
+        logger.warning("%s holds OpenVINO IR of %s export format (%s; this ddad-hub reads %s); not using it", folder,
+                       age, found, EXPORT_FORMAT)
         return False
-    manifest = manifest["components"]
+    manifest = manifest.get("components")
+    if not isinstance(manifest, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("weights_sha256"), str) and isinstance(e.get("files"), list)
+            for e in manifest.values()):
+        raise PipelineFolderError(damaged.format("its components are not as an export writes them"))
     for name, digest in digests.items():
         entry = manifest.get(name)
         if entry is None or entry["weights_sha256"] != digest:
@@ -291,9 +300,9 @@ def exported_int8_weights(folder: str | os.PathLike | None) -> tuple[str, ...]:
         return ()
     try:
         components = json.loads(manifest_file.read_text()).get("components", {})
-    except (OSError, json.JSONDecodeError):
+        return tuple(sorted(name for name, entry in components.items() if entry.get("int8_weights")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):  # damaged: _matches names it
         return ()
-    return tuple(sorted(name for name, entry in components.items() if entry.get("int8_weights")))
 
 
 def find_or_export(
@@ -312,23 +321,30 @@ def find_or_export(
     key = hashlib.sha256(json.dumps([ov.__version__, EXPORT_FORMAT, sorted(digests.items()),
                                      sorted(int8_weights)]).encode())
     target = cache_root(cache_dir) / key.hexdigest()[:24]
-    if target.is_dir():
+    if target.is_dir():  # the cache's own folder for these weights: used if complete, else made again
         try:
             if _matches(target, digests, tuple(int8_weights)):
                 return target
-        except (PipelineFolderError, FileNotFoundError) as err:  # the cache's own copy damaged: make it again
-            logger.warning("the cached OpenVINO export %s is damaged (%s); exporting again", target, err)
-            shutil.rmtree(target, ignore_errors=True)
+            why = f"no usable {MANIFEST}"
+        except (PipelineFolderError, FileNotFoundError) as err:
+            why = str(err)
+        logger.warning("the cached OpenVINO export %s is incomplete or damaged (%s); exporting again", target, why)
+        shutil.rmtree(target, ignore_errors=True)
     logger.warning("exporting %s to OpenVINO IR in %s (once; pipe.export_openvino(folder) ships IR with a pipeline)",
                    ", ".join(modules), target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    except PermissionError as err:
+        raise PermissionError(f"cannot write the OpenVINO export cache {target.parent} ({err}): set DDAD_HUB_CACHE "
+                              "or pass openvino_cache_dir= to a writable folder, or ship IR with "
+                              "pipe.export_openvino(folder)") from err
     try:
         export_components(modules, staging, int8_weights)
         try:
             staging.rename(target)  # atomic: a concurrent export of the same weights leaves one complete folder
         except OSError:
-            if not target.is_dir():
+            if not (target.is_dir() and _matches(target, digests, tuple(int8_weights))):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -342,11 +358,15 @@ class CompiledNetwork:
 
     def __init__(self, core, xml: Path, properties: dict):
         try:
-            self.compiled = core.compile_model(str(xml), "CPU", properties)
+            model = core.read_model(str(xml))
         except RuntimeError as err:
             raise PipelineFolderError(f"the OpenVINO IR {xml} (with its .bin) cannot be read, it is damaged: export "
                                       f"it again with pipe.export_openvino(folder), or delete its folder's {MANIFEST} "
                                       f"({err})") from err
+        try:
+            self.compiled = core.compile_model(model, "CPU", properties)
+        except RuntimeError as err:  # the IR is fine; this CPU or these settings are not
+            raise RuntimeError(f"OpenVINO's CPU plugin could not compile {xml} with {properties}: {err}") from err
         self.request = self.compiled.create_infer_request()
         self.float_inputs = [i.get_element_type().is_real() for i in self.compiled.inputs]
         self.lock = threading.Lock()
@@ -508,6 +528,23 @@ def load_stand_ins(
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
+# What a trained pipeline folder holds beside its weights: its card, licence terms, training record and test results
+FOLDER_RECORDS = ("README.md", "LICENSE.md", "training_info.json", "results.json", "evaluation.png", "table.md")
+
+
+def copy_records(source: str | os.PathLike | None, folder: str | os.PathLike) -> list[str]:
+    """Copy a pipeline folder's card, licence and records (:data:`FOLDER_RECORDS`) into the folder it was exported
+    to, so the export is a complete pipeline folder that names its data's terms; files already there are kept."""
+    if not source or not Path(source).is_dir() or Path(source).resolve() == Path(folder).resolve():
+        return []
+    copied = []
+    for name in FOLDER_RECORDS:
+        if (Path(source) / name).is_file() and not (Path(folder) / name).exists():
+            shutil.copy2(Path(source) / name, Path(folder) / name)
+            copied.append(name)
+    return copied
+
+
 class OpenVINOMixin:
     """``export_openvino`` and ``to_openvino`` for a ``DiffusionPipeline`` subclass; its networks are found by type.
 
@@ -529,6 +566,7 @@ class OpenVINOMixin:
         check_int8_weights(exportable(self.components), int8_weights)
         self.save_pretrained(folder)
         export_components(self.components, folder, tuple(int8_weights))
+        copy_records(getattr(self, "name_or_path", None), folder)
 
     def to_openvino(
         self,
@@ -556,6 +594,8 @@ class OpenVINOMixin:
         for name, stand_in in load_stand_ins(components, ir, precision, properties=properties).items():
             # object.__setattr__: diffusers' __setattr__ would rewrite model_index.json's entry to the stand-in
             object.__setattr__(self, name, stand_in)
+        logger.info("OpenVINO runs %s in %s (%s; IR from %s)", ", ".join(exportable(components)), precision,
+                    machine_summary(), ir)
         self.backend = "openvino"
         self.openvino_precision = precision
         self.openvino_folder = str(ir)
