@@ -26,6 +26,7 @@ from ddad_hub import ImageLoadError, open_image
 from ddad_hub.data import IMAGE_SUFFIXES
 from ddad_hub.image_utils import count_pages
 from ddad_hub.inspection import (
+    BATCH_SIZE,
     MAX_PAGES,
     UNKNOWN_VERDICT,
     InspectionRow,
@@ -47,7 +48,6 @@ DEFAULT_MODEL = MODELS_DIR / "ddad-transistor-cpu-latent"
 EXAMPLES = sorted((HERE / "examples").glob("*.png"))
 MULTICLASS_EXAMPLES = sorted((HERE / "examples" / "multiclass").glob("*.png"))  # one per product of the line
 MAX_UPLOAD = "100mb"  # per file; a zip of a folder counts as one
-BATCH_SIZE = 10  # images the batch tab reconstructs at once
 MAX_BATCH_FILES = 1000  # images one batch request may hold (zips counted by their contents)
 GALLERY_SIDE = 768  # the flagged pictures' longer side at most, in pixels (full size: 27 MB each at 3000 px)
 TABLE_COLUMNS = ["file", "score", "verdict", "start step", "error", "threshold", "product"]

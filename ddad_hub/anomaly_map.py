@@ -97,6 +97,12 @@ def normalize_map(maps: torch.Tensor, stats: list[float] | tuple[float, float]) 
 FUSION_RULES = ("sum", "max")
 
 
+def check_fusion_rule(rule: str) -> None:
+    """Raise a ``ValueError`` for a fusion rule :func:`fuse_maps` does not know."""
+    if rule not in FUSION_RULES:
+        raise ValueError(f"fusion rule must be one of {FUSION_RULES}, got {rule!r}")
+
+
 def fuse_maps(
     recon_maps: torch.Tensor,
     memory_maps: torch.Tensor,
@@ -115,6 +121,5 @@ def fuse_maps(
     z_m = normalize_map(memory_maps, memory_stats)
     if rule == "sum":
         return (1 - memory_weight) * z_r + memory_weight * z_m
-    if rule == "max":
-        return torch.maximum(z_r, z_m)
-    raise ValueError(f"fusion rule must be one of {FUSION_RULES}, got {rule!r}")
+    check_fusion_rule(rule)
+    return torch.maximum(z_r, z_m)

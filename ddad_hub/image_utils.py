@@ -131,10 +131,13 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
 
     PIL images go through :func:`open_image`. Arrays are read channels-last (H, W[, C]), as numpy images are, and
     tensors channels-first (C, H, W), as torch's are; the other order is taken only when the first reading has no
-    channel axis of 1, 3 or 4. 8- and 16-bit integers are scaled by 255 and 65535; floats in [-1, 1] (any negative
-    value) are mapped to [0, 1], others taken as [0, 1]; floats beyond that (0-255 values as float) are refused.
-    One channel is grey, four are RGBA put on black.
+    channel axis of 1, 3 or 4. 8- and 16-bit integers are scaled by 255 and 65535; floats in [-1, 1] (a value below
+    -0.01) are mapped to [0, 1], others taken as [0, 1], rounding up to 0.01 past either end clamped (bicubic
+    resizing overshoots a little); floats beyond that (0-255 values as float), NaN or infinity are refused, as is
+    an empty batch. One channel is grey, four are RGBA put on black.
     """
+    if image is None:
+        raise ValueError("no image given (None): pass a path, a PIL image, an array or a tensor")
     if isinstance(image, Image.Image):
         return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(open_image(image)))
     channels_last = isinstance(image, np.ndarray)
@@ -160,11 +163,16 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
         x = x[None]
     if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
         raise ValueError(f"an image array needs 1 (grey), 3 (RGB) or 4 (RGBA) channels; got shape {array.shape}")
-    if x.numel() and (x.max() > 1 + _RANGE_SLACK or x.min() < -1 - _RANGE_SLACK):
+    if x.shape[0] == 0:
+        raise ValueError(f"an empty batch of images (shape {tuple(array.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError("the image holds NaN or infinite values: it cannot be scored")
+    if x.max() > 1 + _RANGE_SLACK or x.min() < -1 - _RANGE_SLACK:
         raise ValueError(f"float images are read in [0, 1] (or [-1, 1]); this one spans [{x.min():.4g}, "
                          f"{x.max():.4g}]: pass 0-255 values as uint8, or divide them by 255")
-    if x.numel() and x.min() < 0:  # [-1, 1] -> [0, 1]
+    if x.min() < -_RANGE_SLACK:  # [-1, 1] -> [0, 1]; a value just below 0 is rounding, as one just above 1 is
         x = (x + 1) / 2
+    x = x.clamp(0, 1)
     if x.shape[1] == 4:
         x = x[:, :3] * x[:, 3:].clamp(0, 1)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x

@@ -3,7 +3,8 @@
 Files that cannot be read become rows with the reason and do not stop the run; the rest are scored in batches
 with each image's own seeded noise, so a file's score does not depend on what it was batched with: in float32 to
 about 1e-6; under bf16 autocast (where bf16 is native) the batch's shape changes the kernels' rounding, which moves
-a score in its fourth digit (8.3609 alone, 8.3578 in a batch, measured on a transistor test image).
+a score a little (8.3609 alone, 8.3578 in a batch, measured on a transistor test image). Both users batch
+``BATCH_SIZE`` at a time, so the same files in the same order get the same scores from either.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ CSV_FIELDS = ("file", "score", "verdict", "start_step", "error", "threshold", "p
 MAX_ZIP_BYTES = 2_000_000_000
 MAX_ZIP_FILES = 10_000
 MAX_PAGES = 100  # images one multi-page file (a TIFF stack, an animation) may hold
+BATCH_SIZE = 10  # images reconstructed at once by the Space's batch tab and predict.py (the same batches: the
+# same bf16 rounding)
 
 
 def product_label(category: str | None, unknown: bool | None = None) -> str:

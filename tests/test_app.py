@@ -197,7 +197,7 @@ def test_predict_cli_and_batch_tab_give_the_same_scores(server, tiny_pipeline_di
     images.append(stack)
     out = tmp_path / "pred"
     subprocess.run([sys.executable, "training/predict.py", "--pipeline", str(tiny_pipeline_dir), "--input-dir",
-                    str(folder), "--output-dir", str(out), "--batch-size", "5", "--mode", "ddad", "--threads", "1"],
+                    str(folder), "--output-dir", str(out), "--mode", "ddad", "--threads", "1"],
                    cwd=app.HERE, check=True, capture_output=True, timeout=600)
     with open(out / "scores.csv") as handle:
         cli = {r["file"].split("/")[-1]: r for r in csv.DictReader(handle)}

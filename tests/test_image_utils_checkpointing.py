@@ -141,6 +141,18 @@ def test_arrays_and_tensors_of_every_layout_become_rgb_tensors():
     with pytest.raises(ValueError, match="spans \\[255, 255\\].*as uint8, or divide them by 255"):
         to_image_tensor(np.full((8, 8, 3), 255.0, dtype=np.float32))
     assert to_image_tensor(np.full((8, 8, 3), 1.004, dtype=np.float32)).shape == (1, 3, 8, 8)  # rounding passes
+    # and so below 0: one sample at -1e-6 (a resize's overshoot) must not turn a [0, 1] image into a [-1, 1] one
+    unit = rgb.astype(np.float32) / 255
+    overshoot = unit.copy()
+    overshoot[0, 0, 0] = -1e-6
+    clamped = expected.clone()
+    clamped[0, 0, 0, 0] = 0
+    torch.testing.assert_close(to_image_tensor(overshoot), clamped)
+    assert to_image_tensor(np.full((8, 8, 3), 1.004, dtype=np.float32)).max() == 1  # clamped into [0, 1]
+    for bad, words in ((np.full((8, 8, 3), np.nan, dtype=np.float32), "NaN or infinite"),
+                       (np.zeros((0, 8, 8, 3), dtype=np.float32), "empty batch"), (None, "no image given")):
+        with pytest.raises(ValueError, match=words):
+            to_image_tensor(bad)
 
 
 def _train(model, opt, steps, seed):

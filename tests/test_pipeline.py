@@ -110,6 +110,12 @@ def test_missing_or_damaged_components_name_the_file(pipe, tmp_path, monkeypatch
     save_file({k: v for k, v in tensors.items() if k != dropped}, weights)
     with pytest.raises(ValueError, match=f"'unet'.*lacks 1 of its tensors \\({dropped}\\)"):
         DDADPipeline.from_pretrained(partial)
+    # a full copy lying beside it (a variant, a backup) is not loaded, so it does not stand in for the lost tensor
+    save_file(tensors, partial / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    with pytest.raises(ValueError, match=f"'unet'.*lacks 1 of its tensors \\({dropped}\\)"):
+        DDADPipeline.from_pretrained(partial)
+    loaded = DDADPipeline.from_pretrained(partial, variant="fp16")  # asked for, the variant is what loads
+    assert torch.equal(dict(loaded.unet.state_dict())[dropped], tensors[dropped])
 
     # a folder saved from another pipeline class is not loaded as this one (its other components would be lost)
     other = shutil.copytree(tmp_path / "ok", tmp_path / "other")
@@ -308,3 +314,25 @@ def test_push_to_hub_uploads_the_projects_card_and_record_without_local_paths(tm
     with pytest.warns(UserWarning, match="the pipeline has no folder, so the upload has no model card"):
         built.push_to_hub("me/tiny")
     assert not (tmp_path / "uploaded" / "README.md").exists()
+    # saved and pushed into a folder that held another model's record: the upload carries this model's own
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "training_info.json").write_text(json.dumps({**json.loads(
+        (EMBEDDED_LATENT / "training_info.json").read_text()), "data": "/data/bottle", "category": "bottle"}))
+    shutil.rmtree(tmp_path / "uploaded")
+    pipe.save_pretrained(other, push_to_hub=True, repo_id="me/transistor")
+    assert json.loads((tmp_path / "uploaded" / "training_info.json").read_text())["data"] == "transistor"
+    with pytest.raises(ValueError, match="safetensors only"):
+        pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not (tmp_path / "pickled").exists()
+
+
+def test_a_config_that_cannot_run_is_refused_as_it_loads_not_at_the_first_call(tmp_path):
+    make_tiny_pipeline(latent=True).save_pretrained(tmp_path / "latent")
+    with pytest.raises(ValueError, match="needs the autoencoder"):
+        DDADPipeline.from_pretrained(tmp_path / "latent", vae=None)
+    index = json.loads((tmp_path / "latent" / "model_index.json").read_text())
+    for key, value, words in (("mode", "memory", "mode must be"), ("fused_rule", "median", "fusion rule must be")):
+        (tmp_path / "latent" / "model_index.json").write_text(json.dumps({**index, key: value}))
+        with pytest.raises(ValueError, match=words):
+            DDADPipeline.from_pretrained(tmp_path / "latent")

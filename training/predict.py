@@ -3,7 +3,8 @@
     python training/predict.py --pipeline runs/transistor/pipeline --input-dir my_parts/ --output-dir predictions/
 
 Files that cannot be read as images are listed in the CSV with the reason and do not stop the run. The demo's
-batch tab scores through the same code (``ddad_hub.inspection``), so both give the same scores for a file.
+batch tab scores through the same code (``ddad_hub.inspection``) in batches of the same size, so both give the same
+scores for the same files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 from ddad_hub import load_pipeline
 from ddad_hub.cli import run
 from ddad_hub.data import IMAGE_SUFFIXES
-from ddad_hub.inspection import anomaly_picture, image_files, inspect_files, tally_text, write_csv
+from ddad_hub.inspection import BATCH_SIZE, anomaly_picture, image_files, inspect_files, tally_text, write_csv
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--pipeline", required=True, help="a saved pipeline folder or Hub repo id")
     p.add_argument("--input-dir", required=True)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help="images reconstructed at once (default: the Space's, so both give bit-identical scores)")
     p.add_argument("--mode", default=None, help="the pipeline's mode (default: the model's own, config.mode)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..anomaly_map import (
+    check_fusion_rule,
     combine_maps,
     feature_distance,
     fuse_maps,
@@ -169,6 +170,13 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             if vae.config.latent_channels != unet.config.in_channels:
                 raise ValueError(f"the vae's {vae.config.latent_channels} latent channels do not match the unet's "
                                  f"{unet.config.in_channels} input channels")
+        elif unet.config.in_channels != 3:
+            raise ValueError(f"the unet denoises {unet.config.in_channels}-channel latents, so it needs the "
+                             "autoencoder (vae) it was trained with; got vae=None")
+        # a folder's config is checked as it loads, not at the first call
+        if mode not in ("ddad", "d3ad", "fused"):
+            raise ValueError(f"mode must be 'ddad', 'd3ad' or 'fused', got {mode!r}")
+        check_fusion_rule(fused_rule)
         self.register_modules(
             unet=unet, scheduler=scheduler, feature_encoder=feature_encoder, feature_memory=feature_memory, vae=vae
         )
@@ -531,10 +539,12 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 
         Args:
             image: a PIL image, path, array or tensor, or a list of them; any size and mode. Tensors are read as
-                [0, 1] (or [-1, 1] if they hold negative values).
+                [0, 1] (or [-1, 1] if they hold values below -0.01).
             w, start_step, skip, eta: reconstruction settings; ``None`` takes the scheduler config's.
-            generator: noise source; one per image keeps scores independent of batching. ``None`` gives each
-                image its own generator seeded with ``config.seed`` (repeatable scores).
+            generator: noise source; one per image keeps scores independent of batching (in float32, to about
+                1e-6; under bf16 autocast, which ``compute_dtype="auto"`` picks on CPUs with native bf16, the
+                batch's shape changes the kernels' rounding and a score can move by up to about 0.02). ``None``
+                gives each image its own generator seeded with ``config.seed`` (repeatable scores).
             batch_size: images reconstructed at once.
             output_type: "pil", "np" or "pt" for the reconstructions ("np" and "pt" in [0, 1]); maps and scores
                 are numpy unless "pt".
@@ -673,12 +683,22 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """diffusers' ``save_pretrained``; with ``push_to_hub=True`` the upload goes through :meth:`push_to_hub`,
-        so it carries the folder's own card (diffusers' would write a generic one over the folder's README)."""
+        so it carries the model's own card (diffusers' would write a generic one over the folder's README): from
+        the folder it was loaded from, else from ``save_directory``'s training record. A folder's record is not
+        taken over a loaded pipeline's own, since a save may go into a folder that held another model."""
         hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr") if k in kwargs}
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("ddad-hub saves weights as safetensors only (from_pretrained reads nothing else): "
+                             "drop safe_serialization=False")
         super().save_pretrained(save_directory, *args, **kwargs)
         if push_to_hub:
             repo_id = hub.pop("repo_id", None) or Path(save_directory).name
-            folder = save_directory if (Path(save_directory) / "training_info.json").is_file() else None
+            own = getattr(self, "name_or_path", None)
+            folder = None
+            for candidate in (own, save_directory):
+                if candidate and (Path(candidate) / "training_info.json").is_file():
+                    folder = candidate
+                    break
             self.push_to_hub(repo_id, card_folder=folder, **hub)
 
     @classmethod
@@ -696,7 +716,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         for key in ("torch_dtype", "dtype"):
             check_weights_dtype(kwargs.get(key))
         path = pipeline_folder(pretrained_model_name_or_path, kwargs, backend)
-        stored = check_pipeline_folder(path)
+        stored = check_pipeline_folder(path, variant=kwargs.get("variant"))
         check_class(path, cls)
         kwargs.setdefault("use_safetensors", True)
         pipe = super().from_pretrained(path, **kwargs)
@@ -745,9 +765,31 @@ def own_aligned_weights(pipe: DiffusionPipeline) -> None:
                 tensor.data = tensor.data.clone()
 
 
-def check_pipeline_folder(path: str | os.PathLike) -> dict[str, set[str]]:
+def weight_files(folder: str | os.PathLike, variant: str | None = None) -> list[str]:
+    """The ``.safetensors`` files of a component folder that diffusers loads: the shards its index lists, or its one
+    weights file (``variant``'s, else the plain one), or, named otherwise, every ``.safetensors`` file there. A
+    variant or a backup lying beside the loaded file is not counted: its tensors would not be loaded."""
+    from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+    from diffusers.utils.hub_utils import _add_variant
+
+    present = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    for kind in ([variant] if variant else []) + [None]:
+        index = os.path.join(folder, _add_variant(SAFE_WEIGHTS_INDEX_NAME, kind))
+        if os.path.isfile(index):
+            try:
+                with open(index) as f:
+                    return sorted(set(json.load(f)["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise PipelineFolderError(f"{index} is damaged ({err!r})") from err
+        single = _add_variant(SAFETENSORS_WEIGHTS_NAME, kind)
+        if single in present:
+            return [single]
+    return present
+
+
+def check_pipeline_folder(path: str | os.PathLike, variant: str | None = None) -> dict[str, set[str]]:
     """Raise a clear error if a saved pipeline folder lacks a file or holds an unreadable one; return the tensor
-    names each component's weights files hold."""
+    names each component's weights files (:func:`weight_files`) hold."""
     from safetensors import safe_open
 
     index = os.path.join(path, "model_index.json")
@@ -775,9 +817,13 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict[str, set[str]]:
                                           f"{err}") from err
         if "scheduler_config.json" in configs:
             continue
-        weights = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
+        weights = weight_files(folder, variant)
         if not weights:
             raise FileNotFoundError(f"component '{name}': no .safetensors weights in {folder}")
+        missing = [w for w in weights if not os.path.isfile(os.path.join(folder, w))]
+        if missing:
+            raise FileNotFoundError(f"component '{name}': {folder} lacks {', '.join(missing)}, which its shard index "
+                                    "lists")
         stored[name] = set()
         for weight in weights:
             file = os.path.join(folder, weight)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DModel
 from diffusers.image_processor import VaeImageProcessor
 
+from ..anomaly_map import check_fusion_rule
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..models.semantic_guided import SemanticGuidedNetwork, unet_forward_with_residuals
@@ -74,6 +75,7 @@ class DiADPipeline(DDADPipeline):
                 module.eval()
         if mode not in ("diad", "fused"):
             raise ValueError(f"a DiADPipeline's modes are 'diad' and 'fused'; got {mode!r}")
+        check_fusion_rule(fused_rule)
         self.register_modules(unet=unet, sg_network=sg_network, scheduler=scheduler, feature_encoder=feature_encoder,
                               vae=vae, feature_memory=feature_memory)
         self.register_to_config(v=v, blur_sigma=blur_sigma, map_size=map_size, pixel_weight=pixel_weight,
