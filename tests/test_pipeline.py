@@ -143,6 +143,9 @@ def test_weights_stay_float32_and_bad_calls_are_named(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="keep float32 weights"):
         DDADPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="keep float32 weights"):  # diffusers' per-component form is read too
+        DDADPipeline.from_pretrained(tmp_path, torch_dtype={"default": torch.float32, "unet": torch.bfloat16})
+    assert DDADPipeline.from_pretrained(tmp_path, torch_dtype={"default": torch.float32}).unet.dtype == torch.float32
     with pytest.raises(ValueError, match="no images"):
         pipe([])
     for size in (0, -1):

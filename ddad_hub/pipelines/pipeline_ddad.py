@@ -730,6 +730,10 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 def check_weights_dtype(dtype) -> None:
     """Weights stay float32: the thresholds, score bins and nominal statistics were calibrated with them. Lower
     precision is a compute type, chosen per call or by ``compute_dtype`` (bf16 autocast where the CPU has it)."""
+    if isinstance(dtype, dict):  # diffusers' per-component form, {"default": torch.float32, "unet": ...}
+        for value in dtype.values():
+            check_weights_dtype(value)
+        return
     if dtype is not None and dtype != torch.float32:
         raise ValueError(f"ddad-hub pipelines keep float32 weights (got {dtype}): for bf16 compute pass "
                          "compute_dtype='bfloat16' to from_pretrained or autocast_dtype=torch.bfloat16 to the call; "
