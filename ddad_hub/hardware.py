@@ -39,9 +39,14 @@ def cpu_bf16_features() -> dict[str, bool]:
 _ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
+def isa_cap() -> str | None:
+    """oneDNN's instruction-set cap, ``ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``), if set."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
 def isa_cap_hides_bf16() -> bool:
-    """True when ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN below its bf16 instructions."""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ISA_WITHOUT_BF16
+    """True when oneDNN's instruction-set cap keeps it below its bf16 instructions."""
+    return (isa_cap() or "").strip().upper() in _ISA_WITHOUT_BF16
 
 
 def has_native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -90,7 +95,7 @@ def machine_summary(threads: int | None = None) -> str:
     native = "native bf16 (" + ", ".join(k for k, v in feats.items() if v) + ")" if any(feats.values()) \
         else "no native bf16 (no AVX512-BF16, no AMX)"
     if any(feats.values()) and isa_cap_hides_bf16():
-        native += f", hidden by ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}"
+        native += f", hidden by oneDNN's instruction-set cap {isa_cap()}"
     forced = os.environ.get("DDAD_NATIVE_BF16")
     if forced in ("0", "1"):
         native += f"; DDAD_NATIVE_BF16={forced} overrides"

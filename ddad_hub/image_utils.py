@@ -20,12 +20,17 @@ class ImageLoadError(ValueError):
     """The input could not be used as an image; the message says why."""
 
 
-def image_pages(image: Image.Image) -> int:
+def image_pages(image: Image.Image, name: str = "image") -> int:
     """How many images a file holds: the pages of a multi-page TIFF, the frames of an animated GIF, PNG or WebP.
-    A camera JPEG's extra pictures (MPO: a preview or depth map beside the photo) are not pages: it counts as one."""
+    A camera JPEG's extra pictures (MPO: a preview or depth map beside the photo) are not pages: it counts as one.
+    Raises :class:`ImageLoadError` when the file is too damaged to count them."""
     if image.format == "MPO":
         return 1
-    return int(getattr(image, "n_frames", 1) or 1)
+    try:
+        return int(getattr(image, "n_frames", 1) or 1)
+    except Exception as err:  # noqa: BLE001 - PIL raises TypeError, IndexError, EOFError... for cut-off frames
+        raise ImageLoadError(f"{name}: the image file is damaged or truncated: its pages cannot be counted ({err!r})") \
+            from err
 
 
 def count_pages(source: str | os.PathLike | bytes) -> int:
@@ -53,7 +58,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, page: int | None
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = source if given else Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            pages = image_pages(image)
+            pages = image_pages(image, name)
             if page is None and pages > 1:
                 raise ImageLoadError(
                     f"{name}: holds {pages} images (pages of a TIFF or frames of an animation), and one score would "
@@ -62,7 +67,10 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, page: int | None
             if page is not None:
                 if not 0 <= page < pages:
                     raise ImageLoadError(f"{name}: has no page {page} (it holds {pages})")
-                image.seek(page)
+                try:
+                    image.seek(page)
+                except Exception as err:  # noqa: BLE001 - as in image_pages: a damaged frame, whatever PIL raises
+                    raise ImageLoadError(f"{name}: page {page} is damaged or truncated ({err!r})") from err
             _check_size(image, name)
             image.load()  # a PIL image opened lazily by the caller is decoded here too, so damage shows here
     except ImageLoadError:
@@ -124,6 +132,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 
 
 _RANGE_SLACK = 0.01  # rounding past the range is clamped later; 0-255 floats are refused, not painted white
+_AMBIGUOUS = 0.15  # a minimum between -0.15 and -0.01: a bright [-1, 1] image, or a [0, 1] one a bicubic resize
+# pushed below 0 at a hard edge (about -0.09 seen); read as [-1, 1], with a warning
 
 
 def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -132,9 +142,10 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
     PIL images go through :func:`open_image`. Arrays are read channels-last (H, W[, C]), as numpy images are, and
     tensors channels-first (C, H, W), as torch's are; the other order is taken only when the first reading has no
     channel axis of 1, 3 or 4. 8- and 16-bit integers are scaled by 255 and 65535; floats in [-1, 1] (a value below
-    -0.01) are mapped to [0, 1], others taken as [0, 1], rounding up to 0.01 past either end clamped (bicubic
-    resizing overshoots a little); floats beyond that (0-255 values as float), NaN or infinity are refused, as is
-    an empty batch. One channel is grey, four are RGBA put on black.
+    -0.01) are mapped to [0, 1], others taken as [0, 1], rounding up to 0.01 past either end clamped (a minimum
+    between -0.15 and -0.01 is read as [-1, 1] with a warning: it may be a [0, 1] image a bicubic resize pushed
+    below 0, which should be clamped first); floats beyond that (0-255 values as float), NaN or infinity are
+    refused, as is an empty batch. One channel is grey, four are RGBA put on black.
     """
     if image is None:
         raise ValueError("no image given (None): pass a path, a PIL image, an array or a tensor")
@@ -171,6 +182,9 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
         raise ValueError(f"float images are read in [0, 1] (or [-1, 1]); this one spans [{x.min():.4g}, "
                          f"{x.max():.4g}]: pass 0-255 values as uint8, or divide them by 255")
     if x.min() < -_RANGE_SLACK:  # [-1, 1] -> [0, 1]; a value just below 0 is rounding, as one just above 1 is
+        if x.min() > -_AMBIGUOUS:
+            warnings.warn(f"a float image with values from {x.min():.3g} to {x.max():.3g} is read as [-1, 1]; if it "
+                          "is a [0, 1] image that a resize pushed below 0, clamp it to [0, 1] first", stacklevel=3)
         x = (x + 1) / 2
     x = x.clamp(0, 1)
     if x.shape[1] == 4:

@@ -164,22 +164,24 @@ def _extract_images(archive: str | os.PathLike, target: Path, name: str) -> list
         if total > MAX_ZIP_BYTES:
             raise ValueError(f"{name} would expand to {total:,} bytes, more than the {MAX_ZIP_BYTES:,} allowed")
         root = target.resolve()
+        named = {(target / m.filename).resolve() for m in members}  # a second copy of a path takes none of these
         for m in members:
             dest = (target / m.filename).resolve()
             if root not in dest.parents:
                 raise ValueError(f"{name}: the member {m.filename!r} would be written outside the folder")
             if Path(m.filename).suffix.lower() in IMAGE_SUFFIXES:
-                dest = _unused(dest)  # a zip may hold one path twice: the second is kept as "name (2).png"
+                if dest.exists():  # a zip may hold one path twice: the second is kept as "name (2).png"
+                    dest = _unused(dest, named)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:
                     out.write(src.read(MAX_ZIP_BYTES))
     return image_files(target)
 
 
-def _unused(path: Path) -> Path:
-    """``path``, or ``stem (2).suffix``, ``stem (3).suffix``... if a file is there already."""
-    n, found = 1, path
-    while found.exists():
+def _unused(path: Path, reserved: set[Path]) -> Path:
+    """The first of ``stem (2).suffix``, ``stem (3).suffix``... that is neither a file yet nor ``reserved``."""
+    n, found = 2, path.with_name(f"{path.stem} (2){path.suffix}")
+    while found.exists() or found in reserved:
         n += 1
         found = path.with_name(f"{path.stem} ({n}){path.suffix}")
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path, PureWindowsPath
@@ -28,6 +29,21 @@ def _read_json(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def weights_fingerprint(folder: str | os.PathLike) -> str | None:
+    """A digest of the weights files in a pipeline folder's components (``None`` when it holds none): whether a save
+    changed the networks the folder's training record describes."""
+    files = sorted(Path(folder).glob("*/*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def training_record(folder: str | os.PathLike, required: bool = True) -> dict:

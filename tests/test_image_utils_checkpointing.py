@@ -43,6 +43,7 @@ def test_broken_files_raise_clear_errors(tmp_path):
     assert time.perf_counter() - start < 2  # refused before decoding
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_a_file_of_several_images_is_read_page_by_page_not_as_its_first(tmp_path):
     """A TIFF stack or an animation scored by its first page alone would pass the other pages unseen."""
     from ddad_hub.image_utils import count_pages
@@ -70,6 +71,17 @@ def test_a_file_of_several_images_is_read_page_by_page_not_as_its_first(tmp_path
     pages[0].save(camera, format="MPO", save_all=True, append_images=[pages[1]])
     assert Image.open(camera).n_frames == 2 and count_pages(camera) == 1
     assert open_image(camera).size == (40, 32)
+    # cut short anywhere, a stack is an ImageLoadError at worst, never another exception (a batch would stop)
+    for name in ("stack.tif", "clip.gif"):
+        data = (tmp_path / name).read_bytes()
+        for cut in range(8, len(data), max(1, len(data) // 60)):
+            short = tmp_path / f"short_{name}"
+            short.write_bytes(data[:cut])
+            for page in [None] + list(range(count_pages(short))):
+                try:
+                    open_image(short, page=page)
+                except ImageLoadError:
+                    pass
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 not really")
     assert count_pages(broken) == 1  # its error comes from open_image
@@ -149,6 +161,9 @@ def test_arrays_and_tensors_of_every_layout_become_rgb_tensors():
     clamped[0, 0, 0, 0] = 0
     torch.testing.assert_close(to_image_tensor(overshoot), clamped)
     assert to_image_tensor(np.full((8, 8, 3), 1.004, dtype=np.float32)).max() == 1  # clamped into [0, 1]
+    overshoot[0, 0, 0] = -0.09  # a bicubic resize's undershoot at a hard edge, or a bright [-1, 1] image: said
+    with pytest.warns(UserWarning, match="read as \\[-1, 1\\]; if it is a \\[0, 1\\] image"):
+        to_image_tensor(overshoot)
     for bad, words in ((np.full((8, 8, 3), np.nan, dtype=np.float32), "NaN or infinite"),
                        (np.zeros((0, 8, 8, 3), dtype=np.float32), "empty batch"), (None, "no image given")):
         with pytest.raises(ValueError, match=words):

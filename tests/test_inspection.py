@@ -39,6 +39,16 @@ def test_extract_zip_keeps_images_and_refuses_escapes_and_bombs(tmp_path, monkey
     assert [p.relative_to(tmp_path / "out").as_posix() for p in found] == ["folder/x.png", "folder/y.webp"]
     assert inspection.skipped_members(good) == ["folder/readme.txt"]  # what the app tells its user it skipped
 
+    # one path twice, and the name a renamed copy would take already a member of its own: no image is lost or
+    # shown under another member's name
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        for member, payload in (("part.png", b"first"), ("part.png", b"second"), ("part (2).png", b"own")):
+            zf.writestr(member, payload)
+    found = inspection.extract_zip(twice, tmp_path / "out_twice")
+    assert {p.name: p.read_bytes() for p in found} == {"part.png": b"first", "part (3).png": b"second",
+                                                        "part (2).png": b"own"}
+
     escape = tmp_path / "escape.zip"
     with zipfile.ZipFile(escape, "w") as zf:
         zf.writestr("../../evil.png", b"x")

@@ -19,6 +19,7 @@ from ddad_hub.backends import openvino as ov_backend
 from ddad_hub.dynamic_noise import score_bin_edges
 from ddad_hub.models.feature_memory import FeatureMemory
 from ddad_hub.pipelines.pipeline_ddad import check_pipeline_folder
+from ddad_hub.presets import load_preset
 
 needs_openvino = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None, reason="openvino is not installed (pip install '.[openvino]')"
@@ -218,9 +219,24 @@ def test_an_export_is_a_complete_folder_with_the_card_licence_and_records(tmp_pa
                "training_info.json": "{}\n", "results.json": "{}\n"}
     for name, text in records.items():
         (source / name).write_text(text)
-    load_pipeline(source).export_openvino(tmp_path / "shipped")
+    shipped = tmp_path / "shipped"  # a folder that held another model: its card and records do not stay
+    make_tiny_pipeline().save_pretrained(shipped)
+    for name in records:
+        (shipped / name).write_text("another model's\n")
+    load_pipeline(source).export_openvino(shipped)
     for name, text in records.items():
-        assert (tmp_path / "shipped" / name).read_text() == text, name
+        assert (shipped / name).read_text() == text, name
+    # int8 weights were never tested: the source's test results stay behind, and the card does not show them
+    info = {"preset": load_preset("cpu"), "category": "transistor", "data": "/data/transistor",
+            "training": {"steps": 1, "minutes": 0.1}}
+    (source / "training_info.json").write_text(json.dumps(info))
+    (source / "results.json").write_text(json.dumps({"ddad": {"all": {"image_auroc": 0.123456}}}))
+    int8 = tmp_path / "int8"
+    int8.mkdir()
+    (int8 / "results.json").write_text("{}")  # an older export's
+    load_pipeline(source).export_openvino(int8, int8_weights=("unet",))
+    assert (int8 / "training_info.json").is_file() and not (int8 / "results.json").exists()
+    assert "0.123" not in (int8 / "README.md").read_text() and "Not evaluated yet" in (int8 / "README.md").read_text()
 
 
 @needs_openvino

@@ -325,6 +325,12 @@ def test_push_to_hub_uploads_the_projects_card_and_record_without_local_paths(tm
     shutil.rmtree(tmp_path / "uploaded")
     pipe.save_pretrained(other, push_to_hub=True, repo_id="me/transistor")
     assert json.loads((tmp_path / "uploaded" / "training_info.json").read_text())["data"] == "transistor"
+    # saved again over the same weights, the folder's own (newer) record is this model's: it goes up
+    (other / "training_info.json").write_text(json.dumps({**json.loads(
+        (EMBEDDED_LATENT / "training_info.json").read_text()), "data": "/data/refit/transistor", "refit": True}))
+    shutil.rmtree(tmp_path / "uploaded")
+    pipe.save_pretrained(other, push_to_hub=True, repo_id="me/transistor")
+    assert json.loads((tmp_path / "uploaded" / "training_info.json").read_text()).get("refit") is True
     with pytest.raises(ValueError, match="safetensors only"):
         pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     assert not (tmp_path / "pickled").exists()

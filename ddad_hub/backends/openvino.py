@@ -335,8 +335,8 @@ def find_or_export(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
-    except PermissionError as err:
-        raise PermissionError(f"cannot write the OpenVINO export cache {target.parent} ({err}): set DDAD_HUB_CACHE "
+    except OSError as err:  # no permission, a read-only file system, a full disk
+        raise type(err)(f"cannot write the OpenVINO export cache {target.parent} ({err}): set DDAD_HUB_CACHE "
                               "or pass openvino_cache_dir= to a writable folder, or ship IR with "
                               "pipe.export_openvino(folder)") from err
     try:
@@ -528,20 +528,22 @@ def load_stand_ins(
 
 
 # ---------------------------------------------------------------------------------------------- pipelines
-# What a trained pipeline folder holds beside its weights: its card, licence terms, training record and test results
-FOLDER_RECORDS = ("README.md", "LICENSE.md", "training_info.json", "results.json", "evaluation.png", "table.md")
+def copy_records(source: str | os.PathLike | None, folder: str | os.PathLike, test_results: bool = True) -> list[str]:
+    """Copy a pipeline folder's card, licence terms and training record (and, with ``test_results``, its test
+    results) into the folder it was exported to, over what an earlier model left there, so the export is a complete
+    pipeline folder that names its data's terms. Returns the names copied."""
+    from ..model_card import LICENSE_FILE, TEST_RESULT_FILES, discard_test_results, write_card
 
-
-def copy_records(source: str | os.PathLike | None, folder: str | os.PathLike) -> list[str]:
-    """Copy a pipeline folder's card, licence and records (:data:`FOLDER_RECORDS`) into the folder it was exported
-    to, so the export is a complete pipeline folder that names its data's terms; files already there are kept."""
     if not source or not Path(source).is_dir() or Path(source).resolve() == Path(folder).resolve():
         return []
-    copied = []
-    for name in FOLDER_RECORDS:
-        if (Path(source) / name).is_file() and not (Path(folder) / name).exists():
-            shutil.copy2(Path(source) / name, Path(folder) / name)
-            copied.append(name)
+    if not test_results:  # measured on other networks than the exported ones: neither the source's nor older ones
+        discard_test_results(folder)
+    names = ("README.md", LICENSE_FILE, "training_info.json") + (TEST_RESULT_FILES if test_results else ())
+    copied = [name for name in names if (Path(source) / name).is_file()]
+    for name in copied:
+        shutil.copy2(Path(source) / name, Path(folder) / name)
+    if not test_results and "training_info.json" in copied:  # the card, rendered again, no longer shows them
+        write_card(folder)
     return copied
 
 
@@ -566,7 +568,8 @@ class OpenVINOMixin:
         check_int8_weights(exportable(self.components), int8_weights)
         self.save_pretrained(folder)
         export_components(self.components, folder, tuple(int8_weights))
-        copy_records(getattr(self, "name_or_path", None), folder)
+        # int8 weights score a little differently: the source's test results are not this export's
+        copy_records(getattr(self, "name_or_path", None), folder, test_results=not int8_weights)
 
     def to_openvino(
         self,

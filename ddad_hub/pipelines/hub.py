@@ -16,8 +16,10 @@ import tempfile
 import warnings
 from pathlib import Path, PureWindowsPath
 
+from ..model_card import TEST_RESULT_FILES
+
 # what a trained pipeline folder holds besides the weights, and an upload carries along
-RECORDS = ("training_info.json", "results.json", "evaluation.png", "table.md")
+RECORDS = ("training_info.json", *TEST_RESULT_FILES)
 
 
 def strip_local_paths(folder: str | os.PathLike) -> None:

@@ -34,7 +34,7 @@ from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
 from ..image_utils import open_image, to_image_tensor
-from ..model_info import PipelineFolderError
+from ..model_info import PipelineFolderError, weights_fingerprint
 from ..models.autoencoder import from_latents, latent_factor, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
@@ -43,6 +43,7 @@ from .hub import push_pipeline
 from .loading import check_class, pipeline_folder
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+MODES = ("ddad", "d3ad", "fused")  # DDAD's fixed-step reconstruction, D3AD's per-image step, either fused with memory
 
 
 @dataclass
@@ -174,7 +175,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             raise ValueError(f"the unet denoises {unet.config.in_channels}-channel latents, so it needs the "
                              "autoencoder (vae) it was trained with; got vae=None")
         # a folder's config is checked as it loads, not at the first call
-        if mode not in ("ddad", "d3ad", "fused"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'ddad', 'd3ad' or 'fused', got {mode!r}")
         check_fusion_rule(fused_rule)
         self.register_modules(
@@ -226,7 +227,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 
     def check_mode(self, mode: str) -> None:
         """Raise a ``ValueError`` that says why ``mode`` cannot run on this pipeline."""
-        if mode not in ("ddad", "d3ad", "fused"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'ddad', 'd3ad' or 'fused', got {mode!r}")
         if mode in self.available_modes():
             return
@@ -683,23 +684,25 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """diffusers' ``save_pretrained``; with ``push_to_hub=True`` the upload goes through :meth:`push_to_hub`,
-        so it carries the model's own card (diffusers' would write a generic one over the folder's README): from
-        the folder it was loaded from, else from ``save_directory``'s training record. A folder's record is not
-        taken over a loaded pipeline's own, since a save may go into a folder that held another model."""
-        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr") if k in kwargs}
+        so it carries the model's own card (diffusers' would write a generic one over the folder's README):
+        ``card_folder``'s, else ``save_directory``'s training record if this save left the folder's weights as they
+        were (the record describes them), else that of the folder the pipeline was loaded from."""
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "private", "token", "create_pr", "card_folder")
+               if k in kwargs}
         if kwargs.get("safe_serialization") is False:
             raise ValueError("ddad-hub saves weights as safetensors only (from_pretrained reads nothing else): "
                              "drop safe_serialization=False")
+        before = weights_fingerprint(save_directory) if push_to_hub and os.path.isdir(save_directory) else None
         super().save_pretrained(save_directory, *args, **kwargs)
         if push_to_hub:
             repo_id = hub.pop("repo_id", None) or Path(save_directory).name
-            own = getattr(self, "name_or_path", None)
-            folder = None
-            for candidate in (own, save_directory):
-                if candidate and (Path(candidate) / "training_info.json").is_file():
-                    folder = candidate
-                    break
-            self.push_to_hub(repo_id, card_folder=folder, **hub)
+            if hub.get("card_folder") is None:
+                here = Path(save_directory) if (Path(save_directory) / "training_info.json").is_file() else None
+                if here is not None and before != weights_fingerprint(save_directory):
+                    here = None  # the record there describes the networks this save replaced
+                own = getattr(self, "name_or_path", None)
+                hub["card_folder"] = here or (own if own and (Path(own) / "training_info.json").is_file() else None)
+            self.push_to_hub(repo_id, **hub)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DDADPipeline:
