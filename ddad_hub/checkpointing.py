@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -63,7 +64,9 @@ def save_checkpoint(
         tensors, meta = _optimizer_to_flat(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+    # each file's digest, so damage that leaves a file readable (bytes overwritten in place) is found on resume
+    digests = {file.name: _sha256(file) for file in sorted(tmp.iterdir())}
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "file_sha256": digests}, indent=2))
     for file in tmp.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
@@ -99,11 +102,20 @@ def load_checkpoint(
     As in :func:`save_checkpoint`, a stem may map to a plain tensor dict (an EMA's shadow weights); it is refilled.
     """
     checkpoint = Path(checkpoint)
+    state = json.loads((checkpoint / "state.json").read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{checkpoint / 'state.json'} is not a checkpoint's state")
+    for name, digest in state.pop("file_sha256", {}).items():  # checkpoints written before digests: unchecked
+        if (checkpoint / name).is_file() and _sha256(checkpoint / name) != digest:
+            raise ValueError(f"{name} is not the file that was written (its checksum differs)")
     for stem, module in modules.items():
         file = checkpoint / f"{stem}.safetensors"
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} has no {file.name}")
         tensors = load_file(str(file))
+        broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:  # a run that diverged, or damage: resuming would train on from NaN and prune the good ones
+            raise ValueError(f"{file.name} holds NaN or infinite values ({', '.join(broken[:3])})")
         if isinstance(module, torch.nn.Module):
             module.load_state_dict(tensors)
         else:
@@ -112,7 +124,15 @@ def load_checkpoint(
     if optimizer is not None:
         meta = json.loads((checkpoint / "optimizer.json").read_text())
         _optimizer_from_flat(optimizer, load_file(str(checkpoint / "optimizer.safetensors")), meta)
-    return json.loads((checkpoint / "state.json").read_text())
+    return state
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resume(

@@ -122,7 +122,8 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
     """A boolean (H, W) mask at ``size``; all False for nominal images.
 
     8-bit masks are read as images are (upright by their EXIF orientation, transparency on black) and mark defects
-    above 127 (MVTec's 0/255). Deeper masks (16-bit, 32-bit) are label images: any non-zero value is a defect, so
+    where their brightest channel is above 127 (MVTec's 0/255; a coloured mark on black too), or above 0 in a mask
+    whose values are only 0 and 1. Deeper masks (16-bit, 32-bit) are label images: any non-zero value is a defect, so
     0/255, 0/65535 and multi-label masks alike are read whatever the depth; float masks mark above half their maximum.
     """
     if path is None:
@@ -133,7 +134,8 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
             if deep:
                 values = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64)
         if not deep:
-            mask = np.asarray(open_image(path).convert("L")) > 127
+            brightest = np.asarray(open_image(path)).max(axis=-1)  # any colour: red-on-black marks defects too
+            mask = brightest > (0 if brightest.max() <= 1 else 127)  # 0/1 masks (and label index 1) as 0/255
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # named in full: every defect type has a 000_mask.png
         raise ImageLoadError(f"mask {path} cannot be read: {err}") from err
@@ -215,6 +217,9 @@ def split_categories(
     return train, held, held_by_category
 
 
+MIN_HELD_OUT = 2  # held-out nominal images a run needs: D3AD's score bins span at least two scores
+
+
 def check_held_out(held_by_category: dict[str, list[Path]], holdout: float) -> None:
     """Before a run trains: every category has held-out images and they all decode. They are read only when the run
     finalises (settings, thresholds), and a run that trained for an hour must not fail there."""
@@ -222,6 +227,11 @@ def check_held_out(held_by_category: dict[str, list[Path]], holdout: float) -> N
     if empty:
         raise DatasetLayoutError(f"category {', '.join(empty)}: holdout {holdout} leaves no held-out nominal image for "
                                  "the settings and thresholds; add train/good images or raise the preset's holdout")
+    total = sum(len(held) for held in held_by_category.values())
+    if total < MIN_HELD_OUT:
+        raise DatasetLayoutError(f"holdout {holdout} leaves {total} held-out nominal image(s); the settings search and "
+                                 f"D3AD's score bins need at least {MIN_HELD_OUT}: add train/good images or raise the "
+                                 "preset's holdout (a preset .json file)")
     for held in held_by_category.values():
         for path in held:
             open_image(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -114,10 +115,37 @@ def summarize(
 
 
 def _metrics(scores, maps, masks, labels, known) -> dict:
-    """Image AUROC on every image; pixel AUROC and AUPRO on the pixel-labelled ones (None without defect masks)."""
-    result = {"image_auroc": image_auroc(scores, labels), "pixel_auroc": None, "aupro": None}
+    """Image AUROC on every image; pixel AUROC and AUPRO on the pixel-labelled ones. A metric the images cannot give
+    (one class only: no defective or no nominal images, masks without defect pixels) is ``None`` with a note, not
+    NaN."""
+    result = {"image_auroc": None, "pixel_auroc": None, "aupro": None}
+    if labels.all() or not labels.any():
+        result["image_metrics"] = f"n/a: no {'nominal' if labels.all() else 'defective'} test images"
+    else:
+        result["image_auroc"] = image_auroc(scores, labels)
     if (known & labels).any():
-        result["pixel_auroc"] = pixel_auroc(maps[known], masks[known])
-        result["aupro"] = aupro(maps[known], masks[known]) if masks[known].any() else float("nan")
+        labelled = masks[known].astype(bool)
+        if labelled.any() and not labelled.all():
+            result["pixel_auroc"] = pixel_auroc(maps[known], masks[known])
+            result["aupro"] = aupro(maps[known], masks[known])
+        elif not labelled.any():
+            result["pixel_metrics"] = ("n/a: the defective images' masks mark no defect pixel (masks are read as "
+                                       "defect where > 127, or > 0 in 0/1 masks)")
     result["n_images"] = int(len(labels))
     return result
+
+
+def format_metric(value: float | None) -> str:
+    """A metric as tables show it: three decimals, or "n/a" where the test images cannot give it."""
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by ``None``: JSON has no NaN (many parsers refuse it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value

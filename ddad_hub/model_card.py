@@ -7,6 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .metrics import METRICS, format_metric
 from .model_info import is_multiclass, recorded_categories
 from .models.autoencoder import latent_factor
 
@@ -88,11 +89,10 @@ def _per_category_table(names: list[str], results: dict) -> str:
     for name in names:
         for detector, vals in results["per_category"][name].items():
             if isinstance(vals, dict) and "all" in vals:
-                rows.append(f"| {name} | {detector} | {vals['all']['image_auroc']:.3f} | "
-                            f"{vals['all']['pixel_auroc']:.3f} | {vals['all']['aupro']:.3f} |")
+                rows.append(f"| {name} | {detector} | " + " | ".join(format_metric(vals["all"][key])
+                                                                     for key, _ in METRICS) + " |")
     for detector, vals in results.get("mean_over_categories", {}).items():
-        rows.append(f"| **mean** | {detector} | {vals['image_auroc']:.3f} | {vals['pixel_auroc']:.3f} | "
-                    f"{vals['aupro']:.3f} |")
+        rows.append(f"| **mean** | {detector} | " + " | ".join(format_metric(vals[key]) for key, _ in METRICS) + " |")
     return f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
 
 
@@ -187,8 +187,7 @@ def write_model_card(folder: str | Path, repo_id: str | None = None, template: P
                      ("feature_memory", "feature memory (kNN)"))
         for detector, label in detectors:
             for subset, vals in results.get(detector, {}).items():
-                shown = ["n/a (no masks)" if vals.get(k) is None else f"{vals[k]:.3f}"
-                         for k in ("image_auroc", "pixel_auroc", "aupro")]
+                shown = [format_metric(vals.get(k)) for k, _ in METRICS]
                 rows.append(f"| {label} | {subset} | {' | '.join(shown)} |")
         results_text = (f"On the {ds_name} test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows))
         results_text += _fused_vs_parts_text(results.get("fused_vs_parts"))

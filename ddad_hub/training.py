@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -105,7 +106,12 @@ class TrainingProgress:
         return (max_steps is not None and self.step >= max_steps) or (budget_s is not None and self.elapsed >= budget_s)
 
     def update(self, value: float) -> None:
-        """Record one finished step whose loss (or other metric) was ``value``."""
+        """Record one finished step whose loss (or other metric) was ``value``; a NaN or infinite one ends the run
+        before its weights are checkpointed over the good ones."""
+        if not math.isfinite(value):
+            raise SystemExit(f"the loss became {value} at step {self.step + 1}: training diverged; the checkpoints "
+                             "before it are kept (--resume continues from the newest), try a lower --learning-rate "
+                             "or --mixed-precision no")
         self.step += 1
         now = time.perf_counter()
         self.elapsed += now - self._last

@@ -93,3 +93,37 @@ def test_a_folder_without_any_masks_is_evaluated_and_validated(mixed_folder, tin
     # validate.py scores held-out good training images and synthetic defects: it never needs the test masks
     out = _run(["training/validate.py", "--data", str(data), "--pipelines", str(tiny_model)])
     assert "image AUROC" in out
+
+
+def test_a_test_set_of_good_images_only_gives_no_auroc_and_valid_json(mixed_folder, tiny_model, tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        (data / split / "good").mkdir(parents=True)
+        for f in (mixed_folder / split / "good").iterdir():
+            (data / split / "good" / f.name).write_bytes(f.read_bytes())
+    out = _run(["training/evaluate.py", "--pipeline", str(tiny_model), "--data", str(data), "--output-dir",
+                str(tmp_path / "eval"), "--threads", "1", "--no-memory"])
+    assert "image AUROC n/a" in out and "no defective test images" in out
+    text = (tmp_path / "eval" / "results.json").read_text()
+    assert "NaN" not in text  # JSON has no NaN: strict parsers (browsers, Node) refuse the file
+    results = json.loads(text)
+    assert results["ddad"]["all"]["image_auroc"] is None
+    assert results["at_threshold"]["ddad"]["true_positive_rate"] is None
+
+
+def test_evaluate_multiclass_leaves_maskless_types_out_of_pixel_metrics(mixed_folder, tiny_model, tmp_path):
+    """As evaluate.py: a type with image labels only gets image AUROC, and its pixels are not counted as nominal."""
+    import shutil
+
+    from training.evaluate_multiclass import main as evaluate
+
+    data = tmp_path / "line"
+    shutil.copytree(mixed_folder, data / "part")
+    results = evaluate(["--pipeline", str(tiny_model), "--data", str(data / "part"), "--output-dir",
+                        str(tmp_path / "eval"), "--modes", "ddad", "--threads", "1"])
+    r = results["per_category"]["part"]["ddad"]
+    assert r["dent"]["pixel_auroc"] is None and "no masks" in r["dent"]["pixel_metrics"]
+    assert 0 <= r["dent"]["image_auroc"] <= 1 and "dent" in r["all"]["pixel_metrics"]
+    # "all" pixel metrics are those of the good and scratch images, which is what scratch's own row scores
+    assert r["all"]["pixel_auroc"] == pytest.approx(r["scratch"]["pixel_auroc"])
+    assert "NaN" not in (tmp_path / "eval" / "results.json").read_text()

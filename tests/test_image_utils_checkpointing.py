@@ -242,6 +242,42 @@ def test_resume_refuses_other_runs_and_passes_over_a_damaged_checkpoint(tmp_path
         resume(tmp_path, {"model": model}, opt, log=said.append)
 
 
+def test_resume_passes_over_checkpoints_damaged_in_place_or_of_a_diverged_run(tmp_path):
+    """A file still readable but not as written (bytes overwritten, NaN weights) would be resumed from, and pruning
+    would then delete the good checkpoints behind it."""
+    from ddad_hub.checkpointing import resume
+
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.Adam(model.parameters())
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"model": model}, opt, {"seed": 0}, keep=4)
+    weights = tmp_path / "step_00000004" / "model.safetensors"  # same size, bytes changed inside the tensor data
+    data = bytearray(weights.read_bytes())
+    data[-256:] = b"\xff" * 256
+    weights.write_bytes(bytes(data))
+    nan = torch.nn.Linear(64, 64)
+    with torch.no_grad():
+        nan.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path, 5, {"model": nan}, opt, {"seed": 0}, keep=5)  # a diverged run's last checkpoint
+    (tmp_path / "step_00000003" / "state.json").write_text("[]")  # valid JSON, not a state
+    said = []
+    state, ckpt = resume(tmp_path, {"model": model}, opt, log=said.append)
+    assert ckpt.name == "step_00000002" and state["step"] == 2
+    assert "step_00000005 is damaged" in said[0] and "NaN or infinite" in said[0]
+    assert "step_00000004 is damaged" in said[1] and "checksum" in said[1]
+    assert "step_00000003 is damaged" in said[2]
+
+
+def test_a_diverged_loss_ends_the_run_before_it_is_checkpointed(tmp_path):
+    from ddad_hub.training import TrainingProgress
+
+    progress = TrainingProgress(0, 0.0, 10, tmp_path / "log.jsonl", "loss", "test", is_main=False)
+    progress.update(0.5)
+    with pytest.raises(SystemExit, match="loss became nan at step 2: training diverged"):
+        progress.update(float("nan"))
+    assert progress.step == 1
+
+
 def test_resume_keeps_this_runs_learning_rate_and_the_checkpoints_moments(tmp_path):
     from ddad_hub.checkpointing import resume
 
@@ -317,6 +353,11 @@ def test_held_out_images_are_checked_before_a_run_trains(tmp_path):
     small = write_category(tmp_path, "small", n_train=4, seed=0)
     _, _, held = split_categories(find_categories([small]), holdout=0.1)
     with pytest.raises(DatasetLayoutError, match="small: holdout 0.1 leaves no held-out"):
+        check_held_out(held, 0.1)
+    eight = write_category(tmp_path, "eight", n_train=8, seed=1)  # 10% of 8: one image, and D3AD's bins need two
+    _, _, held = split_categories(find_categories([eight]), holdout=0.1)
+    assert len(held["eight"]) == 1
+    with pytest.raises(DatasetLayoutError, match="leaves 1 held-out nominal image.*at least 2"):
         check_held_out(held, 0.1)
     _, _, held = split_categories(find_categories([small]), holdout=0.5)
     check_held_out(held, 0.5)

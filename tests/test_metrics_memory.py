@@ -82,6 +82,24 @@ def test_summarize_without_masks_for_some_types():
     assert none["all"]["pixel_auroc"] is None and "skipped" in none["all"]["pixel_metrics"]
 
 
+def test_metrics_the_test_images_cannot_give_are_none_with_a_reason_not_nan():
+    import json
+
+    from ddad_hub.metrics import finite_json, format_metric
+
+    masks = _masks()
+    maps = masks.astype(float) + 0.01
+    scores = maps.reshape(4, -1).max(1)
+    good_only = summarize(scores[2:], maps[2:], masks[2:], ["good", "good"])["all"]
+    assert good_only["image_auroc"] is None and "no defective test images" in good_only["image_metrics"]
+    empty_masks = summarize(scores, maps, np.zeros_like(masks), ["cut", "bent", "good", "good"])["all"]
+    assert empty_masks["image_auroc"] == 1.0 and empty_masks["pixel_auroc"] is None
+    assert "mark no defect pixel" in empty_masks["pixel_metrics"]
+    assert format_metric(None) == format_metric(float("nan")) == "n/a" and format_metric(0.98765) == "0.988"
+    assert json.loads(json.dumps(finite_json({"a": [float("nan"), 1.0], "b": float("inf")}), allow_nan=False)) == {
+        "a": [None, 1.0], "b": None}
+
+
 def test_coreset_covers_clusters():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])

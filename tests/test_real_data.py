@@ -89,6 +89,21 @@ def test_mask_folders_hold_images_and_a_damaged_mask_is_named(tmp_path):
     rgba[..., :3], rgba[4:8, 4:8, 3] = 255, 255  # white, transparent but for the defect: put on black as images are
     Image.fromarray(rgba, "RGBA").save(item.mask)
     assert load_mask(item.mask, (16, 16)).sum() == 16
+    # 8-bit masks as other tools write them: 0/1 grey, a red mark on black, a palette's label 1 (VOC's dark red);
+    # read as > 127 in grey they were empty, and their defect pixels counted as nominal
+    grey01 = np.zeros((16, 16), np.uint8)
+    grey01[4:8, 4:8] = 1
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[4:8, 4:8, 0] = 255
+    palette = Image.fromarray(grey01, "P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    for mask in (Image.fromarray(grey01, "L"), Image.fromarray(red, "RGB"), palette):
+        mask.save(item.mask)
+        assert load_mask(item.mask, (16, 16)).sum() == 16, mask.mode
+    noisy = np.zeros((16, 16), np.uint8)  # a 0/255 mask with faint noise (a JPEG's) keeps the 127 cut
+    noisy[4:8, 4:8], noisy[0, 0] = 255, 9
+    Image.fromarray(noisy, "L").save(item.mask)
+    assert load_mask(item.mask, (16, 16)).sum() == 16
 
 
 @needs_data

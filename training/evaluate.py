@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ddad_hub import DDADPipeline
 from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range
-from ddad_hub.metrics import METRICS, paired_auroc_difference, roc_points, summarize
+from ddad_hub.metrics import METRICS, finite_json, format_metric, paired_auroc_difference, roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.model_info import check_same_product, is_multiclass, training_record
 from ddad_hub.models.feature_memory import FeatureMemory
@@ -102,7 +102,7 @@ def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
     fig = plt.figure(figsize=(3 * max(4, n), 3 * 5))
     ax = fig.add_subplot(5, 1, 1)
     for name, (fpr, tpr) in curves.items():
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {results[name]['all']['image_auroc']:.3f})")
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {format_metric(results[name]['all']['image_auroc'])})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
@@ -124,8 +124,6 @@ def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
     plt.close(fig)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -256,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         if own[mode] and recognised is not None:
             results["at_threshold"][mode]["thresholds_used"] = sorted({round(float(t), 6) for t in per_image})
             results["at_threshold"][mode]["how"] = "each image judged by its recognised product's threshold"
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.json").write_text(json.dumps(finite_json(results), indent=2, allow_nan=False))
 
     examples = []
     for kind in sorted(set(types)):
@@ -273,8 +271,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("ddad", "d3ad", "fused", "feature_memory"):
         if name in results:
             r = results[name]["all"]
-            shown = "  ".join(f"{label} {_fmt(r[key])}" for key, label in METRICS)
-            print(f"{name}: {shown}" + (f"  (pixel metrics {r['pixel_metrics']})" if "pixel_metrics" in r else ""))
+            shown = "  ".join(f"{label} {format_metric(r[key])}" for key, label in METRICS)
+            notes = [f"{kind} metrics {r[key]}" for kind, key in (("image", "image_metrics"),
+                                                                  ("pixel", "pixel_metrics")) if key in r]
+            print(f"{name}: {shown}" + (f"  ({'; '.join(notes)})" if notes else ""))
             if name in results["at_threshold"]:
                 rates = results["at_threshold"][name]["flagged_rate"]
                 print(f"  flagged at threshold: {', '.join(f'{k} {v:.1%}' for k, v in rates.items())}")

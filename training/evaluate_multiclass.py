@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ddad_hub.cli import run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
-from ddad_hub.metrics import summarize
+from ddad_hub.metrics import finite_json, format_metric, summarize
 from ddad_hub.model_card import write_card
 from ddad_hub.model_info import recorded_categories, trained_products, training_record
 from ddad_hub.models.feature_encoder import FeatureEncoder
@@ -128,7 +128,14 @@ def per_category_thresholds(folder: str) -> dict[str, float]:
 
 
 def mean_over_categories(results: dict, categories: list[str], detector: str) -> dict:
-    return {m: float(np.mean([results[c][detector]["all"][m] for c in categories])) for m in METRICS}
+    """Each metric's mean over the categories that have it (``None`` when none has; see ``mean_of``)."""
+    means = {}
+    for m in METRICS:
+        have = [c for c in categories if results[c][detector]["all"][m] is not None]
+        means[m] = float(np.mean([results[c][detector]["all"][m] for c in have])) if have else None
+        if have and len(have) < len(categories):
+            means[f"{m}_of"] = have
+    return means
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         types = [it.defect_type for it in items]
         labels = np.array(types) != "good"
         masks = np.stack([load_mask(it.mask, map_hw) for it in items])
+        labelled = np.array([it.has_pixel_labels for it in items])  # types without masks: image metrics only
         entry: dict = {"n_test_images": len(items), "n_test_images_in_category": len(all_items)}
         if pipe is not None:  # as evaluate.py: at map size when larger (a memory-using mode reads that size)
             side = max(pipe.sample_size[0], map_hw[0])
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             maps, scores, verdicts = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
             timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
-            entry[mode] = summarize(scores, maps, masks, types)
+            entry[mode] = summarize(scores, maps, masks, types, labelled)
             # the pipeline's own per-product thresholds (calibrated with the held-out images left out of its bank),
             # else those training kept, else the held-out images' scores where the bank does not hold them
             own = (pipe.config.get("category_thresholds") or {}).get(mode, {}).get(name)
@@ -215,9 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
                 mm, ms = memory.anomaly_maps(encoder, full[s : s + args.batch_size], map_hw)
                 m_maps.append(mm.numpy())
                 m_scores.append(ms.numpy())
-            entry["feature_memory"] = summarize(np.concatenate(m_scores), np.concatenate(m_maps), masks, types)
+            entry["feature_memory"] = summarize(np.concatenate(m_scores), np.concatenate(m_maps), masks, types,
+                                                labelled)
         results["per_category"][name] = entry
-        print(name, {d: {m: round(entry[d]["all"][m], 3) for m in METRICS}
+        print(name, {d: {m: None if entry[d]["all"][m] is None else round(entry[d]["all"][m], 3) for m in METRICS}
                      for d in entry if isinstance(entry[d], dict)}, flush=True)
 
     names = list(categories)
@@ -240,14 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
                                 "within each defect type)")
     results["timing"] = timing
     results["pipeline"] = args.pipeline
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.json").write_text(json.dumps(finite_json(results), indent=2, allow_nan=False))
     if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():
         # the card's model-index gets one entry per category
         write_card(out_dir)
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
     for d in detectors:
-        cells = [" / ".join(f"{results['per_category'][c][d]['all'][m]:.3f}" for m in METRICS) for c in names]
-        mean = " / ".join(f"{results['mean_over_categories'][d][m]:.3f}" for m in METRICS)
+        cells = [" / ".join(format_metric(results["per_category"][c][d]["all"][m]) for m in METRICS) for c in names]
+        mean = " / ".join(format_metric(results["mean_over_categories"][d][m]) for m in METRICS)
         rows.append(f"| {d} | " + " | ".join(cells) + f" | {mean} |")
     table = "\n".join(rows)
     (out_dir / "table.md").write_text("image AUROC / pixel AUROC / AUPRO\n\n" + table + "\n")
