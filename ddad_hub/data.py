@@ -46,8 +46,28 @@ def list_train_images(root: str | os.PathLike) -> list[Path]:
         )
     images = _images_in(folder)
     if not images:
-        raise DatasetLayoutError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DatasetLayoutError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}){_layout_hint(folder)}")
     return images
+
+
+def _layout_hint(folder: Path) -> str:
+    """What an empty image folder's subfolders say about the layout it is in, for its error message."""
+    if (folder / "rgb").is_dir():
+        return ("; its images are in rgb/, as MVTec 3D-AD ships them: move each rgb/*.png up a level and its gt/*.png "
+                "to ground_truth/<type>/<name>_mask.png (the MVTec AD layout)")
+    if any(p.is_dir() for p in folder.iterdir()):
+        return f"; it holds folders ({', '.join(sorted(p.name for p in folder.iterdir() if p.is_dir())[:3])}), " \
+               "but the images must lie in it directly"
+    return ""
+
+
+def _mask_of(mask_dir: Path, image: Path) -> Path:
+    """``<name>_mask.png`` beside the other masks; a differently cased suffix (``_MASK.PNG``) is found too."""
+    mask = mask_dir / f"{image.stem}_mask.png"
+    if mask.is_file():
+        return mask
+    wanted = mask.name.lower()
+    return next((p for p in mask_dir.iterdir() if p.name.lower() == wanted), mask)
 
 
 def list_validation_images(root: str | os.PathLike) -> list[Path]:
@@ -92,12 +112,13 @@ def list_test_items(root: str | os.PathLike) -> list[TestItem]:
         for image in _images_in(type_dir):
             mask = None
             if type_dir.name != "good" and labelled:
-                mask = mask_dir / f"{image.stem}_mask.png"
+                mask = _mask_of(mask_dir, image)
                 if not mask.is_file():
                     raise DatasetLayoutError(f"mask for {image} is missing: expected {mask}")
             items.append(TestItem(image, type_dir.name, mask, labelled))
     if not items:
-        raise DatasetLayoutError(f"{test_dir} holds no images")
+        hints = [_layout_hint(d) for d in sorted(test_dir.iterdir()) if d.is_dir()]
+        raise DatasetLayoutError(f"{test_dir} holds no images" + next((h for h in hints if h), ""))
     return items
 
 

@@ -165,3 +165,23 @@ def test_embedded_multiclass_model_separates_real_defects_of_each_product():
         if name != "tire":
             auroc = roc_auc_score(np.r_[np.zeros(len(good)), np.ones(len(bad))], out.image_scores)
             assert auroc >= 0.75, f"{name}: image AUROC {auroc:.3f} on {len(good)} good, {len(bad)} defective images"
+
+
+def test_other_layouts_get_a_hint_and_upper_case_masks_are_found(tmp_path):
+    from PIL import Image
+
+    three_d = tmp_path / "tire"  # MVTec 3D-AD as shipped: rgb/ and gt/ below each split's type folder
+    for split in ("train/good", "test/good", "test/cut"):
+        (three_d / split / "rgb").mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(three_d / split / "rgb" / "000.png")
+    with pytest.raises(DatasetLayoutError, match="its images are in rgb/, as MVTec 3D-AD ships them"):
+        list_train_images(three_d)
+    with pytest.raises(DatasetLayoutError, match="its images are in rgb/"):
+        list_test_items(three_d)
+    camera = tmp_path / "camera"  # a mask tool that writes upper-case names
+    (camera / "test" / "crack").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(camera / "test" / "crack" / "000.png")
+    (camera / "ground_truth" / "crack").mkdir(parents=True)
+    Image.new("L", (16, 16), 255).save(camera / "ground_truth" / "crack" / "000_MASK.PNG")
+    (item,) = list_test_items(camera)
+    assert item.mask.name == "000_MASK.PNG" and load_mask(item.mask, (16, 16)).all()
