@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -13,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .hashing import file_sha256
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _HELD_LOCKS: dict[Path, object] = {}  # open lock files, kept for the life of the process
@@ -65,7 +66,7 @@ def save_checkpoint(
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
     # each file's digest, so damage that leaves a file readable (bytes overwritten in place) is found on resume
-    digests = {file.name: _sha256(file) for file in sorted(tmp.iterdir())}
+    digests = {file.name: file_sha256(file) for file in sorted(tmp.iterdir())}
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "file_sha256": digests}, indent=2))
     for file in tmp.iterdir():
         with open(file, "rb") as handle:
@@ -106,7 +107,7 @@ def load_checkpoint(
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise ValueError(f"{checkpoint / 'state.json'} is not a checkpoint's state")
     for name, digest in state.pop("file_sha256", {}).items():  # checkpoints written before digests: unchecked
-        if (checkpoint / name).is_file() and _sha256(checkpoint / name) != digest:
+        if (checkpoint / name).is_file() and file_sha256(checkpoint / name) != digest:
             raise ValueError(f"{name} is not the file that was written (its checksum differs)")
     for stem, module in modules.items():
         file = checkpoint / f"{stem}.safetensors"
@@ -125,14 +126,6 @@ def load_checkpoint(
         meta = json.loads((checkpoint / "optimizer.json").read_text())
         _optimizer_from_flat(optimizer, load_file(str(checkpoint / "optimizer.safetensors")), meta)
     return state
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resume(

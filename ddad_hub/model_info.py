@@ -8,6 +8,7 @@ import os
 from pathlib import Path, PureWindowsPath
 
 from .data import DatasetLayoutError, nominal_id, split_categories
+from .hashing import file_sha256
 from .metrics import METRICS
 
 
@@ -40,9 +41,7 @@ def weights_fingerprint(folder: str | os.PathLike) -> str | None:
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.relative_to(folder).as_posix().encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        file_sha256(file, digest)
     return digest.hexdigest()
 
 

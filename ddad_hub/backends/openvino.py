@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..hardware import machine_summary
+from ..hashing import file_sha256
 from ..model_info import PipelineFolderError
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def export_components(
         ir_files = [g for f in files for g in (f, str(Path(f).with_suffix(".bin")))]
         manifest["components"][name] = {"files": files, "weights_sha256": weights_digest(module),
                                         "int8_weights": name in int8_weights,
-                                        "ir_sha256": {f: file_digest(folder / name / f) for f in ir_files}}
+                                        "ir_sha256": {f: file_sha256(folder / name / f) for f in ir_files}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -277,19 +278,10 @@ def _matches(folder: Path, digests: dict[str, str], int8_weights: tuple[str, ...
         # a damaged .bin of the right size loads and computes NaN; IR exported before the digests were kept is
         # used unchecked
         for file, digest in entry.get("ir_sha256", {}).items():
-            if file_digest(folder / name / file) != digest:
+            if file_sha256(folder / name / file) != digest:
                 raise PipelineFolderError(f"{folder / name / file} is damaged (it is not the file exported with "
                                           f"{MANIFEST}): export it again with pipe.export_openvino(folder)")
     return True
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (about 20 ms for a 17 MB U-Net IR)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def exported_int8_weights(folder: str | os.PathLike | None) -> tuple[str, ...]:
