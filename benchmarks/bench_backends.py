@@ -221,6 +221,8 @@ def summarize_speed(rounds: dict[str, list[dict]], dump: Path) -> list[dict]:
 
 
 def report(rows: list[dict], aurocs: list[dict], args, summary: str) -> str:
+    from ddad_hub.metrics import format_metric
+
     base = {r["mode"]: r for r in rows if r["config"] == "pytorch-fp32"}
     lines = [f"Machine: {summary}. Model: `{args.model}`, {args.threads} thread(s), {args.rounds} round(s) of "
              f"{args.repeats} single-image and {max(2, args.repeats // 2)} batch calls per backend and mode "
@@ -258,7 +260,8 @@ def report(rows: list[dict], aurocs: list[dict], args, summary: str) -> str:
         lines += ["", f"AUROC on `{args.auroc_data}` test set ({aurocs[0]['n_images']} images, mode "
                   f"{aurocs[0]['mode']}, batch {args.batch}):", "",
                   "| backend | image AUROC | pixel AUROC | seconds per image |", "|---|---|---|---|"]
-        lines += [f"| {a['config']} | {a['image_auroc']:.4f} | {a['pixel_auroc']:.4f} | {a['seconds_per_image']:.3f} |"
+        lines += [f"| {a['config']} | {format_metric(a['image_auroc'], 4)} | {format_metric(a['pixel_auroc'], 4)} | "
+                  f"{a['seconds_per_image']:.3f} |"
                   for a in aurocs]
     for r in rows:
         if r["profile"]:

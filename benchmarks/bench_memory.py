@@ -37,7 +37,7 @@ from results_io import write_results  # noqa: E402
 
 from ddad_hub.data import find_categories, list_test_items, list_train_images, load_images, load_mask  # noqa: E402
 from ddad_hub.hardware import machine_summary  # noqa: E402
-from ddad_hub.metrics import summarize  # noqa: E402
+from ddad_hub.metrics import format_metric, summarize  # noqa: E402
 from ddad_hub.models.backbones.efficientnet_lite import PADDINGS  # noqa: E402
 from ddad_hub.models.feature_encoder import FeatureEncoder  # noqa: E402
 from ddad_hub.models.feature_memory import FeatureMemory  # noqa: E402
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         lines.append(f"| {r['category']} | {r['padding']} | {r['pooling_pad']} | "
                      f"{r['train_images']} | {r['bank']} | "
-                     f"{r['fit_cpu_minutes']:.1f} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
-                     f"{r['aupro']:.3f} |")
+                     f"{r['fit_cpu_minutes']:.1f} | {format_metric(r['image_auroc'])} | "
+                     f"{format_metric(r['pixel_auroc'])} | {format_metric(r['aupro'])} |")
     if args.output:
         write_results(args.output, {"machine": machine, "args": vars(args), "rows": rows}, "\n".join(lines))
     print("\n".join(lines))

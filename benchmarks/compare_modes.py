@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ddad_hub.metrics import METRICS, format_metric
+
 MODES = ("ddad", "d3ad", "fused", "feature_memory")
 LABELS = {"ddad": "DDAD", "d3ad": "D3AD", "fused": "fused", "feature_memory": "memory"}
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> str:
         cells = []
         for name, mode in columns:
             v = by_name[name][mode].get(subset)
-            cells.append("n/a" if v is None else f"{v['image_auroc']:.3f} / {v['pixel_auroc']:.3f} / {v['aupro']:.3f}")
+            cells.append("n/a" if v is None else " / ".join(format_metric(v[key]) for key, _ in METRICS))
         label = "**all**" if subset == "all" else subset.replace("_", " ")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)

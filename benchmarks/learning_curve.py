@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {"step": state["step"], "minutes": round(state["elapsed_seconds"] / 60, 1)}
         for mode in ("ddad", "d3ad"):
             if mode in results:
-                row.update({f"{mode}_{k}": round(v, 3) for k, v in results[mode]["all"].items()
+                row.update({f"{mode}_{k}": None if v is None else round(v, 3) for k, v in results[mode]["all"].items()
                             if k in ("image_auroc", "pixel_auroc", "aupro")})
         rows.append(row)
     keys = list(rows[0])

@@ -106,7 +106,10 @@ def load_checkpoint(
     state = json.loads((checkpoint / "state.json").read_text())
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise ValueError(f"{checkpoint / 'state.json'} is not a checkpoint's state")
-    for name, digest in state.pop("file_sha256", {}).items():  # checkpoints written before digests: unchecked
+    digests = state.pop("file_sha256", None) or {}  # checkpoints written before digests: unchecked
+    if not isinstance(digests, dict):
+        raise ValueError(f"{checkpoint / 'state.json'} is damaged (its file_sha256 is not a mapping)")
+    for name, digest in digests.items():
         if (checkpoint / name).is_file() and file_sha256(checkpoint / name) != digest:
             raise ValueError(f"{name} is not the file that was written (its checksum differs)")
     for stem, module in modules.items():

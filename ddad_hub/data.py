@@ -144,8 +144,9 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
 
     8-bit masks are read as images are (upright by their EXIF orientation, transparency on black) and mark defects
     where their brightest channel is above 127 (MVTec's 0/255; a coloured mark on black too), or above 0 in a mask
-    whose values are only 0 and 1. Deeper masks (16-bit, 32-bit) are label images: any non-zero value is a defect, so
-    0/255, 0/65535 and multi-label masks alike are read whatever the depth; float masks mark above half their maximum.
+    without any value above 127 (0/1 masks, class labels 1, 2..., dark label colours). Deeper masks (16-bit,
+    32-bit) are label images: any non-zero value is a defect, so 0/255, 0/65535 and multi-label masks alike are read
+    whatever the depth; float masks mark above half their maximum.
     """
     if path is None:
         return np.zeros(size, dtype=bool)
@@ -156,7 +157,9 @@ def load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
                 values = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64)
         if not deep:
             brightest = np.asarray(open_image(path)).max(axis=-1)  # any colour: red-on-black marks defects too
-            mask = brightest > (0 if brightest.max() <= 1 else 127)  # 0/1 masks (and label index 1) as 0/255
+            # a mask with a bright mark: MVTec's 0/255 cut; one without (0/1, class labels 1, 2..., dark palette
+            # colours): any non-zero value (an empty mask's faint JPEG noise would count too: masks are PNG here)
+            mask = brightest > (127 if brightest.max() > 127 else 0)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # named in full: every defect type has a 000_mask.png
         raise ImageLoadError(f"mask {path} cannot be read: {err}") from err

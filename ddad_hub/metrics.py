@@ -130,14 +130,28 @@ def _metrics(scores, maps, masks, labels, known) -> dict:
             result["aupro"] = aupro(maps[known], masks[known])
         elif not labelled.any():
             result["pixel_metrics"] = ("n/a: the defective images' masks mark no defect pixel (masks are read as "
-                                       "defect where > 127, or > 0 in 0/1 masks)")
+                                       "defect where > 127, or > 0 in masks without a value above 127)")
+        else:
+            result["pixel_metrics"] = "n/a: every pixel of the pixel-labelled images is marked defective"
     result["n_images"] = int(len(labels))
     return result
 
 
-def format_metric(value: float | None) -> str:
-    """A metric as tables show it: three decimals, or "n/a" where the test images cannot give it."""
-    return "n/a" if value is None or value != value else f"{value:.3f}"
+def format_metric(value: float | None, digits: int = 3) -> str:
+    """A metric as tables show it: ``digits`` decimals, or "n/a" where the test images cannot give it."""
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def format_mean(means: dict, key: str) -> str:
+    """A mean over categories (``evaluate_multiclass.mean_over_categories``) as tables show it: starred when it is
+    over only the categories that have the metric (``<key>_of`` names them; see :func:`mean_footnote`)."""
+    return format_metric(means.get(key)) + ("*" if f"{key}_of" in means else "")
+
+
+def mean_footnote(means: dict[str, dict]) -> str:
+    """The footnote of starred means (:func:`format_mean`), "" when no mean is starred."""
+    partial = sorted({", ".join(v) for m in means.values() for k, v in m.items() if k.endswith("_of")})
+    return f"\n\n\\* mean over the categories that have the metric only ({'; '.join(partial)})" if partial else ""
 
 
 def finite_json(value):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .metrics import METRICS, format_metric
+from .metrics import METRICS, format_mean, format_metric, mean_footnote
 from .model_info import is_multiclass, recorded_categories
 from .models.autoencoder import latent_factor
 
@@ -91,9 +91,11 @@ def _per_category_table(names: list[str], results: dict) -> str:
             if isinstance(vals, dict) and "all" in vals:
                 rows.append(f"| {name} | {detector} | " + " | ".join(format_metric(vals["all"][key])
                                                                      for key, _ in METRICS) + " |")
-    for detector, vals in results.get("mean_over_categories", {}).items():
-        rows.append(f"| **mean** | {detector} | " + " | ".join(format_metric(vals[key]) for key, _ in METRICS) + " |")
-    return f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
+    means = results.get("mean_over_categories", {})
+    for detector, vals in means.items():
+        rows.append(f"| **mean** | {detector} | " + " | ".join(format_mean(vals, key) for key, _ in METRICS) + " |")
+    return (f"On each category's test set ({results.get('protocol', '')}):\n\n" + "\n".join(rows)
+            + mean_footnote(means))
 
 
 TEST_RESULT_FILES = ("results.json", "evaluation.png", "table.md")  # what evaluate*.py write into a pipeline folder

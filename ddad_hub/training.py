@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import threading
@@ -106,12 +105,7 @@ class TrainingProgress:
         return (max_steps is not None and self.step >= max_steps) or (budget_s is not None and self.elapsed >= budget_s)
 
     def update(self, value: float) -> None:
-        """Record one finished step whose loss (or other metric) was ``value``; a NaN or infinite one ends the run
-        before its weights are checkpointed over the good ones."""
-        if not math.isfinite(value):
-            raise SystemExit(f"the loss became {value} at step {self.step + 1}: training diverged; the checkpoints "
-                             "before it are kept (--resume continues from the newest), try a lower --learning-rate "
-                             "or --mixed-precision no")
+        """Record one finished step whose loss (or other metric) was ``value``."""
         self.step += 1
         now = time.perf_counter()
         self.elapsed += now - self._last
@@ -126,6 +120,16 @@ class TrainingProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def stop_if_diverged(accelerator, loss: torch.Tensor, step: int) -> None:
+    """End the run, on every process at once, when the loss of any process is NaN or infinite: before the optimizer
+    step spreads it into the weights, and so before a checkpoint of NaN weights could replace the good ones."""
+    bad = (~torch.isfinite(loss.detach().float())).float().reshape(1)
+    if accelerator.reduce(bad, reduction="sum").item() > 0:
+        raise SystemExit(f"the loss became {loss.item()} at step {step + 1}: training diverged; the checkpoints before "
+                         "it are kept (--resume continues from the newest); try a lower learning rate (the preset's "
+                         "learning_rate) or fp32 (--mixed-precision no)")
 
 
 class StopOnInterrupt:

@@ -127,3 +127,12 @@ def test_evaluate_multiclass_leaves_maskless_types_out_of_pixel_metrics(mixed_fo
     # "all" pixel metrics are those of the good and scratch images, which is what scratch's own row scores
     assert r["all"]["pixel_auroc"] == pytest.approx(r["scratch"]["pixel_auroc"])
     assert "NaN" not in (tmp_path / "eval" / "results.json").read_text()
+    # a second product without any masks: the pixel mean is over the first only, and the tables say so
+    shutil.copytree(mixed_folder, data / "plain", ignore=shutil.ignore_patterns("ground_truth"))
+    both = evaluate(["--pipeline", str(tiny_model), "--data", str(data / "part"), str(data / "plain"),
+                     "--output-dir", str(tmp_path / "eval2"), "--modes", "ddad", "--threads", "1"])
+    mean = both["mean_over_categories"]["ddad"]
+    assert mean["pixel_auroc"] == pytest.approx(both["per_category"]["part"]["ddad"]["all"]["pixel_auroc"])
+    assert mean["pixel_auroc_of"] == ["part"] and "image_auroc_of" not in mean
+    table = (tmp_path / "eval2" / "table.md").read_text()
+    assert f"{mean['pixel_auroc']:.3f}*" in table and "mean over the categories that have the metric only (part)" in table

@@ -268,14 +268,25 @@ def test_resume_passes_over_checkpoints_damaged_in_place_or_of_a_diverged_run(tm
     assert "step_00000003 is damaged" in said[2]
 
 
-def test_a_diverged_loss_ends_the_run_before_it_is_checkpointed(tmp_path):
-    from ddad_hub.training import TrainingProgress
+def test_a_diverged_loss_ends_the_run_on_every_process_before_the_optimizer_step():
+    """A NaN on one process reaches every process's weights through the summed gradients: all stop at once."""
+    from ddad_hub.training import stop_if_diverged
 
-    progress = TrainingProgress(0, 0.0, 10, tmp_path / "log.jsonl", "loss", "test", is_main=False)
-    progress.update(0.5)
-    with pytest.raises(SystemExit, match="loss became nan at step 2: training diverged"):
-        progress.update(float("nan"))
-    assert progress.step == 1
+    class Processes:  # accelerate's reduce over processes, the others' "not finite" flags given
+        def __init__(self, others: float):
+            self.others = others
+
+        def reduce(self, tensor, reduction):
+            assert reduction == "sum"
+            return tensor + self.others
+
+    stop_if_diverged(Processes(0.0), torch.tensor(0.5), step=3)  # all finite: trains on
+    with pytest.raises(SystemExit, match="loss became nan at step 4: training diverged"):
+        stop_if_diverged(Processes(0.0), torch.tensor(float("nan")), step=3)
+    with pytest.raises(SystemExit, match="training diverged"):  # this process is fine, another is not
+        stop_if_diverged(Processes(1.0), torch.tensor(0.5), step=3)
+    with pytest.raises(SystemExit, match="loss became inf"):
+        stop_if_diverged(Processes(0.0), torch.tensor(float("inf"), dtype=torch.bfloat16), step=3)
 
 
 def test_resume_keeps_this_runs_learning_rate_and_the_checkpoints_moments(tmp_path):

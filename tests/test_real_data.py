@@ -97,7 +97,12 @@ def test_mask_folders_hold_images_and_a_damaged_mask_is_named(tmp_path):
     red[4:8, 4:8, 0] = 255
     palette = Image.fromarray(grey01, "P")
     palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
-    for mask in (Image.fromarray(grey01, "L"), Image.fromarray(red, "RGB"), palette):
+    dark = Image.fromarray(grey01, "P")  # a label colour darker than 127
+    dark.putpalette([0, 0, 0, 64, 0, 0] + [0] * 762)
+    classes = grey01.copy()
+    classes[4:6, 4:8] = 2  # class labels 1 and 2
+    for mask in (Image.fromarray(grey01, "L"), Image.fromarray(red, "RGB"), palette, dark,
+                 Image.fromarray(classes, "L")):
         mask.save(item.mask)
         assert load_mask(item.mask, (16, 16)).sum() == 16, mask.mode
     noisy = np.zeros((16, 16), np.uint8)  # a 0/255 mask with faint noise (a JPEG's) keeps the 127 cut

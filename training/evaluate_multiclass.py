@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ddad_hub.cli import run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
-from ddad_hub.metrics import finite_json, format_metric, summarize
+from ddad_hub.metrics import finite_json, format_mean, format_metric, mean_footnote, summarize
 from ddad_hub.model_card import write_card
 from ddad_hub.model_info import recorded_categories, trained_products, training_record
 from ddad_hub.models.feature_encoder import FeatureEncoder
@@ -128,7 +128,8 @@ def per_category_thresholds(folder: str) -> dict[str, float]:
 
 
 def mean_over_categories(results: dict, categories: list[str], detector: str) -> dict:
-    """Each metric's mean over the categories that have it (``None`` when none has; see ``mean_of``)."""
+    """Each metric's mean over the categories that have it (``None`` when none has); ``<metric>_of`` names them
+    when that is not all of them."""
     means = {}
     for m in METRICS:
         have = [c for c in categories if results[c][detector]["all"][m] is not None]
@@ -256,10 +257,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
     for d in detectors:
         cells = [" / ".join(format_metric(results["per_category"][c][d]["all"][m]) for m in METRICS) for c in names]
-        mean = " / ".join(format_metric(results["mean_over_categories"][d][m]) for m in METRICS)
+        mean = " / ".join(format_mean(results["mean_over_categories"][d], m) for m in METRICS)
         rows.append(f"| {d} | " + " | ".join(cells) + f" | {mean} |")
     table = "\n".join(rows)
-    (out_dir / "table.md").write_text("image AUROC / pixel AUROC / AUPRO\n\n" + table + "\n")
+    (out_dir / "table.md").write_text("image AUROC / pixel AUROC / AUPRO\n\n" + table
+                                      + mean_footnote(results["mean_over_categories"]) + "\n")
     print(table)
     return results
 

@@ -49,7 +49,7 @@ from ddad_hub.pipelines.pipeline_diad import DiADPipeline
 from ddad_hub.presets import PRESETS, load_preset, preset_section
 from ddad_hub.recipe import autoencoder_info, finalize_diad, synthetic_defects
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import StopOnInterrupt, TrainingProgress, epsilon_loss, sample_batch
+from ddad_hub.training import StopOnInterrupt, TrainingProgress, epsilon_loss, sample_batch, stop_if_diverged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> Path:
             with accelerator.autocast():
                 loss = epsilon_loss(functools.partial(model, image=hint), scheduler, x0, t.to(accelerator.device),
                                     noise)
+            stop_if_diverged(accelerator, loss, progress.step)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -30,7 +30,7 @@ from ddad_hub.models.unet import build_unet, check_resolution
 from ddad_hub.presets import PRESETS, load_preset
 from ddad_hub.recipe import finalize_run
 from ddad_hub.schedulers import DDADScheduler
-from ddad_hub.training import StopOnInterrupt, TrainingProgress, epsilon_loss, sample_batch
+from ddad_hub.training import StopOnInterrupt, TrainingProgress, epsilon_loss, sample_batch, stop_if_diverged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> Path:
             x0, t, noise = x0.to(accelerator.device), t.to(accelerator.device), noise.to(accelerator.device)
             with accelerator.autocast():
                 loss = epsilon_loss(unet, scheduler, x0, t, noise)
+            stop_if_diverged(accelerator, loss, progress.step)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,14 @@ from ddad_hub.data import categories_label, find_categories, load_images, split_
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset, preset_section
-from ddad_hub.training import AutoencoderObjective, StopOnInterrupt, TrainingProgress, autoencoder_loss, sample_crops
+from ddad_hub.training import (
+    AutoencoderObjective,
+    StopOnInterrupt,
+    TrainingProgress,
+    autoencoder_loss,
+    sample_crops,
+    stop_if_diverged,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> Path:
                                 accelerator.process_index)
             with accelerator.autocast():
                 loss, l1 = autoencoder_loss(objective, x.to(accelerator.device), spec["kl_weight"], generator=g)
+            stop_if_diverged(accelerator, loss, progress.step)  # the whole loss: its KL term too
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
