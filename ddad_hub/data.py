@@ -52,12 +52,12 @@ def list_train_images(root: str | os.PathLike) -> list[Path]:
 
 def _layout_hint(folder: Path) -> str:
     """What an empty image folder's subfolders say about the layout it is in, for its error message."""
-    if (folder / "rgb").is_dir():
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if "rgb" in subfolders:
         return ("; its images are in rgb/, as MVTec 3D-AD ships them: move each rgb/*.png up a level and its gt/*.png "
                 "to ground_truth/<type>/<name>_mask.png (the MVTec AD layout)")
-    if any(p.is_dir() for p in folder.iterdir()):
-        return f"; it holds folders ({', '.join(sorted(p.name for p in folder.iterdir() if p.is_dir())[:3])}), " \
-               "but the images must lie in it directly"
+    if subfolders:
+        return f"; it holds folders ({', '.join(subfolders[:3])}), but the images must lie in it directly"
     return ""
 
 

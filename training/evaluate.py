@@ -124,8 +124,6 @@ def plot(path: Path, results: dict, curves: dict, examples: list[dict]) -> None:
     plt.close(fig)
 
 
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
