@@ -185,3 +185,36 @@ def describe(folder: str | os.PathLike) -> str:
         name = "model card" if mode == "card" else mode.replace("_", " ")
         lines.append(f"{name}: {shown or 'no metrics'}")
     return "  \n".join(lines)
+
+
+# the model_index.json key naming the ddad-hub version that saved the folder (diffusers keeps its own beside it)
+VERSION_KEY = "_ddad_hub_version"
+
+
+def stamp_version(folder: str | os.PathLike) -> None:
+    """Record the installed ddad-hub version in a saved pipeline's ``model_index.json``, so a reader with an older
+    version can tell that the folder may hold settings it does not know."""
+    from . import __version__
+
+    index = Path(folder) / "model_index.json"
+    values = json.loads(index.read_text())
+    values[VERSION_KEY] = __version__
+    index.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def newer_version_note(config: dict, path: str | os.PathLike) -> str | None:
+    """A warning's text when the folder was saved by a newer ddad-hub than the installed one (``None`` otherwise,
+    also for folders saved before the stamp existed)."""
+    from packaging.version import InvalidVersion, Version
+
+    from . import __version__
+
+    saved = config.get(VERSION_KEY)
+    try:
+        newer = saved is not None and Version(str(saved)) > Version(__version__)
+    except InvalidVersion:
+        return f"{path} names an unreadable ddad-hub version ({saved!r}) in model_index.json"
+    if not newer:
+        return None
+    return (f"{path} was saved by ddad-hub {saved}, newer than the installed {__version__}: settings that version "
+            "added are not read, and the folder may not load or score as it should. Upgrade: pip install -U ddad-hub")

@@ -73,6 +73,69 @@ def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch, dtype
         DDADPipeline.from_pretrained("acme/not-cached")
 
 
+def test_subfolder_loads_one_of_several_pipelines_locally_and_from_the_offline_cache(pipe, tmp_path, monkeypatch):
+    """One folder or Hub repo holding several pipelines, as diffusers users know ``subfolder=`` from components."""
+    import huggingface_hub.constants as constants
+
+    from ddad_hub import load_pipeline
+
+    root = tmp_path / "line"
+    pipe.save_pretrained(root / "transistor")
+    shutil.copytree(root / "transistor", root / "nested" / "bottle")
+    assert DDADPipeline.from_pretrained(root, subfolder="transistor").name_or_path == str(root / "transistor")
+    assert load_pipeline(root, subfolder="nested/bottle/").name_or_path == str(root / "nested" / "bottle")
+    with pytest.raises(FileNotFoundError, match="no subfolder 'tire'"):
+        DDADPipeline.from_pretrained(root, subfolder="tire")
+    for outside in ("../line/transistor", "/etc"):
+        with pytest.raises(ValueError, match="relative path inside"):
+            DDADPipeline.from_pretrained(root, subfolder=outside)
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--line"
+    shutil.copytree(root, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    loaded = DDADPipeline.from_pretrained("acme/line", subfolder="nested/bottle")
+    assert Path(loaded.name_or_path) == repo / "snapshots" / commit / "nested" / "bottle"
+    loaded.set_progress_bar_config(disable=True)
+    images = _images(1)
+    assert np.array_equal(pipe(images, generator=_gens(1), output_type="np").image_scores,
+                          loaded(images, generator=_gens(1), output_type="np").image_scores)
+
+
+def test_a_saved_folder_names_its_version_and_a_newer_one_warns(pipe, tmp_path):
+    import warnings
+
+    from ddad_hub import __version__, load_pipeline
+
+    pipe.save_pretrained(tmp_path / "now")
+    index = tmp_path / "now" / "model_index.json"
+    assert json.loads(index.read_text())["_ddad_hub_version"] == __version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the installed version's own folder loads without a warning
+        DDADPipeline.from_pretrained(tmp_path / "now")
+
+    future = shutil.copytree(tmp_path / "now", tmp_path / "future")
+    values = json.loads((future / "model_index.json").read_text())
+    values["_ddad_hub_version"] = "99.0.0"
+    (future / "model_index.json").write_text(json.dumps(values))
+    with pytest.warns(UserWarning, match=r"saved by ddad-hub 99\.0\.0, newer than the installed"):
+        loaded = DDADPipeline.from_pretrained(future)
+    assert "_ddad_hub_version" not in loaded.config  # a marker of the folder, not a setting
+    loaded.save_pretrained(tmp_path / "again")  # saving again stamps the version that wrote it
+    assert json.loads((tmp_path / "again" / "model_index.json").read_text())["_ddad_hub_version"] == __version__
+
+    (future / "model_index.json").write_text("[1, 2]")
+    for load in (DDADPipeline.from_pretrained, load_pipeline):
+        with pytest.raises(ValueError, match="no JSON object"):
+            load(future)
+
+
 def test_missing_or_damaged_components_name_the_file(pipe, tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "ok")
 

@@ -25,32 +25,43 @@ def pipeline_class_name(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{path} is not a saved pipeline: model_index.json is missing{hint}")
     try:
         with open(index) as f:
-            return json.load(f).get("_class_name", "DDADPipeline")
+            values = json.load(f)
     except json.JSONDecodeError as err:
         raise PipelineFolderError(f"{index} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise PipelineFolderError(f"{index} holds no JSON object: it is not a pipeline's index")
+    return values.get("_class_name", "DDADPipeline")
 
 
 def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: dict, backend: str = "pytorch") -> str:
     """A local folder as it is, or a Hub repo id's snapshot (downloaded, or from the cache when offline).
 
-    Takes the Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``) out of ``kwargs``. Only
-    configs, safetensors weights and cards are fetched, plus OpenVINO IR for ``backend="openvino"``.
+    Takes the Hub options (``revision``, ``cache_dir``, ``token``, ``local_files_only``) and ``subfolder`` (a
+    pipeline saved inside a folder or repo that holds several) out of ``kwargs``. Only configs, safetensors weights
+    and cards are fetched, plus OpenVINO IR for ``backend="openvino"``.
     """
     path = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
+    subfolder = (kwargs.pop("subfolder", None) or "").rstrip("/")
+    if subfolder and (os.path.isabs(subfolder) or ".." in subfolder.split("/") or "\\" in subfolder):
+        raise ValueError(f"subfolder={subfolder!r} must be a relative path inside the folder or repo")
     if os.path.isdir(path):
-        return path
+        inner = os.path.join(path, subfolder) if subfolder else path
+        if not os.path.isdir(inner):
+            raise FileNotFoundError(f"{path} has no subfolder {subfolder!r}")
+        return inner
     if looks_like_a_path(path):
         why = (f"{path.split('/')[0]}/ is a local folder, so this is a path, not a Hub repo id" if "/" in path
                and os.path.isdir(path.split("/")[0]) else "a Hub repo id has the form 'owner/name'")
         raise FileNotFoundError(f"no pipeline folder at {path} ({why})")
     from huggingface_hub import snapshot_download
 
-    ir_files = ["*.xml", "*.bin"] if backend == "openvino" else []
-    return snapshot_download(
+    patterns = ["*.json", "*.safetensors", "*.md", *(["*.xml", "*.bin"] if backend == "openvino" else [])]
+    snapshot = snapshot_download(
         repo_id=path, revision=kwargs.pop("revision", None), cache_dir=kwargs.pop("cache_dir", None),
         token=kwargs.pop("token", None), local_files_only=kwargs.pop("local_files_only", False),
-        allow_patterns=["*.json", "*.safetensors", "*.md", *ir_files],
+        allow_patterns=[f"{subfolder}/{p}" for p in patterns] if subfolder else patterns,
     )
+    return os.path.join(snapshot, subfolder) if subfolder else snapshot
 
 
 def looks_like_a_path(name: str) -> bool:

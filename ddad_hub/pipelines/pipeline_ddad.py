@@ -34,7 +34,7 @@ from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
 from ..image_utils import open_image, to_image_tensor
-from ..model_info import PipelineFolderError, weights_fingerprint
+from ..model_info import PipelineFolderError, newer_version_note, stamp_version, weights_fingerprint
 from ..models.autoencoder import from_latents, latent_factor, to_latents
 from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
@@ -694,6 +694,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                              "drop safe_serialization=False")
         before = weights_fingerprint(save_directory) if push_to_hub and os.path.isdir(save_directory) else None
         super().save_pretrained(save_directory, *args, **kwargs)
+        stamp_version(save_directory)
         if push_to_hub:
             repo_id = hub.pop("repo_id", None) or Path(save_directory).name
             if hub.get("card_folder") is None:
@@ -807,6 +808,11 @@ def check_pipeline_folder(path: str | os.PathLike, variant: str | None = None) -
             config = json.load(f)
     except json.JSONDecodeError as err:
         raise PipelineFolderError(f"{index} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise PipelineFolderError(f"{index} holds no JSON object: it is not a pipeline's index")
+    note = newer_version_note(config, path)
+    if note:
+        warnings.warn(note, stacklevel=3)
     stored: dict[str, set[str]] = {}
     for name, value in config.items():
         if not (isinstance(value, list) and len(value) == 2) or value[0] is None:
