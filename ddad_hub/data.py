@@ -42,7 +42,7 @@ def list_train_images(root: str | os.PathLike) -> list[Path]:
         raise DatasetLayoutError(
             f"{root} is not an MVTec-style category folder: {folder} is missing "
             "(expected <category>/train/good/*.png, <category>/test/<type>/*.png, "
-            "<category>/ground_truth/<type>/*_mask.png)"
+            f"<category>/ground_truth/<type>/*_mask.png){_other_layout_hint(Path(root))}"
         )
     images = _images_in(folder)
     if not images:
@@ -58,6 +58,22 @@ def _layout_hint(folder: Path) -> str:
                 "to ground_truth/<type>/<name>_mask.png (the MVTec AD layout)")
     if subfolders:
         return f"; it holds folders ({', '.join(subfolders[:3])}), but the images must lie in it directly"
+    return ""
+
+
+def _other_layout_hint(root: Path) -> str:
+    """How to convert a category folder of another known data set's layout, for the missing-``train/good`` error."""
+    if (root / "Data" / "Images" / "Normal").is_dir():
+        return ("; this is VisA's layout (Data/Images/Normal, Data/Images/Anomaly, Data/Masks/Anomaly): split it "
+                "with VisA's split_csv/1cls.csv into train/good, test/good, test/bad and ground_truth/bad/"
+                "<name>_mask.png (the conversion anomalib's VisA data module or VisA's own prepare script does)")
+    if (root / "train" / "ok").is_dir():
+        return ("; it has train/ok, as BTAD names its good images: rename train/ok and test/ok to train/good and "
+                "test/good, and name the masks of test/ko/<name>.bmp ground_truth/ko/<name>_mask.png")
+    if (root / "train").is_dir():
+        found = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        if found:
+            return f"; train/ holds {', '.join(found[:5])}: the nominal images must be in train/good"
     return ""
 
 
@@ -184,8 +200,9 @@ def split_nominal(paths: list[Path], holdout: float, seed: int = 0) -> tuple[lis
 
 # ---------------------------------------------------------------------------- several categories as one set
 def is_category_folder(folder: Path) -> bool:
-    """A folder that looks like one MVTec category (it has ``train/`` or ``test/``), not a parent of several."""
-    return (folder / "train").is_dir() or (folder / "test").is_dir()
+    """A folder that looks like one category (it has ``train/`` or ``test/``, or VisA's ``Data/Images``), not a
+    parent of several."""
+    return (folder / "train").is_dir() or (folder / "test").is_dir() or (folder / "Data" / "Images").is_dir()
 
 
 def find_categories(paths: list[str | os.PathLike] | str | os.PathLike) -> dict[str, Path]:

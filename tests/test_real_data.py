@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddad_hub.data import DatasetLayoutError, list_test_items, list_train_images, load_mask
+from ddad_hub.data import DatasetLayoutError, find_categories, list_test_items, list_train_images, load_mask
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRANSISTOR = DATA / "mvtec_ad_256" / "transistor"
@@ -183,6 +183,18 @@ def test_other_layouts_get_a_hint_and_upper_case_masks_are_found(tmp_path):
         list_train_images(three_d)
     with pytest.raises(DatasetLayoutError, match="its images are in rgb/"):
         list_test_items(three_d)
+    visa = tmp_path / "candle"  # VisA as downloaded
+    (visa / "Data" / "Images" / "Normal").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="VisA's layout .* split_csv/1cls.csv"):
+        find_categories(visa)
+    btad = tmp_path / "01"  # BTAD: ok / ko instead of good
+    (btad / "train" / "ok").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="rename train/ok and test/ok to train/good"):
+        list_train_images(btad)
+    typo = tmp_path / "typo"
+    (typo / "train" / "Good").mkdir(parents=True)
+    with pytest.raises(DatasetLayoutError, match="train/ holds Good: the nominal images must be in train/good"):
+        list_train_images(typo)
     camera = tmp_path / "camera"  # a mask tool that writes upper-case names
     (camera / "test" / "crack").mkdir(parents=True)
     Image.new("RGB", (16, 16)).save(camera / "test" / "crack" / "000.png")
