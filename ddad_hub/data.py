@@ -135,7 +135,42 @@ def list_test_items(root: str | os.PathLike) -> list[TestItem]:
     if not items:
         hints = [_layout_hint(d) for d in sorted(test_dir.iterdir()) if d.is_dir()]
         raise DatasetLayoutError(f"{test_dir} holds no images" + next((h for h in hints if h), ""))
+    warn_mismatched_masks(items)
     return items
+
+
+def _upright_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file as read upright (EXIF rotations swap them), from its header only; ``None``
+    when the header cannot be read (loading the file names that error later)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def warn_mismatched_masks(items: list[TestItem], tolerance: float = 0.02) -> list[TestItem]:
+    """Warn about (and return) the items whose mask has another aspect ratio than their image: such a mask belongs
+    to another image or a crop of it, and stretched to the map it would mark the wrong pixels. Masks of another
+    size but the same shape (a 256 px mask of a 1024 px image) are fine: they are resized to the map."""
+    bad = []
+    for item in items:
+        if item.mask is None:
+            continue
+        image, mask = _upright_size(item.image), _upright_size(item.mask)
+        if image and mask and abs(image[0] / image[1] - mask[0] / mask[1]) > tolerance * image[0] / image[1]:
+            bad.append(item)
+    if bad:
+        import warnings
+
+        shown = "; ".join(f"{it.image} is {'x'.join(map(str, _upright_size(it.image)))}, its mask "
+                          f"{'x'.join(map(str, _upright_size(it.mask)))}" for it in bad[:3])
+        warnings.warn(f"{len(bad)} test mask(s) have another aspect ratio than their image, so they are stretched "
+                      f"onto it and the pixel metrics may be wrong: {shown}" + (" ..." if len(bad) > 3 else ""),
+                      stacklevel=3)
+    return bad
 
 
 def load_images(paths: list[Path], size: int) -> torch.Tensor:

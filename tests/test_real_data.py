@@ -172,6 +172,27 @@ def test_embedded_multiclass_model_separates_real_defects_of_each_product():
             assert auroc >= 0.75, f"{name}: image AUROC {auroc:.3f} on {len(good)} good, {len(bad)} defective images"
 
 
+def test_a_mask_of_another_shape_than_its_image_is_warned_about(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "part"
+    (root / "test" / "crack").mkdir(parents=True)
+    (root / "ground_truth" / "crack").mkdir(parents=True)
+    Image.new("RGB", (64, 32)).save(root / "test" / "crack" / "000.png")
+    Image.new("L", (128, 64), 255).save(root / "ground_truth" / "crack" / "000_mask.png")  # same shape: fine
+    Image.new("RGB", (64, 32)).save(root / "test" / "crack" / "001.png")
+    Image.new("L", (32, 32), 255).save(root / "ground_truth" / "crack" / "001_mask.png")  # square: another image's
+    turned = Image.new("L", (32, 64), 255)  # stored portrait, read upright as landscape: fine
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 32)).save(root / "test" / "crack" / "002.png")
+    turned.save(root / "ground_truth" / "crack" / "002_mask.png", exif=exif)
+    wanted = r"1 test mask\(s\) have another aspect ratio .*001.png is 64x32, its mask 32x32"
+    with pytest.warns(UserWarning, match=wanted):
+        items = list_test_items(root)
+    assert len(items) == 3
+
+
 def test_other_layouts_get_a_hint_and_upper_case_masks_are_found(tmp_path):
     from PIL import Image
 
