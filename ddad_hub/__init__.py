@@ -5,13 +5,14 @@ __version__ = "0.1.0"
 from .image_utils import ImageLoadError, open_image
 from .models import FeatureEncoder
 from .models.feature_memory import FeatureMemory
-from .pipelines import DDADPipeline, DDADPipelineOutput, load_pipeline
+from .pipelines import DDADPipeline, DDADPipelineOutput, DiADPipeline, load_pipeline
 from .schedulers import DDADScheduler
 
 __all__ = [
     "DDADPipeline",
     "DDADPipelineOutput",
     "DDADScheduler",
+    "DiADPipeline",
     "FeatureEncoder",
     "FeatureMemory",
     "ImageLoadError",

@@ -122,6 +122,10 @@ def test_a_tiny_diad_trains_and_round_trips_bit_identically(tmp_path):
     folder = train_diad([*args, "--max-steps", "3"])
     pipe = load_pipeline(folder)
     assert isinstance(pipe, DiADPipeline)
+    import ddad_hub  # the class is where DDADPipeline is, so DiADPipeline.from_pretrained works as users write it
+
+    assert ddad_hub.DiADPipeline is DiADPipeline
+    assert type(ddad_hub.DiADPipeline.from_pretrained(folder)) is DiADPipeline
     trained = pipe.unet.state_dict()
     assert all(torch.equal(trained[k], v) for k, v in frozen.items()), "the denoiser's down path must stay frozen"
     assert any(not torch.equal(trained[k], base.unet.state_dict()[k]) for k in trained if k.startswith("up_blocks"))
