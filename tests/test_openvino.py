@@ -311,6 +311,40 @@ def test_int8_unet_weights_are_smaller_and_close(tmp_path):
 
 
 
+@needs_openvino
+def test_int8_networks_this_cpu_cannot_run_are_refused_at_load_and_empty_outputs_at_call(tmp_path, monkeypatch):
+    """Under a oneDNN instruction-set cap (ONEDNN_MAX_CPU_ISA=AVX2) OpenVINO's int8 U-Net returned an empty batch
+    without an error, or raised at the first inference; both must be named at load, leaving the pipeline as it was."""
+    import threading
+    from types import SimpleNamespace
+
+    pytest.importorskip("nncf", reason="nncf is not installed (pip install '.[openvino]')")
+    pipe = make_tiny_pipeline(threshold=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    before = pipe(_images(1, 3), output_type="np").image_scores
+    real_call = ov_backend.CompiledNetwork.__call__
+    for broken, said in ((lambda self, *x: [torch.zeros(0, *x[0].shape[1:])], r"output shape \(0, 3, 32, 32\)"),
+                         (lambda self, *x: [real_call(self, *x)[0] + 5.0], "outputs off by")):
+        monkeypatch.setattr(ov_backend.CompiledNetwork, "__call__", broken)
+        with pytest.raises(RuntimeError, match=f"cannot run 'unet' with int8 weights correctly.*{said}.*"
+                                               r"openvino_int8_weights=\(\)"):
+            pipe.to_openvino(cache_dir=tmp_path / "cache", int8_weights=("unet",))
+        assert pipe.backend == "pytorch" and isinstance(pipe.unet, torch.nn.Module)
+    monkeypatch.undo()
+    assert np.array_equal(pipe(_images(1, 3), output_type="np").image_scores, before)
+    pipe.to_openvino(cache_dir=tmp_path / "cache", int8_weights=("unet",))  # the same IR, run correctly
+    assert pipe.backend == "openvino"
+
+    # a network answering an empty batch at call time is an error, not an empty result passed on
+    empty = SimpleNamespace(data=np.zeros((0, 4), dtype=np.float32))
+    network = object.__new__(ov_backend.CompiledNetwork)
+    network.xml, network.float_inputs, network.lock = Path("unet/openvino_model.xml"), [True], threading.Lock()
+    network.compiled = SimpleNamespace(outputs=[None])
+    network.request = SimpleNamespace(infer=lambda arrays: None, get_output_tensor=lambda i: empty)
+    with pytest.raises(RuntimeError, match="returned an empty output for unet/openvino_model.xml"):
+        network(torch.zeros(2, 4))
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -349,6 +349,7 @@ class CompiledNetwork:
     pipeline stays correct under concurrent requests."""
 
     def __init__(self, core, xml: Path, properties: dict):
+        self.xml = xml
         try:
             model = core.read_model(str(xml))
         except RuntimeError as err:
@@ -371,8 +372,41 @@ class CompiledNetwork:
             arrays.append(np.ascontiguousarray(x.numpy()))
         with self.lock:
             self.request.infer(arrays)
-            return [torch.from_numpy(self.request.get_output_tensor(i).data.copy())
-                    for i in range(len(self.compiled.outputs))]
+            outputs = [torch.from_numpy(self.request.get_output_tensor(i).data.copy())
+                       for i in range(len(self.compiled.outputs))]
+        if arrays and arrays[0].size and any(out.numel() == 0 for out in outputs):
+            # seen with int8 weights under a oneDNN instruction-set cap: no error, an empty batch back
+            raise RuntimeError(f"OpenVINO returned an empty output for {self.xml} on this CPU ({machine_summary()}); "
+                               "if its weights are int8, load the pipeline with openvino_int8_weights=() instead")
+        return outputs
+
+
+def check_int8_networks(components: dict[str, Any], stand_ins: dict[str, OVModel], int8_weights: tuple[str, ...],
+                        tolerance: float = 0.1) -> None:
+    """Run each int8-weight network once on its export example and compare it with the PyTorch module: refuse
+    (before the pipeline switches backends) networks this CPU cannot run correctly. Int8 weights move the outputs
+    by well under 1% of their largest value; an unsupported kernel gives an empty or unrelated output."""
+    modules = exportable(components)
+    for name in int8_weights:
+        compiled = [v for v in vars(stand_ins[name]).values() if isinstance(v, CompiledNetwork)]
+        for part, network in zip(ir_parts(modules[name]), compiled):
+            with torch.no_grad():
+                expected = part.graph(*part.example)
+            expected = expected[0] if isinstance(expected, list | tuple) else expected  # an encoder's first stage
+            try:
+                got = network(*part.example)[0]
+            except RuntimeError as err:
+                got, why = None, str(err)
+            else:
+                why = (f"output shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
+                       if got.shape != expected.shape else None)
+            if why is None:
+                error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+                why = f"outputs off by {error:.0%} of their largest value" if error > tolerance else None
+            if why:
+                raise RuntimeError(f"OpenVINO cannot run '{name}' with int8 weights correctly on this CPU "
+                                   f"({machine_summary()}): {why}. Load it with openvino_int8_weights=() (fp32 "
+                                   "weights); the pipeline is unchanged")
 
 
 class OVModel:
@@ -586,7 +620,9 @@ class OpenVINOMixin:
         int8_weights = exported_int8_weights(folder) if int8_weights is None else tuple(int8_weights)
         ir = find_or_export(components, folder, cache_dir, int8_weights)
         precision = "bf16" if self.default_autocast_dtype() == torch.bfloat16 else "f32"
-        for name, stand_in in load_stand_ins(components, ir, precision, properties=properties).items():
+        stand_ins = load_stand_ins(components, ir, precision, properties=properties)
+        check_int8_networks(components, stand_ins, int8_weights)
+        for name, stand_in in stand_ins.items():
             # object.__setattr__: diffusers' __setattr__ would rewrite model_index.json's entry to the stand-in
             object.__setattr__(self, name, stand_in)
         logger.info("OpenVINO runs %s in %s (%s; IR from %s)", ", ".join(exportable(components)), precision,
