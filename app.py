@@ -40,6 +40,7 @@ from ddad_hub.inspection import (
     write_csv,
 )
 from ddad_hub.model_info import describe, find_pipelines
+from ddad_hub.pipelines.pipeline_ddad import MODES
 from ddad_hub.visualize import outline, overlay
 
 HERE = Path(__file__).resolve().parent
@@ -101,8 +102,11 @@ class Inspector:
             raise gr.Error(f"{str(mode).upper()} mode is not available with this model; it offers "
                            f"{', '.join(m.upper() for m in self.modes)}.")
 
-    def analyze(self, upload, w: float, start_step: float, skip: float, mode: str = "ddad"):
-        """Score one image. Returns input, reconstruction, heat-map overlay, defect outline, summary, details."""
+    def analyze(self, upload, w: float | None, start_step: float | None, skip: float | None, mode: str = "ddad"):
+        """Score one image. Returns input, reconstruction, heat-map overlay, defect outline, summary, details.
+
+        ``w``, ``start_step`` and ``skip`` left ``None`` (the page's empty boxes, an API call that omits them) are
+        this model's own calibrated settings."""
         if upload is None:
             raise gr.Error("Upload an image first (PNG, JPEG, BMP, TIFF, WebP or GIF).")
         try:
@@ -110,7 +114,12 @@ class Inspector:
         except ImageLoadError as err:
             raise gr.Error(f"Could not read that file: {err}") from err
         self._check_mode(mode)
-        start_step, skip = int(start_step), int(skip)
+        own = self.settings()
+        w = own["w"] if w is None else w
+        start_step = int(own["start_step"] if start_step is None else start_step)
+        skip = int(own["skip"] if skip is None else skip)
+        if not 0 < start_step < 1000 or w < 0:
+            raise gr.Error(f"the start step ({start_step}) must be between 1 and 999 and w ({w}) at least 0.")
         if not 0 < skip <= start_step:
             raise gr.Error(f"skip ({skip}) must be between 1 and the start step ({start_step}).")
         settings = {k: v for k, v in {"w": float(w), "start_step": start_step, "skip": skip}.items()
@@ -300,6 +309,22 @@ class ModelShelf:
         return describe(where) if where else f"`{source}` (Hub repository: its card is shown once it is loaded)"
 
 
+# every mode any pipeline offers: the mode choice accepts them all, so an API call (which keeps the page's first
+# state) can ask any model for its modes; the page shows the chosen model's, and a model asked for a mode it lacks
+# answers with the modes it has
+ALL_MODES = [*MODES, "diad"]
+
+
+def _own(value: float) -> str:
+    """An advanced setting's placeholder: the model's own value, used while the box is empty."""
+    return f"model's own: {value:g}"
+
+
+def _own_settings_boxes(settings: dict[str, float]) -> tuple:
+    """The advanced settings' boxes, emptied, with the chosen model's own values as placeholders."""
+    return tuple(gr.Number(value=None, placeholder=_own(settings[key])) for key in ("w", "start_step", "skip"))
+
+
 def build_demo(shelf: ModelShelf) -> gr.Blocks:
     first = shelf.get(shelf.default)
     settings = first.settings()
@@ -312,7 +337,7 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
         with gr.Row():
             model = gr.Dropdown(list(shelf.sources), value=shelf.default, label="model", scale=1,
                                 info="loaded on first use")
-            mode = gr.Radio(first.modes, value=first.default_mode, label="mode", scale=1,
+            mode = gr.Radio(ALL_MODES, value=first.default_mode, label="mode", scale=1,
                             info="D3AD picks the noise level per image from the feature memory")
             model_info = gr.Markdown(shelf.describe(shelf.default), elem_id="model-info")
         with gr.Tab("One image"):
@@ -320,10 +345,13 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                 with gr.Column(scale=1):
                     upload = gr.Image(label="Image (drop, paste or take a picture)", type="filepath",
                                       sources=["upload", "clipboard", "webcam"], height=280, elem_id="image-input")
-                    with gr.Accordion("Advanced settings (DDAD mode)", open=False):
-                        w = gr.Slider(0, 12, value=settings["w"], step=0.5, label="conditioning weight w")
-                        start = gr.Slider(10, 900, value=settings["start_step"], step=10, label="start step")
-                        skip = gr.Slider(1, 100, value=settings["skip"], step=1, label="skip")
+                    with gr.Accordion("Advanced settings (DDAD mode; empty: the model's own)", open=False):
+                        w = gr.Number(None, minimum=0, maximum=12, step=0.5, label="conditioning weight w",
+                                      placeholder=_own(settings["w"]))
+                        start = gr.Number(None, minimum=10, maximum=999, step=10, precision=0, label="start step",
+                                          placeholder=_own(settings["start_step"]))
+                        skip = gr.Number(None, minimum=1, maximum=100, step=1, precision=0, label="skip",
+                                         placeholder=_own(settings["skip"]))
                     button = gr.Button("Find defects", variant="primary")
                     summary = gr.Markdown(elem_id="summary")
                     details = gr.JSON(label="details", visible=False)
@@ -354,17 +382,21 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                 gallery = gr.Gallery(label="flagged defective", columns=5, height=320, scale=3, elem_id="batch-gallery")
                 csv_file = gr.File(label="CSV", scale=1, elem_id="batch-csv")
 
-        def analyze(upload, w, start, skip, mode, model):
-            return shelf.get(model).analyze(upload, w, start, skip, mode)
+        # w, start and skip default to None (the chosen model's own) for API callers, who may leave them out
+        def analyze(upload, w=None, start=None, skip=None, mode=None, model=None):
+            inspector = shelf.get(model or shelf.default)
+            return inspector.analyze(upload, w, start, skip, mode or inspector.default_mode)
 
         def analyze_batch(files, mode, model, progress=gr.Progress()):  # noqa: B008 - gradio's documented form
             return shelf.get(model).analyze_batch(files, mode, progress)
 
         def choose_model(model):
             chosen = shelf.get(model)
-            s = chosen.settings()
             return (gr.Radio(choices=chosen.modes, value=chosen.default_mode), shelf.describe(model),
-                    s["w"], s["start_step"], s["skip"])
+                    *_own_settings_boxes(chosen.settings()))
+
+        def page_opened():  # the browser's mode choice shows the first model's modes only
+            return gr.Radio(choices=first.modes, value=first.default_mode)
 
         # preprocess=False: the upload reaches analyze() as gradio's file payload, so files PIL cannot open get
         # this app's own message instead of a failure inside gr.Image's decoding.
@@ -373,6 +405,7 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
         batch_button.click(analyze_batch, [batch_files, mode, model], [table, gallery, csv_file, batch_summary],
                            api_name="analyze_batch")
         model.change(choose_model, [model], [mode, model_info, w, start, skip], api_name=False)
+        demo.load(page_opened, None, [mode], api_name=False)
         gr.Markdown(
             "The threshold was calibrated on good training images only. Example images: MVTec AD (Bergmann et al., "
             "CVPR 2019), CC BY-NC-SA 4.0, non-commercial research use."

@@ -65,6 +65,49 @@ def test_defective_example_scores_above_good_ones(server):
         assert details["verdict"] == "DEFECTIVE"
 
 
+def test_api_calls_get_the_chosen_models_own_settings_and_any_of_its_modes(tmp_path):
+    """The API keeps the page's first state: the advanced settings an API call leaves out must be the chosen
+    model's own (not the first model's), and the mode choice must accept the chosen model's modes."""
+    import torch
+    from conftest import make_tiny_pipeline
+
+    from ddad_hub.dynamic_noise import score_bin_edges
+    from ddad_hub.models.feature_memory import FeatureMemory
+
+    make_tiny_pipeline(threshold=0.5).save_pretrained(tmp_path / "first")  # DDAD only; w 2, start 100, skip 50
+    other = make_tiny_pipeline(threshold=0.5, w=1.0)
+    other.scheduler.register_to_config(start_step=60, skip=20)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    memory = FeatureMemory.fit(other.feature_encoder, other.resize_to_map(images), coreset_ratio=0.5, image_size=64,
+                               max_patches=500)
+    other.register_modules(feature_memory=memory)
+    memory.register_to_config(score_bins=score_bin_edges(other.first_estimate(images)))
+    other.save_pretrained(tmp_path / "other")
+    assert app.Inspector(other).modes == ["ddad", "d3ad"]
+    sources = {"first": str(tmp_path / "first"), "other": str(tmp_path / "other")}
+    demo = app.build_demo(app.ModelShelf(sources, default="first"))
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+        image = gradio_client.handle_file(str(tmp_path / "a.png"))
+        own = client.predict(image, mode="ddad", model="other", api_name="/analyze")[5]
+        explicit = client.predict(image, 1.0, 60, 20, "ddad", "other", api_name="/analyze")[5]
+        firsts = client.predict(image, 2.0, 100, 50, "ddad", "other", api_name="/analyze")[5]
+        assert own["start_step"] == explicit["start_step"] == 60 and own["score"] == explicit["score"]
+        assert firsts["start_step"] == 100 and firsts["score"] != own["score"]
+        assert client.predict(image, mode="ddad", model="first", api_name="/analyze")[5]["start_step"] == 100
+        table, *_ = client.predict([image], "d3ad", "other", api_name="/analyze_batch")  # a mode the first lacks
+        row = dict(zip(table["headers"], table["data"][0]))
+        assert row["score"] > 0 and not row["error"]
+        with pytest.raises(Exception, match="D3AD mode is not available with this model; it offers DDAD"):
+            client.predict([image], "d3ad", "first", api_name="/analyze_batch")
+    finally:
+        demo.close()
+
+
 def test_bad_files_get_a_message_and_the_app_keeps_serving(server, tmp_path):
     client, _ = server
     good_png = tmp_path / "ok.png"
