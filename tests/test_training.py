@@ -282,6 +282,13 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     Image.open(first).save(inputs / "sub" / "x.png")
     Image.open(first).save(inputs / "sub__x.png")  # flattened, sub/x.png would take the same map name
     preds = tmp_path / "preds"
+    for script, flag, out in (("predict.py", "--mode", ["--input-dir", str(inputs)]),
+                              ("evaluate.py", "--modes", ["--data", str(dataset)])):  # a mode the model lacks
+        wrong = subprocess.run([sys.executable, f"training/{script}", "--pipeline", str(folder), *out, "--output-dir",
+                                str(tmp_path / "wrong_mode"), flag, "diad"], cwd=REPO, env=_env(), capture_output=True,
+                               text=True, timeout=600)
+        assert wrong.returncode == 2 and f"{script}: error: {flag} diad:" in wrong.stderr, wrong.stderr[-2000:]
+        assert "this model offers ddad" in wrong.stderr and not (tmp_path / "wrong_mode").exists()
     _run(["training/predict.py", "--pipeline", str(folder), "--input-dir", str(inputs), "--output-dir", str(preds)])
     rows = list(csv.DictReader(open(preds / "scores.csv")))
     assert len(rows) == 6

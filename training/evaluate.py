@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
+    for mode in args.modes or []:  # before anything is written or scored
+        try:
+            pipe.check_mode(mode)
+        except ValueError as err:
+            raise SystemExit(f"--modes {mode}: {err} (this model offers {', '.join(pipe.available_modes())})") from None
     local = os.path.isdir(os.path.expanduser(args.pipeline))
     folder = Path(pipeline_folder(args.pipeline, {}))  # a Hub id's cached snapshot: its training record is read
     data = Path(args.data)

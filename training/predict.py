@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
     pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
+    if args.mode is not None:  # before the output folder is made: a mistake leaves nothing behind
+        try:
+            pipe.check_mode(args.mode)
+        except ValueError as err:
+            offered = ", ".join(pipe.available_modes())
+            raise SystemExit(f"--mode {args.mode}: {err} (this model offers {offered})") from None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
