@@ -195,8 +195,10 @@ def test_diad_fused_mode_is_fitted_without_test_images_and_round_trips(tmp_path)
     base = make_tiny_pipeline(latent=True)
     encoder = type(base.feature_encoder).from_imagenet("efficientnet_lite0", (4, 8, 16))
     sg = SemanticGuidedNetwork.from_unet(base.unet, hint_channels=(4, 8), hint_strides=(1, 2))
-    pipe = DiADPipeline(base.unet, sg, DDADScheduler(start_step=999, skip=100, eta=0.0, w=0.0), encoder,
-                        vae=base.vae, map_size=64)
+    scheduler = DDADScheduler(start_step=999, skip=100, eta=0.0, w=0.0)
+    with pytest.raises(ValueError, match="needs the autoencoder"):  # as DDADPipeline: at once, not at a call
+        DiADPipeline(base.unet, sg, scheduler, encoder, vae=None, map_size=64)
+    pipe = DiADPipeline(base.unet, sg, scheduler, encoder, vae=base.vae, map_size=64)
     pipe.set_progress_bar_config(disable=True)
     preset = {"memory": {"coreset_ratio": 0.5, "folds": 2, "feature_strides": [8, 16]},
               "category_threshold_min_images": 2}

@@ -168,12 +168,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         feature_encoder.eval()
         if vae is not None:
             vae.eval()
-            if vae.config.latent_channels != unet.config.in_channels:
-                raise ValueError(f"the vae's {vae.config.latent_channels} latent channels do not match the unet's "
-                                 f"{unet.config.in_channels} input channels")
-        elif unet.config.in_channels != 3:
-            raise ValueError(f"the unet denoises {unet.config.in_channels}-channel latents, so it needs the "
-                             "autoencoder (vae) it was trained with; got vae=None")
+        check_unet_and_vae(unet, vae)
         # a folder's config is checked as it loads, not at the first call
         if mode not in MODES:
             raise ValueError(f"mode must be 'ddad', 'd3ad' or 'fused', got {mode!r}")
@@ -729,6 +724,18 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         if backend == "openvino":
             pipe.to_openvino(path, **openvino_options)
         return pipe
+
+
+def check_unet_and_vae(unet: UNet2DModel, vae: AutoencoderKL | None) -> None:
+    """Refuse a U-Net and autoencoder that do not fit together (a latent U-Net without its autoencoder, or latent
+    channels that differ) when the pipeline is built, not with a convolution's error at its first call."""
+    if vae is not None:
+        if vae.config.latent_channels != unet.config.in_channels:
+            raise ValueError(f"the vae's {vae.config.latent_channels} latent channels do not match the unet's "
+                             f"{unet.config.in_channels} input channels")
+    elif unet.config.in_channels != 3:
+        raise ValueError(f"the unet denoises {unet.config.in_channels}-channel latents, so it needs the "
+                         "autoencoder (vae) it was trained with; got vae=None")
 
 
 def check_weights_dtype(dtype) -> None:

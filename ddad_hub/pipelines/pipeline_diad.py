@@ -12,7 +12,7 @@ from ..models.feature_encoder import FeatureEncoder
 from ..models.feature_memory import FeatureMemory
 from ..models.semantic_guided import SemanticGuidedNetwork, unet_forward_with_residuals
 from ..schedulers.scheduling_ddad import DDADScheduler
-from .pipeline_ddad import DDADPipeline
+from .pipeline_ddad import DDADPipeline, check_unet_and_vae
 
 
 class DiADPipeline(DDADPipeline):
@@ -73,6 +73,7 @@ class DiADPipeline(DDADPipeline):
         for module in (unet, sg_network, feature_encoder, vae, feature_memory):
             if module is not None:
                 module.eval()
+        check_unet_and_vae(unet, vae)
         if mode not in ("diad", "fused"):
             raise ValueError(f"a DiADPipeline's modes are 'diad' and 'fused'; got {mode!r}")
         check_fusion_rule(fused_rule)
