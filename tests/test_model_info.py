@@ -116,6 +116,7 @@ def test_scripts_that_refit_one_product_refuse_a_multiclass_pipeline_before_load
         ("fit_d3ad", ["--pipeline"], "refit it with training/finalize.py --pipeline"),
         ("validate", ["--pipelines"], "compare it with evaluate_multiclass.py's held-out thresholds"),
         ("adapt_encoder", ["--output-dir", str(tmp_path / "out"), "--pipeline"], "adapt_encoder.py adapts one"),
+        ("recalibrate", ["--pipeline"], "its held-out images are named by file name.*training/finalize.py --pipeline"),
     ]:
         spec = importlib.util.spec_from_file_location(f"{script}_script", repo / "training" / f"{script}.py")
         module = importlib.util.module_from_spec(spec)

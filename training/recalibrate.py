@@ -15,7 +15,7 @@ from ddad_hub import DDADPipeline
 from ddad_hub.cli import run
 from ddad_hub.data import held_out_split, load_images
 from ddad_hub.model_card import discard_test_results, write_model_card
-from ddad_hub.model_info import check_same_product, training_record
+from ddad_hub.model_info import check_same_product, check_single_product, training_record
 from ddad_hub.recipe import recalibrate
 
 
@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     folder = Path(args.pipeline)
     info = training_record(folder)
+    check_single_product(folder, info, "its held-out images are named by file name, which its products share, and it "
+                         "has a threshold per product: refit them all with training/finalize.py --pipeline "
+                         f"{folder} --output-dir <new folder> (it draws each product's held-out images again)")
     check_same_product(folder, args.data)
     held = set(info["held_out_nominal"])
     _, paths = held_out_split(args.data, held)
@@ -33,9 +36,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{len(held) - len(paths)} held-out images of {folder} are not in {args.data}")
     pipe = DDADPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    if pipe.config.get("category_thresholds"):  # held_out_nominal names files, which repeat across products
-        print("this pipeline judges each product by its own threshold; recalibrating from one category folder "
-              "drops those of the recalibrated modes (re-run training/finalize.py to refit them)")
     # read as training read them: at map size for the thresholds, at the U-Net's size for the pixel weight
     calibration = recalibrate(pipe, load_images(paths, pipe.map_hw[0]),
                               nominal_unet_size=load_images(paths, pipe.sample_size[0]))
