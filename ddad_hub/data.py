@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .image_utils import ImageLoadError, open_image
+from .image_utils import ImageLoadError, open_image, resize_images, to_image_tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -174,15 +174,16 @@ def warn_mismatched_masks(items: list[TestItem], tolerance: float = 0.02) -> lis
 
 
 def load_images(paths: list[Path], size: int) -> torch.Tensor:
-    """Images as a (N, 3, size, size) float tensor in [-1, 1] (bicubic resize)."""
-    arrays = []
+    """Images as a (N, 3, size, size) float tensor in [-1, 1], resized as the pipeline resizes a user's image
+    (:func:`~ddad_hub.image_utils.resize_images`), so thresholds calibrated on them hold for uploads of any size."""
+    tensors = []
     for path in paths:
         try:
-            image = open_image(path).resize((size, size), Image.BICUBIC)
+            image = to_image_tensor(open_image(path))
         except ImageLoadError as err:  # the whole path: several categories and defect types share file names
             raise ImageLoadError(f"{err} (at {path})") from err
-        arrays.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().clamp(-1, 1)
+        tensors.append(resize_images(image * 2 - 1, (size, size)))
+    return torch.cat(tensors).contiguous()
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

@@ -190,3 +190,12 @@ def to_image_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
     if x.shape[1] == 4:
         x = x[:, :3] * x[:, 3:].clamp(0, 1)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, H, W) images in [-1, 1] at ``size`` (height, width), bilinear with antialiasing, clamped to [-1, 1]:
+    the one resize of every image the project reads, at training, calibration, evaluation and inference alike, so
+    a user's image is scored as the thresholds were calibrated whatever its size."""
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", antialias=True)
+    return images.clamp(-1, 1)

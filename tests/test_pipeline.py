@@ -278,6 +278,21 @@ def test_a_file_and_its_pixels_as_a_tensor_score_the_same(pipe, tmp_path):
     assert scores[0] == scores[1] == pytest.approx(scores[2], abs=1e-6)
 
 
+def test_a_file_is_scored_as_the_training_scripts_read_it_whatever_its_size(tmp_path):
+    """Thresholds and test metrics come from ``data.load_images``; an upload of another size (Magnetic Tile's tiles
+    are of many sizes) must be resized as it was, or its score moves against the calibrated threshold."""
+    from ddad_hub.data import load_images, to_unit_range
+
+    pipe = make_tiny_pipeline(map_size=32, threshold=0.5)  # one size for every part: a single resize either way
+    image = Image.fromarray((np.random.default_rng(3).random((71, 113, 3)) * 255).astype(np.uint8))
+    image.save(tmp_path / "tile.png")
+    read = load_images([tmp_path / "tile.png"], 32)
+    direct = pipe.preprocess(tmp_path / "tile.png")[0]
+    assert torch.equal(read, direct)
+    scores = [float(pipe(x, output_type="np").image_scores[0]) for x in (tmp_path / "tile.png", to_unit_range(read))]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+
+
 def test_call_settings_override_the_scheduler_config(pipe):
     img = _images(1)
     base = pipe(img, output_type="np").image_scores

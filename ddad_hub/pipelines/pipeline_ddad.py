@@ -33,7 +33,7 @@ from ..backends import pop_backend
 from ..backends.openvino import OpenVINOMixin
 from ..dynamic_noise import dynamic_start_steps
 from ..hardware import has_native_bf16
-from ..image_utils import open_image, to_image_tensor
+from ..image_utils import open_image, resize_images, to_image_tensor
 from ..model_info import PipelineFolderError, newer_version_note, stamp_version, weights_fingerprint
 from ..models.autoencoder import from_latents, latent_factor, to_latents
 from ..models.feature_encoder import FeatureEncoder
@@ -265,9 +265,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                 image = open_image(image)
             item = to_image_tensor(image)
             sizes.extend([tuple(item.shape[-2:])] * item.shape[0])
-            tensors.append(torch.nn.functional.interpolate(item * 2 - 1, size=(h, w), mode="bilinear",
-                                                           antialias=True))
-        return torch.cat(tensors).clamp(-1, 1), sizes
+            tensors.append(resize_images(item * 2 - 1, (h, w)))
+        return torch.cat(tensors), sizes
 
     # ------------------------------------------------------------------ the two stages
     def default_autocast_dtype(self) -> torch.dtype | None:
