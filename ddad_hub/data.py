@@ -173,17 +173,26 @@ def warn_mismatched_masks(items: list[TestItem], tolerance: float = 0.02) -> lis
     return bad
 
 
-def load_images(paths: list[Path], size: int) -> torch.Tensor:
+def load_images(paths: list[Path], size: int, read_size: int | None = None) -> torch.Tensor:
     """Images as a (N, 3, size, size) float tensor in [-1, 1], resized as the pipeline resizes a user's image
-    (:func:`~ddad_hub.image_utils.resize_images`), so thresholds calibrated on them hold for uploads of any size."""
+    (:func:`~ddad_hub.image_utils.resize_images`): first to ``read_size`` when given (the pipeline's ``read_hw``,
+    :func:`read_size` of a preset), then to ``size``. Read so, images score as uploads of any size do."""
     tensors = []
     for path in paths:
         try:
-            image = to_image_tensor(open_image(path))
+            image = to_image_tensor(open_image(path)) * 2 - 1
         except ImageLoadError as err:  # the whole path: several categories and defect types share file names
             raise ImageLoadError(f"{err} (at {path})") from err
-        tensors.append(resize_images(image * 2 - 1, (size, size)))
+        if read_size:
+            image = resize_images(image, (read_size, read_size))
+        tensors.append(resize_images(image, (size, size)))
     return torch.cat(tensors).contiguous()
+
+
+def read_size(preset: dict) -> int:
+    """The size a pipeline of ``preset`` reads every input at before its parts (its ``read_hw``): the larger of the
+    image size and the map size."""
+    return max(preset["resolution"], preset.get("map_size") or preset["resolution"])
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

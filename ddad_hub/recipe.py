@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, UNet2DModel
 from tqdm.auto import tqdm
 
 from .anomaly_map import FUSION_RULES, fuse_maps, image_scores, map_statistics
-from .data import category_of, load_images, nominal_id, to_unit_range
+from .data import category_of, load_images, nominal_id, read_size, to_unit_range
 from .dynamic_noise import score_bin_edges
 from .metrics import image_auroc, pixel_auroc, stratified_resamples
 from .model_card import discard_test_results, write_model_card
@@ -690,7 +690,7 @@ def finalize_run(
     out = Path(out)
     pipe = assemble_pipeline(unet, preset, encoder, vae)
     pipe.set_progress_bar_config(disable=True)
-    nominal = load_images(held_out, preset["resolution"])
+    nominal = load_images(held_out, preset["resolution"], read_size(preset))
     info: dict = {"preset": preset, "data": str(data), "category": category or Path(data).name, "training": training,
                   "held_out_nominal": [nominal_id(p) for p in held_out],
                   **({"categories": category_names(train_paths + held_out)}

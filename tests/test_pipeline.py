@@ -283,12 +283,14 @@ def test_a_file_is_scored_as_the_training_scripts_read_it_whatever_its_size(tmp_
     are of many sizes) must be resized as it was, or its score moves against the calibrated threshold."""
     from ddad_hub.data import load_images, to_unit_range
 
-    pipe = make_tiny_pipeline(map_size=32, threshold=0.5)  # one size for every part: a single resize either way
+    pipe = make_tiny_pipeline(size=32, map_size=64, threshold=0.5)  # the U-Net at 32 px, the map at 64
+    assert pipe.read_hw == (64, 64)
     image = Image.fromarray((np.random.default_rng(3).random((71, 113, 3)) * 255).astype(np.uint8))
     image.save(tmp_path / "tile.png")
-    read = load_images([tmp_path / "tile.png"], 32)
-    direct = pipe.preprocess(tmp_path / "tile.png")[0]
-    assert torch.equal(read, direct)
+    read = load_images([tmp_path / "tile.png"], 64)  # as evaluate.py and the recipe read (at map size)
+    unet_size = load_images([tmp_path / "tile.png"], 32, read_size=64)  # as the training scripts read
+    assert torch.equal(unet_size, pipe.preprocess(tmp_path / "tile.png")[0])
+    assert torch.equal(read, pipe.preprocess(tmp_path / "tile.png", size=(64, 64))[0])
     scores = [float(pipe(x, output_type="np").image_scores[0]) for x in (tmp_path / "tile.png", to_unit_range(read))]
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
 

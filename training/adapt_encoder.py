@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
     pipe = DDADPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     train_paths, held_paths = held_out_split(args.data, info.get("held_out_nominal", []))
-    images = load_images(train_paths, pipe.sample_size[0])
+    images = load_images(train_paths, pipe.sample_size[0], pipe.read_hw[0])
 
     frozen = pipe.feature_encoder.eval().requires_grad_(False)
     encoder = copy.deepcopy(frozen).requires_grad_(True)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
             if pipe.config.fused_base:  # the memory and the encoder changed, so did fused mode's statistics
                 info.update(fit_fused_mode(pipe, held_images, info["d3ad"]["memory"]))  # and all modes' objectives
         calibration = recalibrate(pipe, held_images, held_ids, nominal_unet_size=load_images(
-            held_paths, pipe.sample_size[0])) if held_images is not None else {}
+            held_paths, pipe.sample_size[0], pipe.read_hw[0])) if held_images is not None else {}
         pipe.save_pretrained(folder)
         discard_test_results(folder)  # an adaptation run again into the same --output-dir
         info["adaptation"] = {"epochs": len(history), "lambda": args.lam, "w_da": args.w_da,

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     autocast = getattr(torch, args.compute_dtype) if args.compute_dtype else None
 
     # at the larger of the two sizes, as a user's image comes: the pipeline resizes it for each part
-    images = load_images([it.image for it in items], max(pipe.sample_size[0], size[0]))
+    images = load_images([it.image for it in items], pipe.read_hw[0])
     modes = args.modes or pipe.available_modes()
     results, curves, timing, outputs = {}, {}, {}, {}
     memory_maps, recognised = None, None

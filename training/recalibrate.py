@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     # read as training read them: at map size for the thresholds, at the U-Net's size for the pixel weight
     calibration = recalibrate(pipe, load_images(paths, pipe.map_hw[0]),
-                              nominal_unet_size=load_images(paths, pipe.sample_size[0]))
+                              nominal_unet_size=load_images(paths, pipe.sample_size[0], pipe.read_hw[0]))
     pipe.save_pretrained(folder)
     discard_test_results(folder)  # their verdicts were made with the old thresholds
     info["calibration"] = {**calibration, "how": "highest score among held-out nominal training images",

@@ -36,6 +36,7 @@ from ddad_hub.data import (
     find_categories,
     load_images,
     nominal_id,
+    read_size,
     split_categories,
 )
 from ddad_hub.distributed import finish, make_accelerator
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> Path:
     # the same split as train_vae.py / train_unet.py: held-out images stay unseen by every component
     train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
     check_held_out(held_by_category, preset["holdout"])
-    images = load_images(train_paths, preset["resolution"])
+    images = load_images(train_paths, preset["resolution"], read_size(preset))
     latents = encode_images(vae, images)
 
     set_seed(args.seed)

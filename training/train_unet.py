@@ -23,7 +23,7 @@ from diffusers.training_utils import EMAModel
 
 from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.cli import run
-from ddad_hub.data import categories_label, check_held_out, find_categories, load_images, split_categories
+from ddad_hub.data import categories_label, check_held_out, find_categories, load_images, read_size, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import encode_images, latent_factor, load_vae
 from ddad_hub.models.unet import build_unet, check_resolution
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> Path:
     check_resolution(preset, latent_factor(vae.config) if vae is not None else 1)  # before minutes of loading
     train_paths, held_out, held_by_category = split_categories(categories, preset["holdout"], seed=args.seed)
     check_held_out(held_by_category, preset["holdout"])
-    images = load_images(train_paths, preset["resolution"])
+    images = load_images(train_paths, preset["resolution"], read_size(preset))
     if vae is not None:  # the U-Net learns the latents; they are computed once
         preset["latent_resolution"] = preset["resolution"] // latent_factor(vae.config)
         images = encode_images(vae, images)

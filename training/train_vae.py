@@ -24,7 +24,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from ddad_hub.checkpointing import resume, save_checkpoint
 from ddad_hub.cli import run
-from ddad_hub.data import categories_label, find_categories, load_images, split_categories
+from ddad_hub.data import categories_label, find_categories, load_images, read_size, split_categories
 from ddad_hub.distributed import finish, make_accelerator
 from ddad_hub.models.autoencoder import build_vae, fit_scaling_factor
 from ddad_hub.presets import PRESETS, load_preset, preset_section
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # The same split as train_unet.py, so the held-out images stay unseen by every component.
     train_paths, _, _ = split_categories(categories, preset["holdout"], seed=args.seed)
-    images = load_images(train_paths, preset["resolution"])
+    images = load_images(train_paths, preset["resolution"], read_size(preset))
     max_steps = args.max_steps
     budget_s = spec["max_minutes"] * 60 if spec.get("max_minutes") else None
     if max_steps is None and budget_s is None:

@@ -246,6 +246,13 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
     def map_hw(self) -> tuple[int, int]:
         return (self.config.map_size,) * 2 if self.config.map_size else self.sample_size
 
+    @property
+    def read_hw(self) -> tuple[int, int]:
+        """(height, width) every input is first resized to, the larger of :attr:`sample_size` and :attr:`map_hw`;
+        each part takes the image from there. The training scripts and the recipe read images at this size
+        (``data.load_images``), so an upload of any size is scored as the thresholds were calibrated."""
+        return tuple(max(a, b) for a, b in zip(self.sample_size, self.map_hw))
+
     # ------------------------------------------------------------------ pre-processing
     def preprocess(
         self, images: ImageInput, size: tuple[int, int] | None = None
@@ -254,7 +261,8 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
 
         Returns the tensor and each input's original (height, width). Every kind of input (path, PIL image, array,
         tensor; see :func:`to_image_tensor`) is resized the same way, the way the thresholds were calibrated
-        (bilinear with antialiasing), so a file and its pixels as a tensor score the same.
+        (bilinear with antialiasing, to :attr:`read_hw` first, then to ``size``), so a file and its pixels as a
+        tensor score the same, and so do an upload and the same image read by the training scripts.
         """
         if not isinstance(images, list):
             images = [images] if not isinstance(images, tuple) else list(images)
@@ -265,7 +273,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                 image = open_image(image)
             item = to_image_tensor(image)
             sizes.extend([tuple(item.shape[-2:])] * item.shape[0])
-            tensors.append(resize_images(item * 2 - 1, (h, w)))
+            tensors.append(resize_images(resize_images(item * 2 - 1, self.read_hw), (h, w)))
         return torch.cat(tensors), sizes
 
     # ------------------------------------------------------------------ the two stages

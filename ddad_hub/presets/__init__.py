@@ -54,6 +54,11 @@ def _check_counts(preset: dict) -> None:
         value = preset.get(key)
         if value is not None and not value > 0:
             raise PresetError(f"preset {preset.get('name')!r}: {key} must be above 0 (or left out), got {value!r}")
+    resolution, map_size = preset.get("resolution"), preset.get("map_size")
+    if resolution and map_size and map_size < resolution:
+        # the recipe calibrates on images read at map size; the pipeline reads inputs at the larger of the two
+        raise PresetError(f"preset {preset.get('name')!r}: map_size ({map_size}) must be at least the resolution "
+                          f"({resolution}), or left out")
 
 
 def fill_preset(preset: dict) -> dict:
