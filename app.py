@@ -295,7 +295,7 @@ class ModelShelf:
             if name not in self._loaded:
                 try:
                     self._loaded[name] = Inspector(load_pipeline(self.sources[name], self.backend))
-                except (OSError, ValueError) as err:
+                except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: OpenVINO cannot run it here
                     raise gr.Error(f"could not load {name}: {err}") from err
             return self._loaded[name]
 
@@ -337,7 +337,9 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
         with gr.Row():
             model = gr.Dropdown(list(shelf.sources), value=shelf.default, label="model", scale=1,
                                 info="loaded on first use")
-            mode = gr.Radio(ALL_MODES, value=first.default_mode, label="mode", scale=1,
+            # no value here: an API call that leaves the mode out gets the chosen model's own (the page's load
+            # event selects the first model's)
+            mode = gr.Radio(ALL_MODES, value=None, label="mode", scale=1,
                             info="D3AD picks the noise level per image from the feature memory")
             model_info = gr.Markdown(shelf.describe(shelf.default), elem_id="model-info")
         with gr.Tab("One image"):
@@ -348,7 +350,7 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                     with gr.Accordion("Advanced settings (DDAD mode; empty: the model's own)", open=False):
                         w = gr.Number(None, minimum=0, maximum=12, step=0.5, label="conditioning weight w",
                                       placeholder=_own(settings["w"]))
-                        start = gr.Number(None, minimum=10, maximum=999, step=10, precision=0, label="start step",
+                        start = gr.Number(None, minimum=1, maximum=999, step=10, precision=0, label="start step",
                                           placeholder=_own(settings["start_step"]))
                         skip = gr.Number(None, minimum=1, maximum=100, step=1, precision=0, label="skip",
                                          placeholder=_own(settings["skip"]))
@@ -387,8 +389,9 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
             inspector = shelf.get(model or shelf.default)
             return inspector.analyze(upload, w, start, skip, mode or inspector.default_mode)
 
-        def analyze_batch(files, mode, model, progress=gr.Progress()):  # noqa: B008 - gradio's documented form
-            return shelf.get(model).analyze_batch(files, mode, progress)
+        def analyze_batch(files, mode=None, model=None, progress=gr.Progress()):  # noqa: B008 - gradio's form
+            inspector = shelf.get(model or shelf.default)
+            return inspector.analyze_batch(files, mode or inspector.default_mode, progress)
 
         def choose_model(model):
             chosen = shelf.get(model)

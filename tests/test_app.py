@@ -65,6 +65,10 @@ def test_defective_example_scores_above_good_ones(server):
         assert details["verdict"] == "DEFECTIVE"
 
 
+def own_d3ad_step(pipe, path) -> int:
+    return int(pipe(str(path), mode="d3ad", output_type="np").start_steps[0])
+
+
 def test_api_calls_get_the_chosen_models_own_settings_and_any_of_its_modes(tmp_path):
     """The API keeps the page's first state: the advanced settings an API call leaves out must be the chosen
     model's own (not the first model's), and the mode choice must accept the chosen model's modes."""
@@ -82,6 +86,7 @@ def test_api_calls_get_the_chosen_models_own_settings_and_any_of_its_modes(tmp_p
                                max_patches=500)
     other.register_modules(feature_memory=memory)
     memory.register_to_config(score_bins=score_bin_edges(other.first_estimate(images)))
+    other.register_to_config(mode="d3ad")  # its own default mode, which the first model does not have
     other.save_pretrained(tmp_path / "other")
     assert app.Inspector(other).modes == ["ddad", "d3ad"]
     sources = {"first": str(tmp_path / "first"), "other": str(tmp_path / "other")}
@@ -99,6 +104,10 @@ def test_api_calls_get_the_chosen_models_own_settings_and_any_of_its_modes(tmp_p
         assert own["start_step"] == explicit["start_step"] == 60 and own["score"] == explicit["score"]
         assert firsts["start_step"] == 100 and firsts["score"] != own["score"]
         assert client.predict(image, mode="ddad", model="first", api_name="/analyze")[5]["start_step"] == 100
+        assert client.predict(image, model="other", api_name="/analyze")[5]["mode"] == "d3ad"  # its own default
+        assert client.predict(image, api_name="/analyze")[5]["mode"] == "ddad"  # the first model's
+        table, *_ = client.predict([image], model="other", api_name="/analyze_batch")
+        assert table["data"][0][3] == own_d3ad_step(other, tmp_path / "a.png")
         table, *_ = client.predict([image], "d3ad", "other", api_name="/analyze_batch")  # a mode the first lacks
         row = dict(zip(table["headers"], table["data"][0]))
         assert row["score"] > 0 and not row["error"]

@@ -334,6 +334,11 @@ def test_int8_networks_this_cpu_cannot_run_are_refused_at_load_and_empty_outputs
     assert np.array_equal(pipe(_images(1, 3), output_type="np").image_scores, before)
     pipe.to_openvino(cache_dir=tmp_path / "cache", int8_weights=("unet",))  # the same IR, run correctly
     assert pipe.backend == "openvino"
+    # every part is checked: an autoencoder's encoder and decoder, each stage of the feature encoder (and, in bf16,
+    # its fp32 twin for the memory)
+    latent = make_tiny_pipeline(latent=True, threshold=0.5)
+    latent.to_openvino(cache_dir=tmp_path / "cache", int8_weights=("vae", "feature_encoder"))
+    assert latent.backend == "openvino" and np.isfinite(latent(_images(1, 3), output_type="np").image_scores).all()
 
     # a network answering an empty batch at call time is an error, not an empty result passed on
     empty = SimpleNamespace(data=np.zeros((0, 4), dtype=np.float32))

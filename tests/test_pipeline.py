@@ -86,7 +86,7 @@ def test_subfolder_loads_one_of_several_pipelines_locally_and_from_the_offline_c
     assert load_pipeline(root, subfolder="nested/bottle/").name_or_path == str(root / "nested" / "bottle")
     with pytest.raises(FileNotFoundError, match="no subfolder 'tire'"):
         DDADPipeline.from_pretrained(root, subfolder="tire")
-    for outside in ("../line/transistor", "/etc"):
+    for outside in ("../line/transistor", "/etc", ".", "./transistor", "nested//bottle"):
         with pytest.raises(ValueError, match="relative path inside"):
             DDADPipeline.from_pretrained(root, subfolder=outside)
 
@@ -100,6 +100,8 @@ def test_subfolder_loads_one_of_several_pipelines_locally_and_from_the_offline_c
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(FileNotFoundError, match="the Hub repo acme/line has no pipeline in subfolder 'tire'"):
+        DDADPipeline.from_pretrained("acme/line", subfolder="tire")
     loaded = DDADPipeline.from_pretrained("acme/line", subfolder="nested/bottle")
     assert Path(loaded.name_or_path) == repo / "snapshots" / commit / "nested" / "bottle"
     loaded.set_progress_bar_config(disable=True)

@@ -212,6 +212,11 @@ def test_other_layouts_get_a_hint_and_upper_case_masks_are_found(tmp_path):
     (btad / "train" / "ok").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match="rename train/ok and test/ok to train/good"):
         list_train_images(btad)
+    (btad / "test" / "ok").mkdir(parents=True)  # evaluate.py reads test/ only: ok/ must not become a defect type
+    with pytest.raises(DatasetLayoutError, match="has ok/ and no good/; .*rename train/ok and test/ok"):
+        list_test_items(btad)
+    with pytest.raises(DatasetLayoutError, match="test is missing.*VisA's layout"):
+        list_test_items(visa)
     typo = tmp_path / "typo"
     (typo / "train" / "Good").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match="train/ holds Good: the nominal images must be in train/good"):

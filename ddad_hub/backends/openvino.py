@@ -381,6 +381,22 @@ class CompiledNetwork:
         return outputs
 
 
+def _int8_mismatch(network: CompiledNetwork, example: tuple, expected: list[torch.Tensor],
+                   tolerance: float) -> str | None:
+    """What is wrong with ``network``'s outputs on ``example`` against PyTorch's ``expected`` (``None``: nothing)."""
+    try:
+        got = network(*example)
+    except RuntimeError as err:
+        return str(err)
+    for out, ref in zip(got, expected):
+        if out.shape != ref.shape:
+            return f"output shape {tuple(out.shape)} instead of {tuple(ref.shape)}"
+        error = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        if error > tolerance:
+            return f"outputs off by {error:.0%} of their largest value"
+    return None
+
+
 def check_int8_networks(components: dict[str, Any], stand_ins: dict[str, OVModel], int8_weights: tuple[str, ...],
                         tolerance: float = 0.1) -> None:
     """Run each int8-weight network once on its export example and compare it with the PyTorch module: refuse
@@ -388,21 +404,20 @@ def check_int8_networks(components: dict[str, Any], stand_ins: dict[str, OVModel
     by well under 1% of their largest value; an unsupported kernel gives an empty or unrelated output."""
     modules = exportable(components)
     for name in int8_weights:
-        compiled = [v for v in vars(stand_ins[name]).values() if isinstance(v, CompiledNetwork)]
-        for part, network in zip(ir_parts(modules[name]), compiled):
+        stand_in = stand_ins[name]
+        # the IR parts in order (an autoencoder: encoder, decoder), with a feature encoder's fp32 twin for the memory
+        compiled = [[v] for v in vars(stand_in).values() if isinstance(v, CompiledNetwork)]
+        twin = getattr(stand_in, "full_precision", None)
+        if twin is not None:
+            compiled[0].append(twin.network)
+        for part, networks in zip(ir_parts(modules[name]), compiled):
             with torch.no_grad():
                 expected = part.graph(*part.example)
-            expected = expected[0] if isinstance(expected, list | tuple) else expected  # an encoder's first stage
-            try:
-                got = network(*part.example)[0]
-            except RuntimeError as err:
-                got, why = None, str(err)
-            else:
-                why = (f"output shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
-                       if got.shape != expected.shape else None)
-            if why is None:
-                error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-                why = f"outputs off by {error:.0%} of their largest value" if error > tolerance else None
+            expected = list(expected) if isinstance(expected, list | tuple) else [expected]  # every encoder stage
+            for network in networks:
+                why = _int8_mismatch(network, part.example, expected, tolerance)
+                if why:
+                    break
             if why:
                 raise RuntimeError(f"OpenVINO cannot run '{name}' with int8 weights correctly on this CPU "
                                    f"({machine_summary()}): {why}. Load it with openvino_int8_weights=() (fp32 "

@@ -42,8 +42,10 @@ def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: di
     """
     path = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
     subfolder = (kwargs.pop("subfolder", None) or "").rstrip("/")
-    if subfolder and (os.path.isabs(subfolder) or ".." in subfolder.split("/") or "\\" in subfolder):
-        raise ValueError(f"subfolder={subfolder!r} must be a relative path inside the folder or repo")
+    if subfolder and (os.path.isabs(subfolder) or "\\" in subfolder
+                      or any(part in ("", ".", "..") for part in subfolder.split("/"))):
+        raise ValueError(f"subfolder={subfolder!r} must be a relative path inside the folder or repo, such as "
+                         "'transistor' or 'line/transistor'")
     if os.path.isdir(path):
         inner = os.path.join(path, subfolder) if subfolder else path
         if not os.path.isdir(inner):
@@ -61,6 +63,8 @@ def pipeline_folder(pretrained_model_name_or_path: str | os.PathLike, kwargs: di
         token=kwargs.pop("token", None), local_files_only=kwargs.pop("local_files_only", False),
         allow_patterns=[f"{subfolder}/{p}" for p in patterns] if subfolder else patterns,
     )
+    if subfolder and not os.path.isdir(os.path.join(snapshot, subfolder)):
+        raise FileNotFoundError(f"the Hub repo {path} has no pipeline in subfolder {subfolder!r}")
     return os.path.join(snapshot, subfolder) if subfolder else snapshot
 
 
