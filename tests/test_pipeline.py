@@ -45,24 +45,31 @@ def test_round_trip_is_bit_identical(pipe, tmp_path):
     assert loaded.config.threshold == 0.5 and loaded.config.map_size == 64
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch, dtype):
-    """Bit-identical in both precisions, on CPUs with and without native bf16 (the loaded weights are aligned
-    copies, so the same kernels run for both pipelines)."""
+def offline_hub_cache(tmp_path: Path, monkeypatch, folder: Path, repo_id: str) -> Path:
+    """An offline Hugging Face cache holding ``folder`` as ``repo_id``'s main snapshot (returned), as a download
+    leaves it, with the Hub switched offline."""
     import huggingface_hub.constants as constants
 
-    saved = tmp_path / "saved"
-    pipe.save_pretrained(saved)
-    commit = "0123456789abcdef0123456789abcdef01234567"
     cache = tmp_path / "hub"
-    repo = cache / "models--acme--ddad-tiny"
-    shutil.copytree(saved, repo / "snapshots" / commit)
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return repo / "snapshots" / commit
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch, dtype):
+    """Bit-identical in both precisions, on CPUs with and without native bf16 (the loaded weights are aligned
+    copies, so the same kernels run for both pipelines)."""
+    saved = tmp_path / "saved"
+    pipe.save_pretrained(saved)
+    offline_hub_cache(tmp_path, monkeypatch, saved, "acme/ddad-tiny")
     loaded = DDADPipeline.from_pretrained("acme/ddad-tiny")
     loaded.set_progress_bar_config(disable=True)
     images = _images(1)
@@ -75,8 +82,6 @@ def test_loads_repo_id_from_offline_hub_cache(pipe, tmp_path, monkeypatch, dtype
 
 def test_subfolder_loads_one_of_several_pipelines_locally_and_from_the_offline_cache(pipe, tmp_path, monkeypatch):
     """One folder or Hub repo holding several pipelines, as diffusers users know ``subfolder=`` from components."""
-    import huggingface_hub.constants as constants
-
     from ddad_hub import load_pipeline
 
     root = tmp_path / "line"
@@ -90,20 +95,11 @@ def test_subfolder_loads_one_of_several_pipelines_locally_and_from_the_offline_c
         with pytest.raises(ValueError, match="relative path inside"):
             DDADPipeline.from_pretrained(root, subfolder=outside)
 
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    cache = tmp_path / "hub"
-    repo = cache / "models--acme--line"
-    shutil.copytree(root, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    snapshot = offline_hub_cache(tmp_path, monkeypatch, root, "acme/line")
     with pytest.raises(FileNotFoundError, match="the Hub repo acme/line has no pipeline in subfolder 'tire'"):
         DDADPipeline.from_pretrained("acme/line", subfolder="tire")
     loaded = DDADPipeline.from_pretrained("acme/line", subfolder="nested/bottle")
-    assert Path(loaded.name_or_path) == repo / "snapshots" / commit / "nested" / "bottle"
+    assert Path(loaded.name_or_path) == snapshot / "nested" / "bottle"
     loaded.set_progress_bar_config(disable=True)
     images = _images(1)
     assert np.array_equal(pipe(images, generator=_gens(1), output_type="np").image_scores,
