@@ -159,21 +159,20 @@ def warn_mismatched_masks(items: list[TestItem], tolerance: float = 0.02) -> lis
     """Warn about (and return) the items whose mask has another aspect ratio than their image: such a mask belongs
     to another image or a crop of it, and stretched to the map it would mark the wrong pixels. Masks of another
     size but the same shape (a 256 px mask of a 1024 px image) are fine: they are resized to the map."""
-    bad = []
+    bad, shown = [], []
     for item in items:
         if item.mask is None:
             continue
         image, mask = _upright_size(item.image), _upright_size(item.mask)
         if image and mask and abs(image[0] / image[1] - mask[0] / mask[1]) > tolerance * image[0] / image[1]:
             bad.append(item)
+            shown.append(f"{item.image} is {image[0]}x{image[1]}, its mask {mask[0]}x{mask[1]}")
     if bad:
         import warnings
 
-        shown = "; ".join(f"{it.image} is {'x'.join(map(str, _upright_size(it.image)))}, its mask "
-                          f"{'x'.join(map(str, _upright_size(it.mask)))}" for it in bad[:3])
         warnings.warn(f"{len(bad)} test mask(s) have another aspect ratio than their image, so they are stretched "
-                      f"onto it and the pixel metrics may be wrong: {shown}" + (" ..." if len(bad) > 3 else ""),
-                      stacklevel=3)
+                      f"onto it and the pixel metrics may be wrong: {'; '.join(shown[:3])}"
+                      + (" ..." if len(bad) > 3 else ""), stacklevel=3)
     return bad
 
 
