@@ -34,3 +34,14 @@ def run(main: Callable[[], object]) -> None:
             raise
         print(f"{Path(sys.argv[0]).name}: error: {stop.code}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_modes(pipe, modes: list[str], flag: str) -> None:
+    """Refuse, before any work or output, a mode ``pipe`` cannot run: ``SystemExit`` naming the flag, the reason and
+    the modes the model offers (:func:`run` prints it as one line, exit code 2)."""
+    for mode in modes:
+        try:
+            pipe.check_mode(mode)
+        except ValueError as err:
+            offered = ", ".join(pipe.available_modes())
+            raise SystemExit(f"{flag} {mode}: {err} (this model offers {offered})") from None

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
-from ddad_hub.cli import run
+from ddad_hub.cli import check_modes, run
 from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range
 from ddad_hub.metrics import METRICS, finite_json, format_metric, paired_auroc_difference, roc_points, summarize
 from ddad_hub.model_card import write_model_card
@@ -130,11 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
-    for mode in args.modes or []:  # before anything is written or scored
-        try:
-            pipe.check_mode(mode)
-        except ValueError as err:
-            raise SystemExit(f"--modes {mode}: {err} (this model offers {', '.join(pipe.available_modes())})") from None
+    check_modes(pipe, args.modes or [], "--modes")  # before anything is written or scored
     local = os.path.isdir(os.path.expanduser(args.pipeline))
     folder = Path(pipeline_folder(args.pipeline, {}))  # a Hub id's cached snapshot: its training record is read
     data = Path(args.data)

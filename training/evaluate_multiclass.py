@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddad_hub.cli import run
+from ddad_hub.cli import check_modes, run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import finite_json, format_mean, format_metric, mean_footnote, summarize
 from ddad_hub.model_card import write_card
@@ -161,11 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
     modes = args.modes or ([pipe.config.mode] if pipe is not None else [])
-    for mode in modes if pipe is not None else []:  # an unfitted mode is named before minutes of work
-        try:
-            pipe.check_mode(mode)
-        except ValueError as err:
-            raise SystemExit(f"--modes {mode}: {err}") from None
+    if pipe is not None:  # an unfitted mode is named before minutes of work
+        check_modes(pipe, modes, "--modes")
     map_hw = pipe.map_hw if pipe is not None else (256, 256)
 
     memory, encoder, timing = None, None, {}

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import load_pipeline
-from ddad_hub.cli import run
+from ddad_hub.cli import check_modes, run
 from ddad_hub.data import IMAGE_SUFFIXES
 from ddad_hub.inspection import BATCH_SIZE, anomaly_picture, image_files, inspect_files, tally_text, write_csv
 
@@ -40,11 +40,7 @@ def main(argv: list[str] | None = None) -> Path:
     pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     if args.mode is not None:  # before the output folder is made: a mistake leaves nothing behind
-        try:
-            pipe.check_mode(args.mode)
-        except ValueError as err:
-            offered = ", ".join(pipe.available_modes())
-            raise SystemExit(f"--mode {args.mode}: {err} (this model offers {offered})") from None
+        check_modes(pipe, [args.mode], "--mode")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
