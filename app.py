@@ -85,6 +85,9 @@ class Inspector:
         available = getattr(pipe, "available_modes", None)
         self.modes = list(available()) if callable(available) else ["ddad"] + (["d3ad"] if self.has_memory else [])
         self._accepts = set(inspect.signature(pipe.__call__).parameters)
+        memory = getattr(pipe, "feature_memory", None)
+        # a multi-class model's products: the inspector may state which one the images show
+        self.products = list(memory.config.group_names) if getattr(memory, "has_groups", False) else []
 
     @property
     def default_mode(self) -> str:
@@ -102,11 +105,24 @@ class Inspector:
             raise gr.Error(f"{str(mode).upper()} mode is not available with this model; it offers "
                            f"{', '.join(m.upper() for m in self.modes)}.")
 
-    def analyze(self, upload, w: float | None, start_step: float | None, skip: float | None, mode: str = "ddad"):
+    def _check_product(self, product: str | None) -> dict:
+        """The call's ``category`` for a stated product (none for ``None``, "" or :data:`RECOGNISE`)."""
+        if not product or product == RECOGNISE:
+            return {}
+        if not self.products:
+            raise gr.Error(f"this model was trained on one product; it cannot be told the images show {product!r} "
+                           f"(leave the product empty)")
+        if product not in self.products:
+            raise gr.Error(f"this model knows no product {product!r}; it knows {', '.join(self.products)}")
+        return {"category": product}
+
+    def analyze(self, upload, w: float | None, start_step: float | None, skip: float | None, mode: str = "ddad",
+                product: str | None = None):
         """Score one image. Returns input, reconstruction, heat-map overlay, defect outline, summary, details.
 
         ``w``, ``start_step`` and ``skip`` left ``None`` (the page's empty boxes, an API call that omits them) are
-        this model's own calibrated settings."""
+        this model's own calibrated settings. ``product`` (a multi-class model's) states which product the image
+        shows; ``None`` lets the model recognise it."""
         if upload is None:
             raise gr.Error("Upload an image first (PNG, JPEG, BMP, TIFF, WebP or GIF).")
         try:
@@ -114,6 +130,7 @@ class Inspector:
         except ImageLoadError as err:
             raise gr.Error(f"Could not read that file: {err}") from err
         self._check_mode(mode)
+        stated = self._check_product(product)
         own = self.settings()
         w = own["w"] if w is None else w
         start_step = int(own["start_step"] if start_step is None else start_step)
@@ -125,11 +142,11 @@ class Inspector:
         settings = {k: v for k, v in {"w": float(w), "start_step": start_step, "skip": skip}.items()
                     if k in self._accepts}
         began = time.perf_counter()
-        out = self.pipe(image, mode=mode, output_type="pil", **settings)
+        out = self.pipe(image, mode=mode, output_type="pil", **settings, **stated)
         seconds = time.perf_counter() - began
         # the one calibrated for this mode; a multi-class model's for the product it recognised
         threshold = None if out.image_thresholds is None else float(out.image_thresholds[0])
-        product = (product_labels(out) or [None])[0]
+        product = (product_labels(out, stated=bool(stated)) or [None])[0]
         unknown = out.unknown_category is not None and bool(out.unknown_category[0])
 
         score = float(out.image_scores[0])
@@ -140,7 +157,9 @@ class Inspector:
             verdict, mask_view = "not calibrated (this model has no threshold)", image
         else:
             verdict = "DEFECTIVE" if out.is_anomalous[0] else "good"  # the pipeline's verdict (a NaN score fails)
-            if unknown:  # judged as the nearest product only: no verdict on a product the model does not know
+            if unknown and stated:  # judged as the stated product, which the image does not look like
+                verdict = f"NOT A {out.categories[0].upper()}? (as one: {verdict})"
+            elif unknown:  # judged as the nearest product only: no verdict on a product the model does not know
                 verdict = f"UNKNOWN PRODUCT (as a {out.categories[0]}: {verdict})"
             mask_view = outline(image, amap > threshold, colour=(255, 0, 0))
         start_used = int(out.start_steps[0])
@@ -148,25 +167,30 @@ class Inspector:
         summary = (
             f"### {verdict}\n"
             f"anomaly score **{score:.4f}** (threshold {shown_threshold}"
-            + (f", recognised as **{product}**)" if product else ")")
+            + (f", {'stated' if stated else 'recognised as'} **{out.categories[0]}**)" if product else ")")
             + f"  \nmode {mode.upper()}, start step {start_used}, analysed in {seconds:.2f} s"
+            + (f"  \n**This image does not look like a {out.categories[0]}** ("
+               f"{float(out.category_distances[0]):.1f} times as far from its good parts as the farthest held-out "
+               "good image): check the product chosen." if unknown and stated else "")
             + (f"  \n**This image looks like none of the products this model was trained on** ("
                f"{float(out.category_distances[0]):.1f} times as far from {out.categories[0]} as its farthest "
                f"held-out good image): it was judged as a {out.categories[0]}, which says nothing of a part of "
-               "another product." if unknown else "")
+               "another product." if unknown and not stated else "")
         )
         details = {"score": score, "threshold": threshold, "verdict": verdict, "seconds": round(seconds, 3),
                    "mode": mode, "start_step": start_used, "image_size": list(image.size),
-                   **({"product": product} if product else {}),
+                   **({"product": product, "product_stated": bool(stated)} if product else {}),
                    **({"product_distance": round(float(out.category_distances[0]), 3)}
                       if out.category_distances is not None else {})}
         return image, out.reconstructions[0].resize(image.size), heat, mask_view, summary, details
 
-    def analyze_batch(self, uploads: list | None, mode: str, progress=None):
-        """Score many images (or zips of them). Returns the table, the flagged images, a CSV and a summary."""
+    def analyze_batch(self, uploads: list | None, mode: str, progress=None, product: str | None = None):
+        """Score many images (or zips of them). Returns the table, the flagged images, a CSV and a summary.
+        ``product`` (a multi-class model's) states which product every image shows; ``None``: each recognised."""
         if not uploads:
             raise gr.Error("Upload one or more images, or a zip of a folder of images.")
         self._check_mode(mode)
+        stated = self._check_product(product)
         with tempfile.TemporaryDirectory(prefix="ddad-batch-") as scratch:
             files, names, problems, skipped = _expand_uploads(uploads, Path(scratch))
             images = sum(min(count_pages(f), MAX_PAGES) for f in files)  # a multi-page TIFF counts its pages
@@ -177,7 +201,8 @@ class Inspector:
             report = (lambda done, total: progress((done, total), desc="scoring", unit="images")) if progress else None
             began = time.perf_counter()
             rows, flagged, thresholds = [], [], set()
-            scored_files = inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode)
+            scored_files = inspect_files(self.pipe, files, BATCH_SIZE, names=names, progress=report, mode=mode,
+                                         **stated)
             for item in scored_files:
                 rows += problems.pop(item.file_index, [])  # rows stay in upload order: a failed upload where sent
                 rows.append(item.row)
@@ -201,11 +226,14 @@ class Inspector:
             judged = "each by the threshold of the product it was recognised as: see the table"
         else:
             judged = f"threshold {next(iter(thresholds)):.4f}" if thresholds else ""
-        summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}; "
+        summary = (f"**{scored} image(s) scored** in {seconds:.1f} s, mode {mode.upper()}"
+                   + (f", all stated to be {stated['category']}" if stated else "") + "; "
                    + (f"**{defective} flagged defective** ({judged})" if thresholds
                       else "no verdicts" + (": this model has no calibrated threshold" if scored else ""))
+                   + (f"; **{strangers} image(s) do not look like a {stated['category']}** (verdict \"unknown "
+                      "product\", in the gallery too): check the product chosen" if strangers and stated else "")
                    + (f"; **{strangers} image(s) look like none of the trained products** (verdict \"unknown "
-                      "product\", in the gallery too)" if strangers else "")
+                      "product\", in the gallery too)" if strangers and not stated else "")
                    + (f"; {unread} file(s) could not be read (see the table's error column)" if unread else "")
                    + (f"; {skipped} file(s) in zips skipped (not images)" if skipped else "")
                    + (f"  \nper product (flagged: not passed as good): {tally_text(rows)}"
@@ -313,6 +341,12 @@ class ModelShelf:
 # state) can ask any model for its modes; the page shows the chosen model's, and a model asked for a mode it lacks
 # answers with the modes it has
 ALL_MODES = [*MODES, "diad"]
+RECOGNISE = "recognise it"  # the product choice that lets a multi-class model's memory tell the product
+
+
+def _product_choice(inspector: Inspector):
+    """The product drop-down for a model: its products after "recognise it", shown for multi-class models only."""
+    return gr.Dropdown(choices=[RECOGNISE, *inspector.products], value=None, visible=bool(inspector.products))
 
 
 def _own(value: float) -> str:
@@ -341,6 +375,10 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
             # event selects the first model's)
             mode = gr.Radio(ALL_MODES, value=None, label="mode", scale=1,
                             info="D3AD picks the noise level per image from the feature memory")
+            # any name is accepted (an API call keeps the page's first model's choices); the model checks it
+            product = gr.Dropdown([RECOGNISE, *first.products], value=None, label="product", scale=1,
+                                  allow_custom_value=True, visible=bool(first.products), elem_id="product",
+                                  info="which product the images show (a multi-class model); empty: recognise it")
             model_info = gr.Markdown(shelf.describe(shelf.default), elem_id="model-info")
         with gr.Tab("One image"):
             with gr.Row():
@@ -385,29 +423,29 @@ def build_demo(shelf: ModelShelf) -> gr.Blocks:
                 csv_file = gr.File(label="CSV", scale=1, elem_id="batch-csv")
 
         # w, start and skip default to None (the chosen model's own) for API callers, who may leave them out
-        def analyze(upload, w=None, start=None, skip=None, mode=None, model=None):
+        def analyze(upload, w=None, start=None, skip=None, mode=None, model=None, product=None):
             inspector = shelf.get(model or shelf.default)
-            return inspector.analyze(upload, w, start, skip, mode or inspector.default_mode)
+            return inspector.analyze(upload, w, start, skip, mode or inspector.default_mode, product)
 
-        def analyze_batch(files, mode=None, model=None, progress=gr.Progress()):  # noqa: B008 - gradio's form
+        def analyze_batch(files, mode=None, model=None, product=None, progress=gr.Progress()):  # noqa: B008
             inspector = shelf.get(model or shelf.default)
-            return inspector.analyze_batch(files, mode or inspector.default_mode, progress)
+            return inspector.analyze_batch(files, mode or inspector.default_mode, progress, product)
 
         def choose_model(model):
             chosen = shelf.get(model)
-            return (gr.Radio(choices=chosen.modes, value=chosen.default_mode), shelf.describe(model),
-                    *_own_settings_boxes(chosen.settings()))
+            return (gr.Radio(choices=chosen.modes, value=chosen.default_mode), _product_choice(chosen),
+                    shelf.describe(model), *_own_settings_boxes(chosen.settings()))
 
         def page_opened():  # the browser's mode choice shows the first model's modes only
             return gr.Radio(choices=first.modes, value=first.default_mode)
 
         # preprocess=False: the upload reaches analyze() as gradio's file payload, so files PIL cannot open get
         # this app's own message instead of a failure inside gr.Image's decoding.
-        button.click(analyze, [upload, w, start, skip, mode, model], [shown, recon, heat, mask, summary, details],
-                     api_name="analyze", preprocess=False)
-        batch_button.click(analyze_batch, [batch_files, mode, model], [table, gallery, csv_file, batch_summary],
-                           api_name="analyze_batch")
-        model.change(choose_model, [model], [mode, model_info, w, start, skip], api_name=False)
+        button.click(analyze, [upload, w, start, skip, mode, model, product],
+                     [shown, recon, heat, mask, summary, details], api_name="analyze", preprocess=False)
+        batch_button.click(analyze_batch, [batch_files, mode, model, product],
+                           [table, gallery, csv_file, batch_summary], api_name="analyze_batch")
+        model.change(choose_model, [model], [mode, product, model_info, w, start, skip], api_name=False)
         demo.load(page_opened, None, [mode], api_name=False)
         gr.Markdown(
             "The threshold was calibrated on good training images only. Example images: MVTec AD (Bergmann et al., "

@@ -35,20 +35,23 @@ BATCH_SIZE = 10  # images reconstructed at once by the Space's batch tab and pre
 # same bf16 rounding)
 
 
-def product_label(category: str | None, unknown: bool | None = None) -> str:
-    """How the product a multi-class model recognised reads in the app, the table and the CSV: its name, or, for
-    an image that looks like none of the trained products (``unknown_category``), only the nearest one."""
+def product_label(category: str | None, unknown: bool | None = None, stated: bool = False) -> str:
+    """How an image's product reads in the app, the table and the CSV: the name a multi-class model recognised, or,
+    for an image that looks like none of the trained products (``unknown_category``), only the nearest one. A
+    product the inspector ``stated`` (``category=``) that the image does not look like is named with that doubt."""
     if not category:
         return ""
-    return f"unknown (nearest: {category})" if unknown else category
+    if unknown:
+        return f"{category} (stated, but unlike its good parts)" if stated else f"unknown (nearest: {category})"
+    return category
 
 
-def product_labels(out) -> list[str] | None:
+def product_labels(out, stated: bool = False) -> list[str] | None:
     """:func:`product_label` of each image of a pipeline output; ``None`` when it names no products."""
     if not out.categories:
         return None
     unknown = out.unknown_category if out.unknown_category is not None else [None] * len(out.categories)
-    return [product_label(c, bool(u) if u is not None else None) for c, u in zip(out.categories, unknown)]
+    return [product_label(c, bool(u) if u is not None else None, stated) for c, u in zip(out.categories, unknown)]
 
 
 @dataclass
@@ -200,8 +203,12 @@ def inspect_files(
     A file of several images (a multi-page TIFF, an animated GIF) yields one per page, named ``name [page k of n]``;
     one of more than ``MAX_PAGES`` yields a row saying so. ``names`` are what the rows call the files (default: the
     paths). ``progress(done, total)`` counts images and is called after each batch. Other keyword arguments
-    (``mode``, ``w``, ...) go to the pipeline call.
+    (``mode``, ``w``, ``category``...) go to the pipeline call; ``category`` names one product for every file (an
+    inspection station sees one product).
     """
+    stated = call_kwargs.get("category") is not None
+    if stated and not isinstance(call_kwargs["category"], str):
+        raise ValueError("inspect_files takes one product for all files (category='<name>'), not a list")
     names = [str(f) for f in files] if names is None else list(names)
     if len(names) != len(files):
         raise ValueError(f"{len(names)} names for {len(files)} files")
@@ -224,7 +231,7 @@ def inspect_files(
             # each image's own threshold: a multi-class model judges it by the product it recognised
             thresholds = out.image_thresholds if out.image_thresholds is not None else [None] * len(loaded)
             flags = out.is_anomalous if out.is_anomalous is not None else [None] * len(loaded)
-            products = product_labels(out) or [""] * len(loaded)
+            products = product_labels(out, stated) or [""] * len(loaded)
             unknown = out.unknown_category if out.unknown_category is not None else [False] * len(loaded)
             results = iter(zip(loaded, out.image_scores, out.anomaly_maps_input_size, out.start_steps, thresholds,
                                flags, products, unknown))

@@ -247,7 +247,8 @@ def _products_text(index: dict, info: dict) -> str:
                  "(`unknown_category`; held-out ratios: images of the products and their synthetic defects up to "
                  f"{unknown['highest_known_ratio']:.2f}, each product with itself left out of the bank from "
                  f"{unknown['lowest_unknown_ratio']:.2f})")
-    return text
+    return text + (f"; an inspector who knows the product states it (`pipe(image, category=\"{next(iter(own))}\")`): "
+                   "the image is then compared with that product's good patches only and judged by its threshold")
 
 
 def _fused_vs_parts_text(comparison: dict | None) -> str:

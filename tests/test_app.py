@@ -113,6 +113,12 @@ def test_api_calls_get_the_chosen_models_own_settings_and_any_of_its_modes(tmp_p
         assert row["score"] > 0 and not row["error"]
         with pytest.raises(Exception, match="D3AD mode is not available with this model; it offers DDAD"):
             client.predict([image], "d3ad", "first", api_name="/analyze_batch")
+        # a product can be stated to a multi-class model only (the others here know one product)
+        for endpoint, args in (("/analyze", (image, None, None, None, "ddad", "first")), ("/analyze_batch",
+                                                                                      ([image], "ddad", "first"))):
+            with pytest.raises(Exception, match="trained on one product; it cannot be told the images show 'bottle'"):
+                client.predict(*args, "bottle", api_name=endpoint)
+        assert client.predict(image, model="first", product=app.RECOGNISE, api_name="/analyze")[5]["score"] > 0
     finally:
         demo.close()
 
@@ -333,6 +339,21 @@ def test_multiclass_model_names_the_product_it_recognised(tmp_path):
     assert table[0][6].startswith("unknown (nearest: ") and table[1][6] == products[0]
     assert table[0][2] == "unknown product" and table[1][2] in ("good", "defective")  # no verdict as another product
     assert "1 image(s) look like none of the trained products" in summary
+    # the inspector states the product: judged as that one, and an image unlike it is said to be so
+    path, product = app.MULTICLASS_EXAMPLES[0], products[0]
+    wrong = next(p for p in inspector.products if p != product)
+    *_, summary, details = inspector.analyze(str(path), None, None, None, inspector.default_mode, product)
+    assert details["product"] == product and details["product_stated"] and f"stated **{product}**" in summary
+    assert details["threshold"] == pytest.approx(own[product])
+    *_, summary, details = inspector.analyze(str(path), None, None, None, inspector.default_mode, wrong)
+    assert details["threshold"] == pytest.approx(own[wrong]) and details["product_distance"] > 1
+    assert summary.startswith(f"### NOT A {wrong.upper()}? (as one: ") and f"does not look like a {wrong}" in summary
+    table, *_, summary = inspector.analyze_batch([str(path)] * 2, inspector.default_mode, product=wrong)
+    assert [row[6] for row in table] == [f"{wrong} (stated, but unlike its good parts)"] * 2
+    assert [row[2] for row in table] == ["unknown product"] * 2
+    assert f"all stated to be {wrong}" in summary and f"2 image(s) do not look like a {wrong}" in summary
+    with pytest.raises(app.gr.Error, match="knows no product 'gear'"):
+        inspector.analyze(str(path), None, None, None, inspector.default_mode, "gear")
 
 
 def _patched_zip(path, members: dict[str, bytes], offset: int, value: int) -> None:

@@ -339,6 +339,12 @@ def test_int8_networks_this_cpu_cannot_run_are_refused_at_load_and_empty_outputs
     latent = make_tiny_pipeline(latent=True, threshold=0.5)
     latent.to_openvino(cache_dir=tmp_path / "cache", int8_weights=("vae", "feature_encoder"))
     assert latent.backend == "openvino" and np.isfinite(latent(_images(1, 3), output_type="np").image_scores).all()
+    # each compiled network is checked against the IR part it was read from, whatever order a stand-in holds them in
+    twin = make_tiny_pipeline(latent=True)  # the same seed: the same weights as the exported autoencoder
+    swapped = SimpleNamespace(decoder=latent.vae.decoder, encoder=latent.vae.encoder)
+    ov_backend.check_int8_networks(twin.components, {"vae": swapped}, ("vae",))
+    with pytest.raises(RuntimeError, match="no compiled network of 'vae' was read from its IR part openvino_decoder"):
+        ov_backend.check_int8_networks(twin.components, {"vae": SimpleNamespace(encoder=latent.vae.encoder)}, ("vae",))
 
     # a network answering an empty batch at call time is an error, not an empty result passed on
     empty = SimpleNamespace(data=np.zeros((0, 4), dtype=np.float32))

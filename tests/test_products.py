@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,99 @@ def test_each_image_is_judged_by_the_threshold_of_the_product_it_shows(encoder):
     assert pipe(images, output_type="pt", mode="ddad").image_thresholds.tolist() == [99.0, 0.5]
 
 
+def _grouped_pipe(threshold: float = 0.5):
+    """A tiny pipeline whose memory knows two products (dark and light flat parts) and a fused mode on DDAD maps
+    whose normalisation divides the memory's map (about a hundredth of the random U-Net's) by 0.01, so that a fused
+    map is half the reconstruction map plus half the memory's, the two weighing alike."""
+    pipe = make_tiny_pipeline(threshold=threshold)
+    memory = FeatureMemory.fit(pipe.feature_encoder, torch.cat([_parts(3, -0.6, 0), _parts(3, 0.5, 1)]),
+                               coreset_ratio=0.25, image_size=64, groups=[0, 0, 0, 1, 1, 1],
+                               group_names=["dark", "light"])
+    pipe.register_modules(feature_memory=memory)
+    pipe.register_to_config(fused_base="ddad", fused_stats={"ddad": [0.0, 1.0], "memory": [0.0, 0.01]},
+                            fused_rule="sum", fused_weight=0.5, fused_threshold=threshold)
+    return pipe
+
+
+def test_a_known_product_is_compared_with_its_own_good_patches_only():
+    pipe = _grouped_pipe()
+    memory = pipe.feature_memory
+    image = _parts(1, -0.6, 7)
+    image[:, :, 16:48, 16:48] = _parts(1, 0.5, 8)[:, :, 16:48, 16:48]  # a dark part with a light product's patch
+    # the whole bank matches the patch to the light product's entries; the dark product's alone do not hold it
+    everywhere = memory.anomaly_maps(pipe.feature_encoder, image)[0]
+    with memory.only_groups(["dark"]):
+        dark_only = memory.anomaly_maps(pipe.feature_encoder, image)[0]
+    assert (dark_only >= everywhere - 1e-5).all()
+    assert dark_only[:, 24:40, 24:40].mean() > 2 * everywhere[:, 24:40, 24:40].mean()
+
+    x = to_unit_range(image)
+    recognised = pipe(x, output_type="pt", mode="fused")
+    told = pipe(x, output_type="pt", mode="fused", category="dark")
+    assert recognised.categories is None and told.categories == ["dark"]  # (no per-product thresholds here)
+    gain = told.anomaly_maps - recognised.anomaly_maps  # the same reconstruction: only the memory's half moves
+    lift = float((dark_only - everywhere)[:, 24:40, 24:40].mean())
+    assert (gain >= -1e-4).all() and float(gain[:, 24:40, 24:40].mean()) > 0.25 * lift / 0.01
+    assert told.image_scores[0] > recognised.image_scores[0]
+    # D3AD's first estimate (the memory's image score) comes from the same restricted search
+    told_maps, told_first, (names, _) = pipe.memory_for_categories(image, ["dark"])
+    assert names == ["dark"] and told_first[0] > pipe.first_estimate(image)[0]
+    torch.testing.assert_close(told_maps, pipe.memory_maps(image)[0] + (dark_only - everywhere), atol=1e-5, rtol=0)
+    # the bank is whole again after the call
+    assert memory._active is None
+    torch.testing.assert_close(memory.anomaly_maps(pipe.feature_encoder, image)[0], everywhere)
+
+
+def test_a_stated_product_picks_the_threshold_and_flags_an_image_unlike_it():
+    pipe = _grouped_pipe()
+    memory = pipe.feature_memory
+    good = {"dark": _parts(2, -0.6, 9), "light": _parts(2, 0.5, 10)}
+    limits = {name: float(memory.recognise(pipe.feature_encoder, x)[1].max()) for name, x in good.items()}
+    memory.register_to_config(group_limits=limits, unknown_margin=1.5)
+    pipe.register_to_config(category_thresholds={"ddad": {"dark": 10.0, "light": 20.0}})
+    light = to_unit_range(_parts(2, 0.5, 11))
+    recognised = pipe(light, output_type="pt", mode="ddad")
+    assert recognised.categories == ["light", "light"] and recognised.image_thresholds.tolist() == [20.0, 20.0]
+    assert not recognised.unknown_category.any()
+    # said to be dark (one name for all, or one per image): judged by dark's threshold, and flagged as unlike it
+    for stated in ("dark", ["dark", "light"]):
+        out = pipe(light, output_type="pt", mode="ddad", category=stated)
+        names = [stated] * 2 if isinstance(stated, str) else stated
+        assert out.categories == names
+        assert out.image_thresholds.tolist() == [{"dark": 10.0, "light": 20.0}[n] for n in names]
+        assert out.unknown_category.tolist() == [n == "dark" for n in names]
+        torch.testing.assert_close(out.image_scores, recognised.image_scores)  # DDAD's map reads no memory
+    # with the shared threshold, the stated product still names the row and restricts the memory
+    shared = pipe(light, output_type="pt", mode="ddad", category="light", per_category_thresholds=False)
+    assert shared.categories == ["light", "light"] and shared.image_thresholds.tolist() == [0.5, 0.5]
+    rows = [item.row for item in inspect_files(pipe, [Image.new("RGB", (64, 64), (200, 200, 200))] * 2,
+                                               mode="ddad", category="dark")]
+    assert [r.product for r in rows] == ["dark (stated, but unlike its good parts)"] * 2
+    assert [r.verdict for r in rows] == ["unknown product"] * 2 and [r.threshold for r in rows] == [10.0, 10.0]
+    with pytest.raises(ValueError, match="one product for all files"):
+        next(inspect_files(pipe, ["a.png"], category=["dark"]))
+
+
+def test_a_stated_product_is_checked():
+    pipe = _grouped_pipe()
+    image = to_unit_range(_parts(2, -0.6, 12))
+    with pytest.raises(ValueError, match=r"unknown product\(s\) \['metal'\].*\['dark', 'light'\]"):
+        pipe(image, category="metal")
+    with pytest.raises(ValueError, match="3 categories for 2 images"):
+        pipe(image, category=["dark", "dark", "light"])
+    with pytest.raises(ValueError, match="knows no products"):
+        make_tiny_pipeline()(image, category="dark")
+    single = make_tiny_pipeline()
+    single.register_modules(feature_memory=FeatureMemory.fit(single.feature_encoder, _parts(3, -0.6, 0),
+                                                             coreset_ratio=0.25, image_size=64))
+    with pytest.raises(ValueError, match="knows no products"):
+        single(image, category="dark")
+    with pytest.raises(ValueError, match="no groups"), single.feature_memory.only_groups(["dark"]):
+        pass
+    with pytest.raises(ValueError, match="no product"), pipe.feature_memory.only_groups(["metal"]):
+        pass
+
+
 def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     cats = [write_category(tmp_path / "data", name, n_train=8, seed=i) for i, name in enumerate(("alpha", "beta"))]
     train, held, _ = split_categories(find_categories(cats), holdout=0.25)
@@ -120,6 +214,7 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
     card = (folder / "README.md").read_text()
     assert "100.0% of held-out nominal images recognised correctly" in card
     assert f"alpha {own[pipe.config.mode]['alpha']:.4f}" in card
+    assert 'states it (`pipe(image, category="alpha")`)' in card
     for cat in cats:
         items = list_test_items(cat)
         out = pipe([it.image for it in items], output_type="np")
@@ -140,6 +235,31 @@ def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):
         at = results["per_category"][cat.name]["fused"]["at_threshold"]
         assert at["recognised_product_threshold"]["recognised"] == 1.0
         assert at["per_category_threshold"]["threshold"] == own["fused"][cat.name]  # the pipeline's own, measurable
+    # the product stated instead of recognised: each image searched among its own product's entries only
+    stated = evaluate_multiclass(["--pipeline", str(folder), "--data", *map(str, cats), "--output-dir",
+                                  str(tmp_path / "stated"), "--modes", "fused", "--holdout", "0.25",
+                                  "--stated-category"])
+    assert stated["stated_category"] and "product stated" in stated["protocol"]
+    for cat in cats:
+        at = stated["per_category"][cat.name]["fused"]["at_threshold"]
+        assert at["stated_product_threshold"]["recognised_as"] == {cat.name: len(list_test_items(cat))}
+    with pytest.raises(SystemExit, match=r"not among its products \['alpha', 'beta'\]"):
+        evaluate_multiclass(["--pipeline", str(folder), "--data", str(cats[0]),
+                             str(write_category(tmp_path / "unseen", "gamma", n_train=4, seed=5)),
+                             "--output-dir", str(tmp_path / "x"), "--stated-category"])
+    from training.predict import main as predict
+
+    inputs = tmp_path / "station"
+    inputs.mkdir()
+    for item in list_test_items(cats[1])[:2]:
+        shutil.copy2(item.image, inputs / Path(item.image).name)
+    csv_rows = (predict(["--pipeline", str(folder), "--input-dir", str(inputs), "--output-dir",
+                         str(tmp_path / "predicted"), "--category", "beta"]) / "scores.csv").read_text().splitlines()
+    assert len(csv_rows) == 3 and all(",beta" in row for row in csv_rows[1:])
+    with pytest.raises(SystemExit, match=r"--category: unknown product\(s\) \['gamma'\]"):
+        predict(["--pipeline", str(folder), "--input-dir", str(inputs), "--output-dir", str(tmp_path / "p2"),
+                 "--category", "gamma"])
+    assert not (tmp_path / "p2").exists()  # refused before any output
 
     # finalize.py --pipeline re-finalises it from the saved networks: the split is drawn again from the run's seed
     # and must name the recorded held-out images, or the held-out images might have been trained on

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the one-bank memory's input normalisation (FeatureMemory's input_norm)")
     p.add_argument("--memory-every", type=int, default=1,
                    help="fit the memory on every n-th training image only (the coreset's cost grows with the pool)")
+    p.add_argument("--stated-category", action="store_true",
+                   help="tell the pipeline each test image's product (its category folder's name, category=), as an "
+                        "inspection station that knows its product would, instead of letting the memory recognise it")
     p.add_argument("--holdout", type=float, default=0.1, help="held-out share of train/good (as in training)")
     p.add_argument("--max-test-images", type=int, default=None,
                    help="per category, at most about this many test images: an evenly spaced subset of each defect "
@@ -67,15 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def score(
-    pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str, verdicts: bool = True
+    pipe, images: torch.Tensor, mode: str, batch_size: int, desc: str, verdicts: bool = True,
+    category: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """(maps, scores, verdicts) of ``images`` in [-1, 1] in ``mode``; ``verdicts`` holds the pipeline's own flags,
     the threshold each image was judged by and, with per-product thresholds, the product it recognised (the search
-    for it is skipped when ``verdicts`` is False)."""
+    for it is skipped when ``verdicts`` is False) or was told (``category``)."""
     maps, scores, found = [], [], {"flags": [], "thresholds": [], "categories": []}
     for s in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False):
         out = pipe(to_unit_range(images[s : s + batch_size]), output_type="pt", batch_size=batch_size, mode=mode,
-                   per_category_thresholds=verdicts)
+                   per_category_thresholds=verdicts, category=category)
         maps.append(out.anomaly_maps.numpy())
         scores.append(out.image_scores.numpy())
         if out.is_anomalous is not None:
@@ -176,7 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
                                    max_total_patches=args.memory_total_patches, input_norm=args.memory_input_norm)
         timing["memory_fit_seconds"] = time.perf_counter() - start
 
-    results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {}}
+    if args.stated_category:
+        known = list(pipe.feature_memory.config.group_names) if pipe is not None and pipe.feature_memory else []
+        missing = sorted(set(categories) - set(known))
+        if pipe is None or missing:
+            raise SystemExit(f"--stated-category needs a multi-class pipeline that knows every category; "
+                             f"{missing or list(categories)} not among its products {known}")
+    results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {},
+                     "stated_category": args.stated_category}
     global_thresholds = {m: pipe.threshold_for(m) for m in modes}
     known_thresholds = per_category_thresholds(pipeline_folder(args.pipeline, {})) if pipe is not None else {}
     for name, folder in categories.items():
@@ -193,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
             held = load_images(held_by_category[name], side)  # only scored without known thresholds
         for mode in modes:
             start = time.perf_counter()
-            maps, scores, verdicts = score(pipe, images, mode, args.batch_size, f"{name} {mode}")
+            stated = name if args.stated_category else None
+            maps, scores, verdicts = score(pipe, images, mode, args.batch_size, f"{name} {mode}", category=stated)
             timing[f"{name}_{mode}_seconds_per_image"] = (time.perf_counter() - start) / len(items)
             entry[mode] = summarize(scores, maps, masks, types, labelled)
             # the pipeline's own per-product thresholds (calibrated with the held-out images left out of its bank),
@@ -202,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
             own = known_thresholds.get(name) if own is None and mode == "diad" else own
             in_bank = mode in ("d3ad", "fused") and pipe.feature_memory.config.cross_fitted
             if own is None and not in_bank:
-                own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out", verdicts=False)[1].max())
+                own = float(score(pipe, held, mode, args.batch_size, f"{name} held-out", verdicts=False,
+                                  category=stated)[1].max())
             recognised = own_verdicts(verdicts, labels, name)
             entry[mode]["at_threshold"] = {
                 "one_threshold": (flagged_rates(scores, labels, global_thresholds[mode])
@@ -213,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
                                            "not measurable: the held-out images are in the memory's bank"),
             }
             if recognised is not None:  # the thresholds the pipeline itself applies, per recognised product
-                entry[mode]["at_threshold"]["recognised_product_threshold"] = recognised
+                key = "stated_product_threshold" if stated else "recognised_product_threshold"
+                entry[mode]["at_threshold"][key] = recognised
         if memory is not None:
             full = load_images([it.image for it in items], args.memory_size)
             m_maps, m_scores = [], []
@@ -234,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "how": "one: the pipeline's calibrated threshold (highest score among held-out nominal "
                                     "training images of all categories); per category: the same per category"}
     results["protocol"] = f"maps and masks at {map_hw[0]} px, whole image, AUPRO up to FPR 0.3"
+    if args.stated_category:
+        results["protocol"] += "; each image's product stated (category=), its memory search kept to that product"
     if memory is not None:
         results["protocol"] += (
             f"; memory: one bank, the union of per-category greedy coresets (10%, at most {args.memory_patches} "

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help="images reconstructed at once (default: the Space's, so both give bit-identical scores)")
     p.add_argument("--mode", default=None, help="the pipeline's mode (default: the model's own, config.mode)")
+    p.add_argument("--category", default=None,
+                   help="the product every image shows, for a multi-class model (default: each image's recognised)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> Path:
     pipe.set_progress_bar_config(disable=True)
     if args.mode is not None:  # before the output folder is made: a mistake leaves nothing behind
         check_modes(pipe, [args.mode], "--mode")
+    if args.category is not None:
+        try:
+            pipe.check_categories(args.category, 1)
+        except ValueError as err:
+            raise SystemExit(f"--category: {err}") from None
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> Path:
         bar.total = total
         bar.update(done - bar.n)
 
-    for item in inspect_files(pipe, files, args.batch_size, progress=progress, mode=args.mode):
+    for item in inspect_files(pipe, files, args.batch_size, progress=progress, mode=args.mode,
+                              category=args.category):
         rows.append(item.row)
         if item.image is not None:
             rel = files[item.file_index].relative_to(root)

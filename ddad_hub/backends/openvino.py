@@ -405,12 +405,16 @@ def check_int8_networks(components: dict[str, Any], stand_ins: dict[str, OVModel
     modules = exportable(components)
     for name in int8_weights:
         stand_in = stand_ins[name]
-        # the IR parts in order (an autoencoder: encoder, decoder), with a feature encoder's fp32 twin for the memory
-        compiled = [[v] for v in vars(stand_in).values() if isinstance(v, CompiledNetwork)]
+        # every compiled network of the stand-in (an autoencoder: encoder, decoder; a feature encoder's fp32 twin for
+        # the memory), each checked against the IR part it was compiled from, known by its file's name
+        compiled = [v for v in vars(stand_in).values() if isinstance(v, CompiledNetwork)]
         twin = getattr(stand_in, "full_precision", None)
         if twin is not None:
-            compiled[0].append(twin.network)
-        for part, networks in zip(ir_parts(modules[name]), compiled):
+            compiled.append(twin.network)
+        for part in ir_parts(modules[name]):
+            networks = [n for n in compiled if Path(n.xml).stem == part.file]
+            if not networks:
+                raise RuntimeError(f"no compiled network of '{name}' was read from its IR part {part.file}.xml")
             with torch.no_grad():
                 expected = part.graph(*part.example)
             expected = list(expected) if isinstance(expected, list | tuple) else [expected]  # every encoder stage

@@ -213,20 +213,32 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     def without_groups(self, names):
         """Within the block, score against the bank without the entries of the products ``names``: images of those
         products then stand for a product the bank has never seen (how ``fit_unknown_products`` calibrates)."""
+        with self._restricted_to_groups(names, keep=False, empty="leaving these products out would empty the bank"):
+            yield self
+
+    @contextlib.contextmanager
+    def only_groups(self, names):
+        """Within the block, score against the entries of the products ``names`` only: an image known to show one
+        of them is compared with that product's nominal patches alone, never matched to another product's."""
+        with self._restricted_to_groups(names, keep=True, empty=f"the bank holds no entries of {list(names)}"):
+            yield self
+
+    @contextlib.contextmanager
+    def _restricted_to_groups(self, names, keep: bool, empty: str):
         if not self.has_groups:
             raise ValueError("this memory's bank has no groups (it was fitted on one product)")
         unknown = sorted(set(names) - set(self.config.group_names))
         if unknown:
             raise ValueError(f"no product(s) {unknown} in this bank, which has {list(self.config.group_names)}")
         ids = torch.tensor([self.config.group_names.index(n) for n in names], dtype=torch.long)
-        active = ~torch.isin(self.bank_groups, ids.to(self.bank_groups.device))
+        active = torch.isin(self.bank_groups, ids.to(self.bank_groups.device)) == keep
         if self._active is not None:
             active &= self._active
         if not active.any():
-            raise ValueError("leaving these products out would empty the bank")
+            raise ValueError(empty)
         previous, self._active = self._active, active
         try:
-            yield self
+            yield
         finally:
             self._active = previous
 

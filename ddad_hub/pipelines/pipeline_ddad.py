@@ -393,6 +393,44 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                                                return_groups=return_categories)
         return (out[0].float().cpu(), out[1].float().cpu(), *out[2:])
 
+    def check_categories(self, category: str | list[str] | None, num_images: int) -> list[str] | None:
+        """``category`` as one product name per image (``None`` stays ``None``), refused unless this is a
+        multi-class pipeline that knows every name."""
+        if category is None:
+            return None
+        if self.feature_memory is None or not self.feature_memory.has_groups:
+            raise ValueError("category= names each image's product for a multi-class pipeline; this pipeline's "
+                             "memory knows no products (it was fitted on one product, or has no memory)")
+        names = [category] * num_images if isinstance(category, str) else list(category)
+        if len(names) != num_images:
+            raise ValueError(f"got {len(names)} categories for {num_images} images (give one name, or one per image)")
+        known = list(self.feature_memory.config.group_names)
+        unknown = sorted({str(c) for c in names if c not in known})
+        if unknown:
+            raise ValueError(f"unknown product(s) {unknown}: this pipeline knows {known}")
+        return names
+
+    @torch.no_grad()
+    def memory_for_categories(
+        self, images: torch.Tensor, categories: list[str], with_maps: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[list[str], torch.Tensor]]:
+        """For images in [-1, 1] of known products: the memory's maps and scores (``None`` without ``with_maps``),
+        and ``(categories, distances)``, each image searched among its own product's bank entries only."""
+        n = images.shape[0]
+        maps, scores, distances = None, None, torch.zeros(n)
+        for name in dict.fromkeys(categories):
+            rows = torch.tensor([i for i, c in enumerate(categories) if c == name])
+            with self.feature_memory.only_groups([name]):
+                if with_maps:
+                    m, s, _, d = self.memory_maps(images[rows], return_categories=True)
+                    if maps is None:
+                        maps, scores = m.new_zeros((n, *m.shape[1:])), s.new_zeros(n)
+                    maps[rows], scores[rows] = m, s
+                else:
+                    d = self.feature_memory.recognise(self.memory_encoder, self.resize_to_map(images[rows]))[1]
+            distances[rows] = d.float()
+        return maps, scores, (list(categories), distances)
+
     @torch.no_grad()
     def infer_categories(self, images: torch.Tensor, batch_size: int = 16) -> list[str]:
         """The product each image in [-1, 1] shows, as a multi-class pipeline's feature memory recognises it."""
@@ -537,6 +575,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         autocast_dtype: torch.dtype | None = None,
         mode: str | None = None,
         per_category_thresholds: bool = True,
+        category: str | list[str] | None = None,
     ) -> DDADPipelineOutput | tuple:
         """Score images for anomalies.
 
@@ -560,6 +599,11 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             per_category_thresholds: a multi-class pipeline with per-product thresholds judges each image by the
                 threshold of the product its memory recognises (``categories`` in the output); ``False`` applies
                 the one shared threshold to every image.
+            category: the product each image shows, when the inspector knows it (one name for all images, or one
+                per image), for a multi-class pipeline (see ``feature_memory.config.group_names``). The memory then
+                compares each image with its own product's nominal patches only, instead of recognising the product
+                from its nearest neighbours; the image is judged by that product's threshold, and
+                ``unknown_category`` flags an image that does not look like the product it was said to show.
         """
         mode = self.resolve_mode(mode or self.config.mode)
         if output_type not in ("pil", "np", "pt"):
@@ -569,10 +613,12 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         if isinstance(image, list | tuple) and not image:
             raise ValueError("no images given (an empty list)")
         x, sizes = self.preprocess(image)
+        given = self.check_categories(category, x.shape[0])
         uses_memory = mode in ("d3ad", "fused")  # other modes (ddad, a subclass's) reconstruct from a fixed step
         own_thresholds = self.category_thresholds_for(mode) if per_category_thresholds else None
         x_map = x
-        reads_memory = uses_memory or own_thresholds is not None
+        names_products = own_thresholds is not None or given is not None  # the output reports each image's product
+        reads_memory = uses_memory or names_products
         if reads_memory and self.config.memory_at_map_size and self.map_hw != self.sample_size:
             x_map = self.preprocess(image, size=self.map_hw)[0]
         if isinstance(generator, list) and len(generator) != x.shape[0]:
@@ -585,7 +631,11 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             gen = generators[start : start + batch_size] if isinstance(generators, list) else generators
             recon_mode = self.config.fused_base if mode == "fused" else mode
             memory_maps, first, found = None, None, ([], torch.zeros(0))
-            if uses_memory:  # one nearest-neighbour search gives the memory's map, score, product and distance
+            if given is not None:  # each image searched among its own product's entries
+                memory_maps, first, found = self.memory_for_categories(x_map[start : start + batch_size],
+                                                                       given[start : start + batch_size],
+                                                                       with_maps=uses_memory)
+            elif uses_memory:  # one nearest-neighbour search gives the memory's map, score, product and distance
                 memory_maps, first, *recognised = self.memory_maps(x_map[start : start + batch_size],
                                                                    return_categories=own_thresholds is not None)
                 found = recognised or found
@@ -622,7 +672,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             per_image = torch.full_like(scores, threshold, dtype=torch.float32)
         flags = scores > per_image if per_image is not None else None
         relative, unknown = None, None
-        if own_thresholds is not None:
+        if names_products:
             relative, unknown = self.feature_memory.unknown_products(categories, torch.cat(distances))
         failed = torch.isnan(scores)
         if failed.any():  # a broken network gives NaN maps; an inspection must not pass those parts as good
@@ -654,7 +704,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
             masks=masks,
             start_steps=start_steps,
             threshold=threshold,
-            categories=categories if own_thresholds is not None else None,
+            categories=categories if names_products else None,
             image_thresholds=per_image,
             category_distances=relative,
             unknown_category=unknown,
