@@ -122,8 +122,7 @@ def test_a_known_product_is_compared_with_its_own_good_patches_only():
     image[:, :, 16:48, 16:48] = _parts(1, 0.5, 8)[:, :, 16:48, 16:48]  # a dark part with a light product's patch
     # the whole bank matches the patch to the light product's entries; the dark product's alone do not hold it
     everywhere = memory.anomaly_maps(pipe.feature_encoder, image)[0]
-    with memory.only_groups(["dark"]):
-        dark_only = memory.anomaly_maps(pipe.feature_encoder, image)[0]
+    dark_only = memory.anomaly_maps(pipe.feature_encoder, image, groups=["dark"])[0]
     assert (dark_only >= everywhere - 1e-5).all()
     assert dark_only[:, 24:40, 24:40].mean() > 2 * everywhere[:, 24:40, 24:40].mean()
 
@@ -188,10 +187,36 @@ def test_a_stated_product_is_checked():
                                                              coreset_ratio=0.25, image_size=64))
     with pytest.raises(ValueError, match="knows no products"):
         single(image, category="dark")
-    with pytest.raises(ValueError, match="no groups"), single.feature_memory.only_groups(["dark"]):
-        pass
-    with pytest.raises(ValueError, match="no product"), pipe.feature_memory.only_groups(["metal"]):
-        pass
+    with pytest.raises(ValueError, match="no groups"):
+        single.feature_memory.anomaly_maps(single.feature_encoder, image, groups=["dark"])
+    with pytest.raises(ValueError, match="no product"):
+        pipe.feature_memory.anomaly_maps(pipe.feature_encoder, image, groups=["metal"])
+
+
+def test_concurrent_calls_stating_different_products_do_not_mix():
+    """The app serves calls from several threads with one pipeline: a product one call states must never reach
+    another call's search (as a shared restriction of the memory did: errors, wrong products, a stuck bank)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = _grouped_pipe()
+    pipe.register_to_config(compute_dtype="float32")
+    image = _parts(2, -0.6, 7)
+    image[:, :, 16:48, 16:48] = _parts(2, 0.5, 8)[:, :, 16:48, 16:48]
+    x = to_unit_range(image)
+
+    def call(category):
+        out = pipe(x, output_type="pt", mode="fused", category=category)
+        return out.anomaly_maps, out.categories
+
+    expected = {c: call(c) for c in (None, "dark", "light")}
+    assert not torch.equal(expected["dark"][0], expected["light"][0])
+    asked = [None, "dark", "light"] * 8
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = list(pool.map(call, asked))
+    for category, (maps, names) in zip(asked, answers):
+        torch.testing.assert_close(maps, expected[category][0], rtol=1e-5, atol=1e-6)
+        assert names == expected[category][1]
+    assert pipe.feature_memory._active is None
 
 
 def test_a_multiclass_run_ends_with_per_product_thresholds(tmp_path):

@@ -213,34 +213,26 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     def without_groups(self, names):
         """Within the block, score against the bank without the entries of the products ``names``: images of those
         products then stand for a product the bank has never seen (how ``fit_unknown_products`` calibrates)."""
-        with self._restricted_to_groups(names, keep=False, empty="leaving these products out would empty the bank"):
+        active = ~self.group_mask(names)
+        if self._active is not None:
+            active &= self._active
+        if not active.any():
+            raise ValueError("leaving these products out would empty the bank")
+        previous, self._active = self._active, active
+        try:
             yield self
+        finally:
+            self._active = previous
 
-    @contextlib.contextmanager
-    def only_groups(self, names):
-        """Within the block, score against the entries of the products ``names`` only: an image known to show one
-        of them is compared with that product's nominal patches alone, never matched to another product's."""
-        with self._restricted_to_groups(names, keep=True, empty=f"the bank holds no entries of {list(names)}"):
-            yield self
-
-    @contextlib.contextmanager
-    def _restricted_to_groups(self, names, keep: bool, empty: str):
+    def group_mask(self, names) -> torch.Tensor:
+        """Which bank entries belong to the products ``names`` (boolean, one per entry)."""
         if not self.has_groups:
             raise ValueError("this memory's bank has no groups (it was fitted on one product)")
         unknown = sorted(set(names) - set(self.config.group_names))
         if unknown:
             raise ValueError(f"no product(s) {unknown} in this bank, which has {list(self.config.group_names)}")
         ids = torch.tensor([self.config.group_names.index(n) for n in names], dtype=torch.long)
-        active = torch.isin(self.bank_groups, ids.to(self.bank_groups.device)) == keep
-        if self._active is not None:
-            active &= self._active
-        if not active.any():
-            raise ValueError(empty)
-        previous, self._active = self._active, active
-        try:
-            yield
-        finally:
-            self._active = previous
+        return torch.isin(self.bank_groups, ids.to(self.bank_groups.device))
 
     @classmethod
     @torch.no_grad()
@@ -345,20 +337,30 @@ class FeatureMemory(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def nearest_patches(
-        self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096
+        self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096, groups=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, h, w) distance of every patch to its nearest bank entry, and that entry's index in the whole bank."""
+        """(B, h, w) distance of every patch to its nearest bank entry, and that entry's index in the whole bank.
+
+        ``groups`` (product names of a multi-class bank) searches those products' entries only. It is an argument,
+        not a state of the memory, so that calls sharing one pipeline from several threads never see each
+        other's products."""
+        active = self._active
+        if groups is not None:
+            chosen = self.group_mask(groups)
+            active = chosen if active is None else active & chosen
+            if not active.any():
+                raise ValueError(f"the bank holds no entries of {list(groups)}")
         images = images.to(self.bank.device)  # CPU inputs to a memory on a GPU, as the pipeline's other stages do
         f = patch_features(encoder, _resize(images, self.config.image_size), self.config.normalization,
                            self.config.pooling_pad, tuple(self.config.feature_strides), self.config.input_norm)
         b, c, h, w = f.shape
         flat = f.permute(0, 2, 3, 1).reshape(-1, c)
-        bank = (self.bank if self._active is None else self.bank[self._active]).float()
+        bank = (self.bank if active is None else self.bank[active]).float()
         found = [torch.cdist(flat[i : i + chunk], bank).min(dim=1) for i in range(0, flat.shape[0], chunk)]
         distances = torch.cat([d.values for d in found])
         indices = torch.cat([d.indices for d in found])
-        if self._active is not None:  # back to indices into the whole bank
-            indices = torch.nonzero(self._active).squeeze(1)[indices]
+        if active is not None:  # back to indices into the whole bank
+            indices = torch.nonzero(active).squeeze(1)[indices]
         return distances.view(b, h, w), indices.view(b, h, w)
 
     def patch_distances(self, encoder: FeatureEncoder, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -381,9 +383,10 @@ class FeatureMemory(ModelMixin, ConfigMixin):
         return self.recognise(encoder, images)[0]
 
     @torch.no_grad()
-    def recognise(self, encoder: FeatureEncoder, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """The product each image shows (:meth:`infer_groups`) and its :meth:`image_distances`, from one search."""
-        distances, nearest = self.nearest_patches(encoder, images)
+    def recognise(self, encoder: FeatureEncoder, images: torch.Tensor, groups=None) -> tuple[list[str], torch.Tensor]:
+        """The product each image shows (:meth:`infer_groups`) and its :meth:`image_distances`, from one search
+        (among the entries of ``groups`` only, when given)."""
+        distances, nearest = self.nearest_patches(encoder, images, groups=groups)
         return self.vote_groups(nearest), self.image_distances(distances)
 
     @staticmethod
@@ -418,15 +421,15 @@ class FeatureMemory(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def anomaly_maps(
         self, encoder: FeatureEncoder, images: torch.Tensor, size: tuple[int, int] | None = None,
-        return_groups: bool = False,
+        return_groups: bool = False, groups=None,
     ):
         """(maps, scores): blurred patch distances upsampled to ``size`` (default: the memory's image size).
 
         ``return_groups=True`` adds the product each image shows and its distance from the bank
-        (:meth:`recognise`), from the same search.
+        (:meth:`recognise`), from the same search. ``groups`` searches those products' entries only.
         """
         size = size or (self.config.image_size,) * 2
-        d, nearest = self.nearest_patches(encoder, images)
+        d, nearest = self.nearest_patches(encoder, images, groups=groups)
         maps = F.interpolate(d.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         maps = gaussian_blur(maps, self.config.blur_sigma * size[0] / self.config.image_size)
         if return_groups:

@@ -386,11 +386,12 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         return getattr(self.feature_encoder, "full_precision", None) or self.feature_encoder
 
     @torch.no_grad()
-    def memory_maps(self, images: torch.Tensor, return_categories: bool = False):
+    def memory_maps(self, images: torch.Tensor, return_categories: bool = False, categories: list[str] | None = None):
         """The feature memory's (maps at map resolution, image scores) for images in [-1, 1]; with
-        ``return_categories``, also the product each image shows (a multi-class memory's nearest neighbours)."""
+        ``return_categories``, also the product each image shows (a multi-class memory's nearest neighbours).
+        ``categories`` (product names) searches those products' bank entries only."""
         out = self.feature_memory.anomaly_maps(self.memory_encoder, self.resize_to_map(images), self.map_hw,
-                                               return_groups=return_categories)
+                                               return_groups=return_categories, groups=categories)
         return (out[0].float().cpu(), out[1].float().cpu(), *out[2:])
 
     def check_categories(self, category: str | list[str] | None, num_images: int) -> list[str] | None:
@@ -420,14 +421,14 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         maps, scores, distances = None, None, torch.zeros(n)
         for name in dict.fromkeys(categories):
             rows = torch.tensor([i for i, c in enumerate(categories) if c == name])
-            with self.feature_memory.only_groups([name]):
-                if with_maps:
-                    m, s, _, d = self.memory_maps(images[rows], return_categories=True)
-                    if maps is None:
-                        maps, scores = m.new_zeros((n, *m.shape[1:])), s.new_zeros(n)
-                    maps[rows], scores[rows] = m, s
-                else:
-                    d = self.feature_memory.recognise(self.memory_encoder, self.resize_to_map(images[rows]))[1]
+            if with_maps:
+                m, s, _, d = self.memory_maps(images[rows], return_categories=True, categories=[name])
+                if maps is None:
+                    maps, scores = m.new_zeros((n, *m.shape[1:])), s.new_zeros(n)
+                maps[rows], scores[rows] = m, s
+            else:
+                d = self.feature_memory.recognise(self.memory_encoder, self.resize_to_map(images[rows]),
+                                                  groups=[name])[1]
             distances[rows] = d.float()
         return maps, scores, (list(categories), distances)
 
