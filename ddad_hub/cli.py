@@ -45,3 +45,33 @@ def check_modes(pipe, modes: list[str], flag: str) -> None:
         except ValueError as err:
             offered = ", ".join(pipe.available_modes())
             raise SystemExit(f"{flag} {mode}: {err} (this model offers {offered})") from None
+
+
+def add_pipeline_arguments(parser, help: str, required: bool = True) -> None:
+    """``--pipeline`` (a folder or Hub repo id) and ``--subfolder`` (the pipeline inside it, for a folder or repo
+    that holds several), as ``from_pretrained(..., subfolder=)`` takes them."""
+    parser.add_argument("--pipeline", required=required, default=None, help=help)
+    parser.add_argument("--subfolder", default=None,
+                        help="the pipeline's folder inside --pipeline, for a folder or Hub repo holding several "
+                             "(e.g. transistor, or line/transistor)")
+
+
+def pipeline_source(args) -> str | None:
+    """``args.pipeline`` (with ``args.subfolder``) as a local folder: a Hub repo id's cached snapshot, downloaded
+    if need be. ``None`` without ``--pipeline``; ``--subfolder`` alone is refused."""
+    from .pipelines.loading import pipeline_folder
+
+    if not args.pipeline:
+        if getattr(args, "subfolder", None):
+            raise SystemExit("--subfolder names a pipeline inside --pipeline; give --pipeline too")
+        return None
+    try:
+        return pipeline_folder(args.pipeline, {"subfolder": getattr(args, "subfolder", None)})
+    except ValueError as err:  # a subfolder outside the folder or repo
+        raise SystemExit(f"--subfolder: {err}") from None
+
+
+def pipeline_label(args) -> str:
+    """How results name the pipeline: ``--pipeline``, with ``/--subfolder`` when one was given."""
+    return args.pipeline + (f"/{args.subfolder.strip('/')}" if getattr(args, "subfolder", None) else "")
+

@@ -106,6 +106,34 @@ def test_subfolder_loads_one_of_several_pipelines_locally_and_from_the_offline_c
                           loaded(images, generator=_gens(1), output_type="np").image_scores)
 
 
+def test_scripts_take_a_pipeline_in_a_subfolder_of_a_folder_or_hub_repo(pipe, tmp_path, monkeypatch):
+    from conftest import write_category
+
+    from training.evaluate import main as evaluate
+    from training.evaluate_multiclass import main as evaluate_multiclass
+    from training.predict import main as predict
+
+    root = tmp_path / "line"
+    pipe.save_pretrained(root / "transistor")
+    data = write_category(tmp_path / "data", "transistor")
+    files = ["--input-dir", str(data / "test" / "good"), "--output-dir"]
+    out = predict(["--pipeline", str(root), "--subfolder", "transistor", *files, str(tmp_path / "pred")])
+    assert len((out / "scores.csv").read_text().splitlines()) > 1
+    with pytest.raises(FileNotFoundError, match="has no subfolder 'tire'"):
+        predict(["--pipeline", str(root), "--subfolder", "tire", *files, str(tmp_path / "p2")])
+    with pytest.raises(SystemExit, match="--subfolder: .*relative path inside"):
+        predict(["--pipeline", str(root), "--subfolder", "../line", *files, str(tmp_path / "p3")])
+    with pytest.raises(SystemExit, match="give --pipeline too"):
+        evaluate_multiclass(["--subfolder", "transistor", "--memory", "--data", str(data), "--output-dir",
+                             str(tmp_path / "mc")])
+
+    offline_hub_cache(tmp_path, monkeypatch, root, "acme/line")
+    monkeypatch.chdir(tmp_path)
+    results = evaluate(["--pipeline", "acme/line", "--subfolder", "transistor", "--data", str(data), "--no-memory"])
+    written = tmp_path / "evaluation" / "acme--line--transistor" / "results.json"
+    assert json.loads(written.read_text())["ddad"] == results["ddad"]
+
+
 def test_a_saved_folder_names_its_version_and_a_newer_one_warns(pipe, tmp_path):
     import warnings
 

@@ -28,20 +28,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import DDADPipeline
-from ddad_hub.cli import check_modes, run
+from ddad_hub.cli import add_pipeline_arguments, check_modes, pipeline_label, pipeline_source, run
 from ddad_hub.data import held_out_split, list_test_items, load_images, load_mask, to_unit_range
 from ddad_hub.metrics import METRICS, finite_json, format_metric, paired_auroc_difference, roc_points, summarize
 from ddad_hub.model_card import write_model_card
 from ddad_hub.model_info import check_same_product, is_multiclass, training_record
 from ddad_hub.models.feature_memory import FeatureMemory
-from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
+from ddad_hub.pipelines.loading import load_pipeline
 
 BOOTSTRAP_ROUNDS = 2000  # resamples of the test images for fused mode's margin over each part
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True, help="a saved DDADPipeline folder or Hub repo id")
+    add_pipeline_arguments(p, "a saved DDADPipeline folder or Hub repo id")
     p.add_argument("--data", required=True, help="an MVTec-layout category folder")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--batch-size", type=int, default=16)
@@ -128,19 +128,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
+    folder = Path(pipeline_source(args))  # a Hub id's cached snapshot: its training record is read
+    pipe = load_pipeline(folder)  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     check_modes(pipe, args.modes or [], "--modes")  # before anything is written or scored
     local = os.path.isdir(os.path.expanduser(args.pipeline))
-    folder = Path(pipeline_folder(args.pipeline, {}))  # a Hub id's cached snapshot: its training record is read
     data = Path(args.data)
     if args.output_dir:
         out_dir = Path(args.output_dir)
     elif local:
         out_dir = folder
     else:  # the Hub cache is not written to
-        out_dir = Path("evaluation") / args.pipeline.replace("/", "--")
-        print(f"results of Hub model {args.pipeline} go to {out_dir} (--output-dir to choose)")
+        out_dir = Path("evaluation") / pipeline_label(args).replace("/", "--")
+        print(f"results of Hub model {pipeline_label(args)} go to {out_dir} (--output-dir to choose)")
     if out_dir.resolve() == folder.resolve():  # its own results.json and card: only its own product's
         check_same_product(folder, data, "pass --output-dir <another folder> to evaluate it on other data without "
                                          "writing over its own results and card")

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddad_hub.cli import check_modes, run
+from ddad_hub.cli import add_pipeline_arguments, check_modes, pipeline_label, pipeline_source, run
 from ddad_hub.data import find_categories, list_test_items, load_images, load_mask, split_categories, to_unit_range
 from ddad_hub.metrics import finite_json, format_mean, format_metric, mean_footnote, summarize
 from ddad_hub.model_card import write_card
 from ddad_hub.model_info import recorded_categories, trained_products, training_record
 from ddad_hub.models.feature_encoder import FeatureEncoder
 from ddad_hub.models.feature_memory import INPUT_NORMS, FeatureMemory
-from ddad_hub.pipelines.loading import load_pipeline, pipeline_folder
+from ddad_hub.pipelines.loading import load_pipeline
 from ddad_hub.recipe import category_ids
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -39,7 +39,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", default=None, help="a saved pipeline folder or Hub id (DDADPipeline or DiADPipeline)")
+    add_pipeline_arguments(p, "a saved pipeline folder or Hub id (DDADPipeline or DiADPipeline)", required=False)
     p.add_argument("--data", required=True, nargs="+", help="category folders, or parent folders of categories")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--modes", nargs="+", default=None,
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     categories = find_categories(args.data)
     train_paths, _, held_by_category = split_categories(categories, args.holdout, seed=args.seed)
     out_dir = Path(args.output_dir)
-    if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():  # its results.json and card
+    folder = pipeline_source(args)  # a local folder (a Hub id's cached snapshot), or None
+    if folder and out_dir.resolve() == Path(folder).resolve():  # its results.json and card
         info = training_record(out_dir, required=False)
         trained, given = recorded_categories(info), set(categories)
         targets = {Path(path).resolve().name for path in categories.values()}  # through symlinks, as evaluate.py
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{out_dir} was trained on {', '.join(sorted(trained))}; its results and card are of "
                              "those products: evaluate other data with --output-dir <another folder>")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline) if args.pipeline else None
+    pipe = load_pipeline(folder) if folder else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
     modes = args.modes or ([pipe.config.mode] if pipe is not None else [])
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {},
                      "stated_category": args.stated_category}
     global_thresholds = {m: pipe.threshold_for(m) for m in modes}
-    known_thresholds = per_category_thresholds(pipeline_folder(args.pipeline, {})) if pipe is not None else {}
+    known_thresholds = per_category_thresholds(folder) if pipe is not None else {}
     for name, folder in categories.items():
         all_items = list_test_items(folder)
         items = subsample_items(all_items, args.max_test_images)
@@ -262,9 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
         results["protocol"] += (f"; at most about {args.max_test_images} test images per category (evenly spaced "
                                 "within each defect type)")
     results["timing"] = timing
-    results["pipeline"] = args.pipeline
+    results["pipeline"] = pipeline_label(args) if args.pipeline else None
     (out_dir / "results.json").write_text(json.dumps(finite_json(results), indent=2, allow_nan=False))
-    if args.pipeline and out_dir.resolve() == Path(args.pipeline).resolve():
+    if folder and out_dir.resolve() == Path(folder).resolve():
         # the card's model-index gets one entry per category
         write_card(out_dir)
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]

@@ -16,14 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ddad_hub import load_pipeline
-from ddad_hub.cli import check_modes, run
+from ddad_hub.cli import add_pipeline_arguments, check_modes, pipeline_source, run
 from ddad_hub.data import IMAGE_SUFFIXES
 from ddad_hub.inspection import BATCH_SIZE, anomaly_picture, image_files, inspect_files, tally_text, write_csv
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", required=True, help="a saved pipeline folder or Hub repo id")
+    add_pipeline_arguments(p, "a saved pipeline folder or Hub repo id")
     p.add_argument("--input-dir", required=True)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
     files = image_files(root)
     if not files:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.input_dir}")
-    pipe = load_pipeline(args.pipeline)  # a DDADPipeline or a DiADPipeline
+    pipe = load_pipeline(pipeline_source(args))  # a DDADPipeline or a DiADPipeline
     pipe.set_progress_bar_config(disable=True)
     if args.mode is not None:  # before the output folder is made: a mistake leaves nothing behind
         check_modes(pipe, [args.mode], "--mode")
