@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     categories = find_categories(args.data)
     train_paths, _, held_by_category = split_categories(categories, args.holdout, seed=args.seed)
     out_dir = Path(args.output_dir)
-    folder = pipeline_source(args)  # a local folder (a Hub id's cached snapshot), or None
-    if folder and out_dir.resolve() == Path(folder).resolve():  # its results.json and card
+    pipeline_dir = pipeline_source(args)  # a local folder (a Hub id's cached snapshot), or None
+    if pipeline_dir and out_dir.resolve() == Path(pipeline_dir).resolve():  # its results.json and card
         info = training_record(out_dir, required=False)
         trained, given = recorded_categories(info), set(categories)
         targets = {Path(path).resolve().name for path in categories.values()}  # through symlinks, as evaluate.py
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{out_dir} was trained on {', '.join(sorted(trained))}; its results and card are of "
                              "those products: evaluate other data with --output-dir <another folder>")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(folder) if folder else None
+    pipe = load_pipeline(pipeline_dir) if pipeline_dir else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
     modes = args.modes or ([pipe.config.mode] if pipe is not None else [])
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"categories": {k: str(v) for k, v in categories.items()}, "per_category": {},
                      "stated_category": args.stated_category}
     global_thresholds = {m: pipe.threshold_for(m) for m in modes}
-    known_thresholds = per_category_thresholds(folder) if pipe is not None else {}
+    known_thresholds = per_category_thresholds(pipeline_dir) if pipe is not None else {}
     for name, folder in categories.items():
         all_items = list_test_items(folder)
         items = subsample_items(all_items, args.max_test_images)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["timing"] = timing
     results["pipeline"] = pipeline_label(args) if args.pipeline else None
     (out_dir / "results.json").write_text(json.dumps(finite_json(results), indent=2, allow_nan=False))
-    if folder and out_dir.resolve() == Path(folder).resolve():
+    if pipeline_dir and out_dir.resolve() == Path(pipeline_dir).resolve():
         # the card's model-index gets one entry per category
         write_card(out_dir)
     rows = ["| detector | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
