@@ -4,14 +4,14 @@
         --data ../shared/data/mvtec_ad_256/transistor ../shared/data/mvtec_ad_256/bottle \
                ../shared/data/mvtec3d_256/tire ../shared/data/mtd/magnetic_tile --output-dir runs/eval-diad
 
-The model is never told the category. For every category and mode it reports image AUROC, pixel AUROC and AUPRO
-(FPR 0.3) as ``training/evaluate.py`` does, and their mean over categories, as DiAD's tables do. Thresholds are not
-learnt from test labels: the pipeline's own (one for all categories, from held-out nominal training images), and,
-for comparison, per-category thresholds from the same held-out images of each category (what a line that knows
-the product could use); the flagged rates of both are reported. ``--memory`` adds the nearest-neighbour feature
-memory with one bank over all categories' training images. Results go to ``<output-dir>/results.json`` and
-``table.md``; with ``--output-dir`` the pipeline's own folder, its model card is rendered with them.
-"""
+The model is not told the category (unless ``--stated-category``): it recognises it. For every category and mode it
+reports image AUROC, pixel AUROC and AUPRO (FPR 0.3) as ``training/evaluate.py`` does, and their mean over
+categories, as DiAD's tables do. Thresholds are not learnt from test labels: the pipeline's own (one for all
+categories, from held-out nominal training images), and, for comparison, per-category thresholds from the same
+held-out images of each category (what a line that knows the product could use); the flagged rates of both are
+reported. ``--memory`` adds the nearest-neighbour feature memory with one bank over all categories' training images.
+Results go to ``<output-dir>/results.json`` and ``table.md``; with ``--output-dir`` the pipeline's own folder, its
+model card is rendered with them. """
 
 from __future__ import annotations
 
