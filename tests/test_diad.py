@@ -226,6 +226,10 @@ def test_diad_fused_mode_is_fitted_without_test_images_and_round_trips(tmp_path)
                                                              for c in alias.categories])
     memory_maps = pipe.memory_maps(pipe.preprocess(x, size=pipe.map_hw)[0])[0]
     assert torch.allclose(out.anomaly_maps, pipe.fuse(plain.anomaly_maps, memory_maps), atol=1e-5)
+    # a DiAD pipeline takes the product stated too: the memory's half can only grow, the products' thresholds judge
+    stated = pipe(x, output_type="pt", mode="fused", autocast_dtype=torch.float32, category=out.categories)
+    assert stated.categories == out.categories and torch.equal(stated.image_thresholds, out.image_thresholds)
+    assert (stated.anomaly_maps >= out.anomaly_maps - 1e-5).all()
 
     pipe.save_pretrained(tmp_path / "saved")
     again = load_pipeline(tmp_path / "saved")
