@@ -52,7 +52,7 @@ def time_calls(pipe, paths: list[str], mode: str, batch: int, category: str | No
 
 
 def time_memory(pipe, paths: list[str], category: str | None) -> float:
-    x = pipe.preprocess(paths, size=pipe.map_hw if pipe.config.memory_at_map_size else None)[0]
+    x = pipe.memory_inputs(paths)
     began = time.perf_counter()
     if category is None:
         pipe.memory_maps(x, return_categories=True)

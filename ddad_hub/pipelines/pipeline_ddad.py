@@ -445,6 +445,11 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
                  for s in range(0, images.shape[0], batch_size)]
         return [name for names, _ in found for name in names], torch.cat([d for _, d in found])
 
+    def memory_inputs(self, image: ImageInput) -> torch.Tensor:
+        """``image`` (any input a call takes) as a call hands it to the feature memory, in [-1, 1]: at map size,
+        or at the U-Net's size for pipelines saved before ``memory_at_map_size``."""
+        return self.preprocess(image, size=self.map_hw if self.config.memory_at_map_size else None)[0]
+
     @torch.no_grad()
     def recognise_products(
         self, image: ImageInput, batch_size: int = 16
@@ -454,8 +459,7 @@ class DDADPipeline(OpenVINOMixin, DiffusionPipeline):
         memory's limits were not fitted). Images are read as calls read them for the memory."""
         if self.feature_memory is None or not self.feature_memory.has_groups:
             raise ValueError("only a multi-class pipeline (a feature memory that knows its products) recognises them")
-        x = self.preprocess(image, size=self.map_hw if self.config.memory_at_map_size else None)[0]
-        names, distances = self.recognise_categories(x, batch_size)
+        names, distances = self.recognise_categories(self.memory_inputs(image), batch_size)
         return names, *self.feature_memory.unknown_products(names, distances)
 
     @torch.no_grad()
