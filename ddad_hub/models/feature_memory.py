@@ -60,7 +60,7 @@ def patch_features(
     ``pooling_pad`` says what the 3x3 average sees beyond the border: ``"zeros"`` (PatchCore's, and the default of
     new fits) shrinks border features toward zero in train and test alike, ``"exclude"`` averages only the pixels
     inside (memories fitted before the option existed). On transistor, zeros lifted image AUROC from 0.986 to 1.000
-    (the README's memory table): the image maximum was no longer taken by border patches of nominal images.
+    (the memory table in docs/results.md): the image maximum was no longer taken by border patches of nominal images.
     ``input_norm="image"`` standardises each image before the encoder (:func:`standardize_images`); ``"none"``
     passes it as it is.
     """
@@ -260,7 +260,7 @@ class FeatureMemory(ModelMixin, ConfigMixin):
 
         The coreset costs one pass over the candidate patches per pick, ``O(candidates x picks)``: ``max_patches``
         caps the picks (the bank) and ``max_candidates`` the candidates, a random subset of the patches when there
-        are more, so large training sets stay within minutes (see the README's "feature memory" section).
+        are more, so large training sets stay within minutes (see "The feature memory alone" in docs/results.md).
 
         ``groups`` (one id per image, e.g. the product of a multi-class set) makes one coreset per group, each with
         the ratio and caps above, and banks their union: every product keeps its share of the bank and the cost
