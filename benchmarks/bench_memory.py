@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="score these bank sizes (prefixes of one coreset) instead of --max-patches alone")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", default=None, help="path stem for .json and .md results (default: print only; the "
-                   "README's table is benchmarks/results/memory)")
+                   "table in docs/results.md is benchmarks/results/memory)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = machine_summary()

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--every", type=int, default=2, help="use every k-th held-out image (default 2)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", default=None, help="path stem for .json and .md results (default: print only; the "
-                   "README's table is benchmarks/results/multiclass/diad_diagnostic)")
+                   "table in docs/multiclass.md is benchmarks/results/multiclass/diad_diagnostic)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = machine_summary()

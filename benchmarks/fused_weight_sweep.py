@@ -11,7 +11,7 @@ only move the weight within a product, so they are covered too. The column "sum 
 maps: the same weighted sum of the two normalised maps' maxima (never below the maximum of the fused map, equal to
 it where both peaks fall on one pixel). Below the table, a paired bootstrap of the image AUROC of fused mode (the
 pipeline's rule and weight on this base) minus that of the memory alone. Prints a table; ``--save`` also writes it
-to ``benchmarks/results/fused_weight_sweep_<category>[_<base>].md``, where the README's tables come from.
+to ``benchmarks/results/fused_weight_sweep_<category>[_<base>].md``, where the tables in docs/ come from.
 
 With ``--held-out`` the same table is measured where the recipe measures, without test labels: on the pipeline's
 held-out nominal training images and synthetic defects made from them (``ddad_hub.recipe``), the memory refitted
