@@ -21,7 +21,7 @@ def _without_code(text: str) -> str:
 
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[`*]", "", heading.strip().lower())  # underscores stay, as in `fit_unknown_products`
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
@@ -33,6 +33,7 @@ def anchors(path: Path) -> set[str]:
 def test_github_anchor_follows_githubs_rule():
     assert github_anchor("Multi-class: one model for four products") == "multi-class-one-model-for-four-products"
     assert github_anchor("The `paper` preset, in full") == "the-paper-preset-in-full"
+    assert github_anchor("`fit_unknown_products.py`") == "fit_unknown_productspy"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
