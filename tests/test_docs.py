@@ -13,10 +13,14 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def _without_fences(text: str) -> str:
+    """Markdown outside fenced code blocks, whose ``#`` lines are shell comments, not headings."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
 def _without_code(text: str) -> str:
     """Markdown outside fenced code blocks and inline code, where links are links."""
-    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", _without_fences(text))
 
 
 def github_anchor(heading: str) -> str:
@@ -26,7 +30,7 @@ def github_anchor(heading: str) -> str:
 
 
 def anchors(path: Path) -> set[str]:
-    headings = re.findall(r"^#{1,6} +(.+?)\s*$", _without_code(path.read_text()), flags=re.M)
+    headings = re.findall(r"^#{1,6} +(.+?)\s*$", _without_fences(path.read_text()), flags=re.M)
     return {github_anchor(h) for h in headings}
 
 
@@ -34,6 +38,12 @@ def test_github_anchor_follows_githubs_rule():
     assert github_anchor("Multi-class: one model for four products") == "multi-class-one-model-for-four-products"
     assert github_anchor("The `paper` preset, in full") == "the-paper-preset-in-full"
     assert github_anchor("`fit_unknown_products.py`") == "fit_unknown_productspy"
+
+
+def test_anchors_keep_inline_code_and_skip_fenced_comments(tmp_path: Path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("## The `paper` preset\n\n```bash\n# the tests\n```\n")
+    assert anchors(doc) == {"the-paper-preset"}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(REPO).as_posix())
