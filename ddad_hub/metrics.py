@@ -6,19 +6,21 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-from skimage.measure import label
-from sklearn.metrics import roc_auc_score, roc_curve
 
 METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))  # key, short label
 
 
 def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC of image scores, defective = positive."""
+    from sklearn.metrics import roc_auc_score  # imported on use: importing scikit-learn costs every CLI 2 s
+
     return float(roc_auc_score(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)))
 
 
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """AUROC over every pixel of every image."""
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(np.asarray(masks).ravel().astype(np.uint8), np.asarray(maps, dtype=np.float32).ravel()))
 
 
@@ -29,6 +31,8 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, num_thres
     PRO is the mean over regions of the fraction of the region above it; FPR is the fraction of nominal pixels
     above it. Thresholds are quantiles of the nominal pixels' scores, dense where the FPR is below the limit.
     """
+    from skimage.measure import label
+
     maps = np.asarray(maps, dtype=np.float32)
     masks = np.asarray(masks).astype(bool)
     negatives = np.sort(maps[~masks])
@@ -84,6 +88,8 @@ def paired_auroc_difference(scores_a: np.ndarray, scores_b: np.ndarray, labels: 
 
 def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) of the image-level ROC curve, for plots."""
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
     return fpr, tpr
 

@@ -72,3 +72,14 @@ def write_category(root: Path, name: str, n_train: int = 6, size: int = 32, seed
         mask[8:14, 4:28] = 255
         Image.fromarray(mask).save(folder / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
     return folder
+
+
+# Files that take longest, in the order they should start. pyproject's addopts run the suite on two workers, one file
+# each at a time, handing files out in collection order: these two start first, on separate workers, and the
+# shorter files fill in around them. Serial runs (-n 0) are not affected beyond the order.
+LONGEST_FIRST = ("test_training.py", "test_openvino.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -106,6 +106,27 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return proc
 
 
+def _refusal(args: list[str], monkeypatch, capsys) -> str:
+    """A script run in this process as its ``__main__`` runs it (``ddad_hub.cli.run(main)``) that must refuse with
+    exit code 2: its stderr. A refusal comes before any real work, so this saves a process start (10 s on a slow CPU)
+    per check; every script's own ``__main__`` is run as a process by the tests that succeed."""
+    import importlib.util
+
+    from ddad_hub.cli import run
+
+    script, *rest = args
+    spec = importlib.util.spec_from_file_location(f"refusal_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [script, *rest])  # the name the messages start with
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run(lambda: module.main(rest))
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2, stderr[-2000:]
+    return stderr
+
+
 def _train_args(data: Path, out: Path, preset: Path, steps: int) -> list[str]:
     return ["training/train_unet.py", "--data", str(data), "--output-dir", str(out), "--preset", str(preset),
             "--max-steps", str(steps), "--threads", "1", "--no-finalize"]
@@ -128,13 +149,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(dataset, preset_file, tr
     out = tmp_path / "run_b"
     proc = subprocess.Popen([sys.executable, *_train_args(dataset, out, preset_file, 100_000)], cwd=REPO,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000004").exists():
-        assert proc.poll() is None, "training exited early"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "step_00000004").exists():
+            assert proc.poll() is None, "training exited early"
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     steps_at_kill = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")]
     assert max(steps_at_kill) < 8, "the run was not interrupted before the end"
 
@@ -150,15 +173,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(dataset, preset_file, tr
 def test_ctrl_c_writes_a_checkpoint_of_the_step_reached(dataset, preset_file, tmp_path):
     out = tmp_path / "run_c"
     args = _train_args(dataset, out, preset_file, 100_000) + ["--checkpoint-every", "100000"]
+    # SIGINT as the default action in the child: a suite started in the background (nohup ... &) passes SIGINT on
+    # ignored, and the script rightly leaves a signal it was started ignoring ignored
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (out / "train_log.jsonl").exists():  # written at step 50: well past any checkpoint (none is due)
-        assert proc.poll() is None, "training exited early"
-        assert time.time() < deadline, "training made no progress"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 300
+        while not (out / "train_log.jsonl").exists():  # written at step 50: well past any checkpoint (none is due)
+            assert proc.poll() is None, "training exited early"
+            assert time.time() < deadline, "training made no progress"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # a failed wait must not leave a 100000-step run behind, slowing every later test
+        proc.wait()
     assert proc.returncode == 130, output[-3000:]
     (ckpt,) = (out / "checkpoints").glob("step_*")
     step = json.loads((ckpt / "state.json").read_text())["step"]
@@ -188,7 +218,7 @@ def test_two_processes_with_accelerate(dataset, preset_file, tmp_path):
     assert json.loads((tmp_path / "vae" / "vae" / "training_info.json").read_text())["steps"] == 4
 
 
-def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
+def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path, monkeypatch, capsys):
     from conftest import write_category
 
     _run(["training/finalize.py", "--run-dir", str(trained_run), "--data", str(dataset)])
@@ -263,13 +293,11 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
         (["training/train_unet.py", "--data", str(dataset), "--output-dir", str(tmp_path / "x"), "--preset", "cpux"],
          "unknown preset"),
     ):
-        proc = subprocess.run([sys.executable, *args], cwd=REPO, env=_env(), capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "training/finalize.py", "--pipeline", str(copy), "--output-dir",
-                           str(copy.parent)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.startswith("finalize.py: error: --output-dir"), proc.stderr[-2000:]
-    assert "would write over" in proc.stderr
+        stderr = _refusal(args, monkeypatch, capsys)
+        assert said in stderr and "Traceback" not in stderr, stderr[-2000:]
+    stderr = _refusal(["training/finalize.py", "--pipeline", str(copy), "--output-dir", str(copy.parent)],
+                      monkeypatch, capsys)
+    assert stderr.startswith("finalize.py: error: --output-dir") and "would write over" in stderr, stderr[-2000:]
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -284,11 +312,10 @@ def test_finalize_evaluate_predict_and_adapt(dataset, trained_run, tmp_path):
     preds = tmp_path / "preds"
     for script, flag, out in (("predict.py", "--mode", ["--input-dir", str(inputs)]),
                               ("evaluate.py", "--modes", ["--data", str(dataset)])):  # a mode the model lacks
-        wrong = subprocess.run([sys.executable, f"training/{script}", "--pipeline", str(folder), *out, "--output-dir",
-                                str(tmp_path / "wrong_mode"), flag, "diad"], cwd=REPO, env=_env(), capture_output=True,
-                               text=True, timeout=600)
-        assert wrong.returncode == 2 and f"{script}: error: {flag} diad:" in wrong.stderr, wrong.stderr[-2000:]
-        assert "this model offers ddad" in wrong.stderr and not (tmp_path / "wrong_mode").exists()
+        stderr = _refusal([f"training/{script}", "--pipeline", str(folder), *out, "--output-dir",
+                           str(tmp_path / "wrong_mode"), flag, "diad"], monkeypatch, capsys)
+        assert f"{script}: error: {flag} diad:" in stderr, stderr[-2000:]
+        assert "this model offers ddad" in stderr and not (tmp_path / "wrong_mode").exists()
     _run(["training/predict.py", "--pipeline", str(folder), "--input-dir", str(inputs), "--output-dir", str(preds)])
     rows = list(csv.DictReader(open(preds / "scores.csv")))
     assert len(rows) == 6
