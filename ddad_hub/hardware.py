@@ -2,8 +2,8 @@
 
 CPUs differ in ways that change the best settings by an order of magnitude: with AMX (recent Intel) bf16 autocast
 is 1.5-2x faster than fp32; without AVX512-BF16 or AMX (many AMD EPYC and desktop CPUs) torch emulates bf16 and
-autocast is about 20x *slower*. Nothing in this project hard-codes a precision: "auto" resolves here, and every
-benchmark names the CPU it ran on.
+autocast is 4-21x *slower* (an AVX2-only AMD EPYC: 4-8x for an inference call, 11-21x for a training step).
+Nothing in this project hard-codes a precision: "auto" resolves here, and every benchmark names the CPU it ran on.
 """
 
 from __future__ import annotations
