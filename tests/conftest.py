@@ -18,6 +18,17 @@ TINY_VAE = {"resolution": 32, "vae": {"block_out_channels": [8, 16], "layers_per
                                       "norm_num_groups": 8}}
 
 
+def load_script(name: str):
+    """``training/<name>.py`` as a module, so a test can call its ``main(argv)`` in this process."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_tiny_pipeline(
     size: int = 32, map_size: int = 64, w: float = 2.0, threshold: float | None = None, latent: bool = False
 ):

@@ -100,9 +100,8 @@ def test_a_latent_pipelines_image_size_follows_its_unet_not_the_autoencoders_con
 
 
 def test_scripts_that_refit_one_product_refuse_a_multiclass_pipeline_before_loading_it(tmp_path):
-    import importlib.util
-
     import pytest
+    from conftest import load_script
 
     from ddad_hub.model_info import PipelineFolderError
 
@@ -111,16 +110,13 @@ def test_scripts_that_refit_one_product_refuse_a_multiclass_pipeline_before_load
     (folder / "training_info.json").write_text(json.dumps(
         {"categories": ["bottle", "tire"], "data": "/d/bottle, /d/tire", "held_out_nominal": ["000.png"]}))
     (tmp_path / "bottle").mkdir()
-    repo = Path(__file__).resolve().parents[1]
     for script, flags, instead in [
         ("fit_d3ad", ["--pipeline"], "refit it with training/finalize.py --pipeline"),
         ("validate", ["--pipelines"], "compare it with evaluate_multiclass.py's held-out thresholds"),
         ("adapt_encoder", ["--output-dir", str(tmp_path / "out"), "--pipeline"], "adapt_encoder.py adapts one"),
         ("recalibrate", ["--pipeline"], "its held-out images are named by file name.*training/finalize.py --pipeline"),
     ]:
-        spec = importlib.util.spec_from_file_location(f"{script}_script", repo / "training" / f"{script}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(script)
         with pytest.raises(PipelineFolderError, match=f"{folder} is a multi-class pipeline: {instead}"):
             module.main([*flags, str(folder), "--data", str(tmp_path / "bottle")])
     assert not (tmp_path / "out").exists()

@@ -112,16 +112,13 @@ def _refusal(args: list[str], monkeypatch, capsys) -> str:
     per check; every script's own ``__main__`` is run as a process by the tests that succeed. An exception other
     than the refusal (what a traceback would show) fails the ``raises``; torch's thread count is put back, so a
     script that sets it before refusing leaves the rest of the suite as it was."""
-    import importlib.util
-
     import torch
+    from conftest import load_script
 
     from ddad_hub.cli import run
 
     script, *rest = args
-    spec = importlib.util.spec_from_file_location(f"refusal_{Path(script).stem}", REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(Path(script).stem)
     monkeypatch.setattr(sys, "argv", [script, *rest])  # the name the messages start with
     capsys.readouterr()
     threads = torch.get_num_threads()
@@ -436,15 +433,11 @@ def test_latent_run_autoencoder_resume_and_pipeline(dataset, tmp_path):
 def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_path):
     """A Ctrl-C mid-epoch keeps the steps taken (checkpoint, exit 130); --resume then ends where an uninterrupted
     run ends. The stop request is counted in-process, so it lands at a known step."""
-    import importlib.util
-
-    from conftest import write_category
+    from conftest import load_script, write_category
 
     from ddad_hub.training import StopOnInterrupt
 
-    spec = importlib.util.spec_from_file_location("adapt_encoder", REPO / "training" / "adapt_encoder.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("adapt_encoder")
     data = write_category(tmp_path, "widget", n_train=10)  # batch 2: five steps an epoch
 
     def args(out: Path) -> list[str]:
@@ -497,11 +490,10 @@ def test_adapt_encoder_stopped_mid_epoch_resumes_exactly(tiny_pipeline_dir, tmp_
 
 
 def test_evaluate_a_hub_model_writes_beside_the_user_not_into_the_cache(tiny_pipeline_dir, tmp_path, monkeypatch):
-    import importlib.util
     import shutil
 
     import huggingface_hub.constants as constants
-    from conftest import write_category
+    from conftest import load_script, write_category
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--acme--ddad-tiny"
@@ -512,9 +504,7 @@ def test_evaluate_a_hub_model_writes_beside_the_user_not_into_the_cache(tiny_pip
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     data = write_category(tmp_path / "data", "widget")
     monkeypatch.chdir(tmp_path)
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "training" / "evaluate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate")
     script.main(["--pipeline", "acme/ddad-tiny", "--data", str(data), "--threads", "1", "--no-memory"])
     assert (tmp_path / "evaluation" / "acme--ddad-tiny" / "results.json").is_file()
     assert not (tmp_path / "acme").exists()
